@@ -196,7 +196,7 @@ class SMTPConfig:
 
     max_message_size: int = field(default=25 * 1024**2, metadata=_parser(parse_size))
     max_recipients: int = field(default=100, metadata=_parser(_positive_int))
-    max_line_length: int = field(default=1000, metadata=_parser(_positive_int))
+    max_line_length: int = field(default=2048, metadata=_parser(_positive_int))
     command_timeout: float = field(default=300.0, metadata=_parser(parse_duration))
     data_timeout: float = field(default=600.0, metadata=_parser(parse_duration))
     max_connections: int = field(default=1000, metadata=_parser(_positive_int))
