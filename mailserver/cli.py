@@ -1,0 +1,89 @@
+"""The ``pymaild`` command: one entry point, subcommands in ``mailserver/commands``.
+
+Exit codes: 0 ok, 1 a command failed (one line on stderr), 2 configuration or usage
+error (systemd's RestartPreventExitStatus=2 stops restart loops on a broken config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+from .commands import CommandError
+from .config import ConfigError, load_config, resolve_config_path
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # One clear line, like every other error, instead of argparse's usage dump.
+        self.exit(2, f"pymaild: {message} (see pymaild --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pymaild", description="A complete self-hosted mail server.")
+    parser.add_argument("--version", action="version", version=f"pymaild {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", help="config file (default: $PYMAILD_CONFIG or "
+                        "/etc/pymaild/pymaild.toml)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
+    original_add = sub.add_parser
+
+    def add_parser(name: str, **kwargs: object) -> argparse.ArgumentParser:
+        # Every subcommand (and sub-subcommand) accepts -c.
+        parents = list(kwargs.pop("parents", []))  # type: ignore[call-overload]
+        return original_add(name, parents=[*parents, common], **kwargs)  # type: ignore[arg-type]
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
+    run = sub.add_parser("run", help="run the mail server (logs to stderr)")
+    run.set_defaults(func=_run)
+    from .commands import accounts, dns
+
+    accounts.register(sub)
+    dns.register(sub)
+    _propagate_common(parser, common)
+    return parser
+
+
+def _propagate_common(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    """Give nested sub-subcommands (creds create ...) the -c option too."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                if not any("--config" in a.option_strings for a in child._actions):
+                    child.add_argument("-c", "--config", default=argparse.SUPPRESS,
+                                       help=argparse.SUPPRESS)
+                _propagate_common(child, common)
+
+
+def _run(args: argparse.Namespace, cfg: object) -> int:
+    from .config import Config
+    from .daemon import run
+    from .logs import setup_logging
+
+    assert isinstance(cfg, Config)
+    setup_logging(cfg.log.level)
+    return run(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    path = resolve_config_path(getattr(args, "config", None))
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        print(f"pymaild: config error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return int(args.func(args, cfg))
+    except CommandError as exc:
+        print(f"pymaild: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""``pymaild creds|imap-acct|alias|catch-all``: manage accounts, aliases and catch-alls.
+
+``creds`` is the main command; ``imap-acct`` exists for people coming from maddy, where
+credentials and IMAP storage accounts are separate: here one account is both, so
+``imap-acct create`` makes the Maildir for an existing login (or a full account).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+
+from ..auth.store import AccountError, AccountStore
+from ..config import Config
+from . import CommandError
+
+
+def _store(cfg: Config) -> AccountStore:
+    try:
+        cfg.state_path.mkdir(parents=True, exist_ok=True, mode=0o750)
+        return AccountStore.in_state_dir(cfg.state_path)
+    except OSError as exc:
+        raise CommandError(f"{cfg.state_dir}: {exc.strerror or exc}") from None
+
+
+def _check_domain(cfg: Config, address: str) -> None:
+    domain = address.rpartition("@")[2].rstrip(".").lower()
+    if "@" in address and not cfg.is_local_domain(domain):
+        raise CommandError(f"{domain} is not in local_domains of {cfg.path}; add it there first")
+
+
+def read_password(args: argparse.Namespace, *, confirm: bool = True) -> str:
+    if args.password_stdin:
+        line = sys.stdin.readline()
+        password = line.rstrip("\r\n")
+        if not password:
+            raise CommandError("no password on standard input")
+        return password
+    if not sys.stdin.isatty():
+        raise CommandError("no terminal to prompt for a password: use --password-stdin")
+    password = getpass.getpass("Password: ")
+    if confirm and getpass.getpass("Repeat password: ") != password:
+        raise CommandError("passwords do not match")
+    return password
+
+
+def _create(args: argparse.Namespace, cfg: Config) -> int:
+    _check_domain(cfg, args.address)
+    password = read_password(args)
+    try:
+        account = _store(cfg).create_account(args.address, password)
+    except AccountError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"created {account.address} (mailbox {_store(cfg).maildir_path(account.address)})")
+    return 0
+
+
+def _password(args: argparse.Namespace, cfg: Config) -> int:
+    password = read_password(args)
+    try:
+        _store(cfg).set_password(args.address, password)
+    except AccountError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"password changed for {args.address.lower()}")
+    return 0
+
+
+def _remove(args: argparse.Namespace, cfg: Config) -> int:
+    try:
+        _store(cfg).remove_account(args.address, purge_mail=args.purge_mail)
+    except AccountError as exc:
+        raise CommandError(str(exc)) from None
+    kept = "" if args.purge_mail else " (its mail stays on disk; --purge-mail deletes it)"
+    print(f"removed {args.address.lower()}{kept}")
+    return 0
+
+
+def _list(args: argparse.Namespace, cfg: Config) -> int:
+    for account in _store(cfg).list_accounts():
+        print(account.address + ("  (disabled)" if account.disabled else ""))
+    return 0
+
+
+def _alias_add(args: argparse.Namespace, cfg: Config) -> int:
+    _check_domain(cfg, args.alias)
+    try:
+        _store(cfg).add_alias(args.alias, args.target)
+    except AccountError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"alias {args.alias.lower()} -> {args.target.lower()}")
+    return 0
+
+
+def _alias_remove(args: argparse.Namespace, cfg: Config) -> int:
+    try:
+        _store(cfg).remove_alias(args.alias, args.target)
+    except AccountError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"removed alias {args.alias.lower()}")
+    return 0
+
+
+def _alias_list(args: argparse.Namespace, cfg: Config) -> int:
+    for alias, target in _store(cfg).list_aliases():
+        print(f"{alias} -> {target}")
+    return 0
+
+
+def _catch_all_set(args: argparse.Namespace, cfg: Config) -> int:
+    if not cfg.is_local_domain(args.domain):
+        raise CommandError(f"{args.domain} is not in local_domains of {cfg.path}")
+    try:
+        _store(cfg).set_catch_all(args.domain, None if args.target == "none" else args.target)
+    except AccountError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"catch-all for {args.domain.lower()}: {args.target}")
+    return 0
+
+
+def _catch_all_list(args: argparse.Namespace, cfg: Config) -> int:
+    for domain, target in _store(cfg).list_catch_all():
+        print(f"{domain} -> {target}")
+    return 0
+
+
+def _add_password_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--password-stdin", action="store_true",
+                        help="read the password from the first line of standard input")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    for name, help_text in (("creds", "manage accounts (login + mailbox)"),
+                            ("imap-acct", "maddy-compatible alias of creds for IMAP accounts")):
+        cmd = sub.add_parser(name, help=help_text)
+        actions = cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+        create = actions.add_parser("create", help="create an account with its Maildir")
+        create.add_argument("address")
+        _add_password_flag(create)
+        create.set_defaults(func=_create)
+        remove = actions.add_parser("remove", help="remove an account (mail is kept)")
+        remove.add_argument("address")
+        remove.add_argument("--purge-mail", action="store_true", help="also delete the Maildir")
+        remove.set_defaults(func=_remove)
+        lst = actions.add_parser("list", help="list accounts")
+        lst.set_defaults(func=_list)
+        if name == "creds":
+            password = actions.add_parser("password", help="change an account's password")
+            password.add_argument("address")
+            _add_password_flag(password)
+            password.set_defaults(func=_password)
+
+    alias = sub.add_parser("alias", help="manage aliases (alias -> account)")
+    actions = alias.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = actions.add_parser("add", help="deliver mail for ALIAS to TARGET")
+    add.add_argument("alias")
+    add.add_argument("target")
+    add.set_defaults(func=_alias_add)
+    rm = actions.add_parser("remove", help="remove an alias (all its targets, or one)")
+    rm.add_argument("alias")
+    rm.add_argument("target", nargs="?")
+    rm.set_defaults(func=_alias_remove)
+    actions.add_parser("list", help="list aliases").set_defaults(func=_alias_list)
+
+    catch = sub.add_parser("catch-all", help="deliver unknown addresses of a domain to one account")
+    actions = catch.add_subparsers(dest="action", required=True, metavar="ACTION")
+    st = actions.add_parser("set", help="set DOMAIN's catch-all to TARGET ('none' removes it)")
+    st.add_argument("domain")
+    st.add_argument("target")
+    st.set_defaults(func=_catch_all_set)
+    actions.add_parser("list", help="list catch-alls").set_defaults(func=_catch_all_list)

@@ -1,0 +1,195 @@
+"""Builds the components the config names, starts the listeners, handles signals.
+
+Start-up order matters for the operator: everything that can fail because of the config
+or the files (TLS, DKIM keys, accounts DB, binding ports) fails before READY=1, with one
+clear line; afterwards errors are per connection and never take the daemon down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+
+from . import sdnotify
+from .auth.store import AccountStore
+from .config import Config
+from .delivery.maildir import MaildirWriter
+from .dkim_keys import ensure_keys
+from .dns.records import first_start_banner
+from .dns.resolver import Resolver
+from .smtp import protocol as p
+from .smtp.mx import Checker, CheckOutcome, MXHandler
+from .smtp.server import Limits, Session, SMTPEndpoint
+from .tls import TLSManager
+
+log = logging.getLogger("pymaild")
+
+
+class StartupError(Exception):
+    """Start-up failed for a reason the operator must fix; the text is one line."""
+
+
+@dataclass
+class Components:
+    tls: TLSManager
+    store: AccountStore
+    resolver: Resolver
+    writer: MaildirWriter
+    mx: SMTPEndpoint
+
+
+def make_checker(cfg: Config, resolver: Resolver) -> Checker | None:
+    """The inbound check stage from [checks]; None when every check is off."""
+    if not (cfg.checks.spf or cfg.checks.dkim or cfg.checks.dmarc):
+        return None
+    from .pipeline.inbound import InboundPolicy, run_inbound_checks
+
+    c = cfg.checks
+    policy = InboundPolicy(
+        spf=c.spf, dkim=c.dkim, dmarc=c.dmarc,
+        dmarc_reject_action=c.dmarc_reject_action,
+        dmarc_quarantine_action=c.dmarc_quarantine_action,
+        spf_fail_action=c.spf_fail_action,
+        dns_temperror_action=c.dns_temperror_action,
+        max_dkim_signatures=c.max_dkim_signatures,
+        timeout=c.timeout,
+    )
+
+    async def check(data: bytes, session: Session, mail_from: str) -> CheckOutcome:
+        verdict = await run_inbound_checks(
+            resolver, data=data, client_ip=session.client_ip, helo=session.conn.helo_name,
+            mail_from=mail_from, hostname=cfg.hostname, policy=policy,
+        )
+        return CheckOutcome(verdict.action, verdict.smtp_code, verdict.smtp_status,
+                            verdict.smtp_text, verdict.header, verdict.summary)
+
+    return check
+
+
+def build(cfg: Config) -> Components:
+    tls = TLSManager(cfg.hostname, cfg.cert_path, cfg.key_path,
+                     self_signed=cfg.tls.self_signed, min_version=cfg.tls.min_version)
+    try:
+        cfg.state_path.mkdir(parents=True, exist_ok=True, mode=0o750)
+        tls.load()
+    except OSError as exc:
+        raise StartupError(f"{cfg.state_dir}: {exc.strerror or exc}") from None
+    except Exception as exc:  # TLSError and friends already name the file
+        raise StartupError(str(exc)) from None
+    store = AccountStore.in_state_dir(cfg.state_path)
+    resolver = Resolver(list(cfg.dns.nameservers) or None, lifetime=cfg.dns.timeout)
+    writer = MaildirWriter(hostname=cfg.hostname)
+    handler = MXHandler(
+        hostname=cfg.hostname,
+        local_domains=cfg.local_domains,
+        primary_domain=cfg.primary_domain,
+        store=store,
+        writer=writer,
+        checker=make_checker(cfg, resolver),
+        plus_separator=cfg.accounts.plus_separator,
+        postmaster=cfg.accounts.postmaster,
+        max_received_headers=cfg.smtp.max_received_headers,
+    )
+    s = cfg.smtp
+    params = p.ServerParams(
+        hostname=cfg.hostname,
+        max_message_size=s.max_message_size,
+        max_recipients=s.max_recipients,
+        max_line_length=s.max_line_length,
+        max_errors=s.max_errors,
+        tls_available=True,
+        reject_bare_newlines=s.reject_bare_newlines,
+    )
+    limits = Limits(
+        command_timeout=s.command_timeout,
+        data_timeout=s.data_timeout,
+        max_connections=s.max_connections,
+        max_connections_per_ip=s.max_connections_per_ip,
+    )
+    mx = SMTPEndpoint("smtp", params, handler, limits, tls_context=tls.listener_context)
+    return Components(tls, store, resolver, writer, mx)
+
+
+class Daemon:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.parts: Components | None = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        self.parts = await asyncio.to_thread(build, cfg)
+        try:
+            keys = await asyncio.to_thread(ensure_keys, cfg)
+        except Exception as exc:
+            raise StartupError(f"DKIM keys in {cfg.dkim_dir}: {exc}") from None
+        if any(key.created for key in keys):
+            # First start: tell the operator what to publish (seed guide 002's UX).
+            sys.stderr.write(first_start_banner(cfg, keys) + "\n")
+            sys.stderr.flush()
+        for kind in ("submission", "submissions", "imap", "imaps"):
+            if getattr(cfg.listen, kind):
+                log.warning("listen.%s is configured but this version does not serve it yet; ignored", kind)
+        for host, port in cfg.listen.smtp:
+            try:
+                await self.parts.mx.listen(host, port)
+            except OSError as exc:
+                reason = exc.strerror or exc
+                raise StartupError(f"cannot listen on {host}:{port} (listen.smtp): {reason}") from None
+                raise StartupError(f"cannot listen on {host}:{port} (listen.smtp): {reason}") from None
+        self._tasks.append(asyncio.create_task(self._watch_certificates()))
+
+    async def _watch_certificates(self) -> None:
+        # Like maddy: notice renewed certificate files without a SIGHUP.
+        assert self.parts is not None
+        while True:
+            await asyncio.sleep(self.cfg.tls.reload_interval)
+            self.parts.tls.reload(only_if_changed=True)
+
+    def reload(self) -> None:
+        log.info("SIGHUP: reloading TLS certificates")
+        if self.parts is not None:
+            self.parts.tls.reload()
+
+    async def stop(self) -> None:
+        sdnotify.notify("STOPPING=1")
+        log.info("shutting down: draining SMTP sessions")
+        for task in self._tasks:
+            task.cancel()
+        if self.parts is not None:
+            await self.parts.mx.drain()
+            self.parts.store.close()
+        log.info("stopped")
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        await self.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        sdnotify.notify("READY=1")
+        log.info("pymaild ready hostname=%s domains=%s", self.cfg.hostname, ",".join(self.cfg.local_domains))
+        await self._stop.wait()
+        await self.stop()
+
+
+def run(cfg: Config) -> int:
+    try:
+        import uvloop  # optional [fast] extra
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        runner(Daemon(cfg).run())
+    except StartupError as exc:
+        print(f"pymaild: {exc}", file=sys.stderr)
+        return 1
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    return 0

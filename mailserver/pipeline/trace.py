@@ -1,0 +1,69 @@
+"""Trace headers: Received (RFC 5321 4.4), Return-Path and Delivered-To, and hop counting."""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+
+from ..smtp.address import Address
+
+_RECEIVED = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
+
+
+def header_section(data: bytes) -> bytes:
+    """The header block of a message (up to the first empty line)."""
+    end = data.find(b"\r\n\r\n")
+    return data if end < 0 else data[: end + 2]
+
+
+def count_received(data: bytes) -> int:
+    """Received headers in the header section: loop protection (RFC 5321 6.3)."""
+    return len(_RECEIVED.findall(header_section(data)))
+
+
+def _clean(text: str) -> str:
+    # Everything here may come from the client: keep it on one line and inside comments.
+    return re.sub(r"[^\x21-\x7e]", "?", text).replace("(", "?").replace(")", "?")[:255]
+
+
+def received_header(
+    *,
+    helo: str,
+    client_ip: str,
+    hostname: str,
+    message_id: str,
+    protocol: str,
+    tls_version: str | None = None,
+    tls_cipher: str | None = None,
+    recipient: str | None = None,
+    hide_client: bool = False,
+    when: float | None = None,
+) -> bytes:
+    """One folded ``Received:`` line.
+
+    ``protocol`` is the RFC 3848 "with" keyword: ESMTP, ESMTPS, ESMTPA, ESMTPSA.
+    ``recipient`` is named only for single-recipient messages (privacy of the others).
+    """
+    date = email.utils.formatdate(when if when is not None else time.time(), localtime=True)
+    if hide_client:
+        source = "from authenticated-user"
+    else:
+        ip = f"IPv6:{client_ip}" if ":" in client_ip else client_ip
+        source = f"from {_clean(helo)} ([{ip}])"
+    lines = [f"Received: {source}", f"\tby {hostname} (pymaild) with {protocol} id {message_id}"]
+    if tls_version:
+        lines.append(f"\t(using {_clean(tls_version)} with cipher {_clean(tls_cipher or 'unknown')})")
+    if recipient:
+        lines.append(f"\tfor <{_clean(recipient)}>")
+    lines[-1] += ";"
+    lines.append(f"\t{date}")
+    return ("\r\n".join(lines) + "\r\n").encode("ascii")
+
+
+def return_path_header(sender: Address | None) -> bytes:
+    return f"Return-Path: <{'' if sender is None else sender}>\r\n".encode()
+
+
+def delivered_to_header(address: str) -> bytes:
+    return f"Delivered-To: {address}\r\n".encode()

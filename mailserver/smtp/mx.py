@@ -1,0 +1,189 @@
+"""The inbound MX endpoint's policy: who may deliver to whom, checks, then durable delivery.
+
+Data flow for one message (each stage its own module):
+
+    RCPT  -> recipient table (auth/store.resolve)        550 5.1.1 unknown / 554 5.7.1 relay
+    DATA  -> loop check (pipeline/trace)                  554 5.4.6
+          -> inbound checks (pipeline/inbound)            550 5.7.1 / 451 4.7.x / Junk
+          -> trace headers + Authentication-Results
+          -> Maildir delivery, fsync'd (delivery/maildir) 250 only after this returns
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from ..auth.store import AccountStore, InvalidAddress
+from ..delivery.maildir import MaildirWriter
+from ..pipeline import trace
+from ..pipeline.authresults import strip_forged
+from . import protocol as p
+from .server import Answer, Session
+
+log = logging.getLogger("pymaild.mx")
+
+
+@dataclass
+class CheckOutcome:
+    """What the inbound checks decided (see pipeline/inbound.InboundVerdict)."""
+
+    action: str  # accept | junk | reject | tempfail
+    code: int = 250
+    status: str = "2.0.0"
+    text: str = ""
+    header: bytes = b""
+    summary: str = ""
+
+
+# (data, session, mail_from) -> CheckOutcome; None when every check is off.
+Checker = Callable[[bytes, Session, str], Awaitable[CheckOutcome]]
+
+
+@dataclass
+class _Transaction:
+    mail_from: p.Address | None = None
+    recipients: dict[str, list[str]] = field(default_factory=dict)  # rcpt as given -> accounts
+
+
+class MXHandler:
+    """SessionHandler for port 25: local recipients only, never a relay."""
+
+    def __init__(
+        self,
+        *,
+        hostname: str,
+        local_domains: tuple[str, ...],
+        primary_domain: str,
+        store: AccountStore,
+        writer: MaildirWriter,
+        checker: Checker | None,
+        plus_separator: str = "+",
+        postmaster: str = "",
+        max_received_headers: int = 50,
+    ) -> None:
+        self.hostname = hostname
+        self.local_domains = frozenset(local_domains)
+        self.primary_domain = primary_domain
+        self.store = store
+        self.writer = writer
+        self.checker = checker
+        self.plus_separator = plus_separator
+        self.postmaster = postmaster
+        self.max_received_headers = max_received_headers
+        self._tx: dict[str, _Transaction] = {}
+        self.accepted = 0
+        self.rejected = 0
+
+    async def on_connect(self, session: Session) -> Answer | None:
+        return None
+
+    async def on_helo(self, session: Session, event: p.Helo) -> Answer:
+        self._tx.pop(session.id, None)
+        return (250, "", f"{self.hostname} Hello {event.hostname}")
+
+    async def on_mail(self, session: Session, event: p.MailFrom) -> Answer:
+        self._tx[session.id] = _Transaction(mail_from=event.address)
+        return (250, "2.1.0", "Sender OK")
+
+    async def on_rcpt(self, session: Session, event: p.RcptTo) -> Answer:
+        tx = self._tx.setdefault(session.id, _Transaction())
+        address = event.address
+        if address.is_literal or address.domain not in self.local_domains:
+            # The relay decision uses the domain the parser resolved (routes stripped,
+            # quotes undone): there is no way to make a non-local domain look local.
+            log.info("relay denied session=%s client=%s rcpt=%s", session.id, session.client_ip, event.raw)
+            return (554, "5.7.1", f"<{address}>: Relay access denied")
+        try:
+            accounts = await asyncio.to_thread(
+                self.store.resolve,
+                str(address),
+                local_domains=self.local_domains,
+                primary_domain=self.primary_domain,
+                plus_separator=self.plus_separator,
+                postmaster=self.postmaster,
+            )
+        except InvalidAddress:
+            return (550, "5.1.1", f"<{address}>: Recipient address rejected: no such user")
+        if not accounts:
+            log.info("unknown recipient session=%s client=%s rcpt=%s", session.id, session.client_ip, address)
+            return (550, "5.1.1", f"<{address}>: Recipient address rejected: no such user")
+        tx.recipients[str(address)] = accounts
+        return (250, "2.1.5", "Recipient OK")
+
+    async def on_auth(self, session: Session, event: p.AuthStart | p.AuthResponse) -> Answer | str:
+        return (502, "5.5.1", "AUTH not available")  # the core never offers it on MX
+
+    def on_disconnect(self, session: Session) -> None:
+        self._tx.pop(session.id, None)
+
+    async def on_message(self, session: Session, event: p.MessageReceived) -> Answer:
+        started = time.perf_counter()
+        tx = self._tx.pop(session.id, _Transaction())
+        msg_id = f"{session.id}.{session.messages}"
+        sender = "" if tx.mail_from is None else str(tx.mail_from)
+        data = event.data
+        rcpts = ",".join(tx.recipients)
+        base = (f"message id={msg_id} client={session.client_ip} helo={session.conn.helo_name}"
+                f" from=<{sender}> to={rcpts} size={len(data)}")
+        if not tx.recipients:
+            return (554, "5.5.1", "No valid recipients")
+        hops = trace.count_received(data)
+        if hops >= self.max_received_headers:
+            self.rejected += 1
+            log.info("%s outcome=rejected reason=loop hops=%d", base, hops)
+            return (554, "5.4.6", f"Too many Received headers ({hops}): mail loop?")
+
+        # A forged Authentication-Results claiming to be ours must never reach the user.
+        data = strip_forged(data, self.hostname)
+        verdict = CheckOutcome("accept")
+        if self.checker is not None:
+            verdict = await self.checker(data, session, sender)
+        if verdict.action == "reject":
+            self.rejected += 1
+            log.info("%s %s outcome=rejected code=%d", base, verdict.summary, verdict.code)
+            return (verdict.code, verdict.status, verdict.text)
+        if verdict.action == "tempfail":
+            log.info("%s %s outcome=deferred code=%d", base, verdict.summary, verdict.code)
+            return (verdict.code, verdict.status, verdict.text)
+
+        folder = "Junk" if verdict.action == "junk" else None
+        single = next(iter(tx.recipients)) if len(tx.recipients) == 1 else None
+        received = trace.received_header(
+            helo=session.conn.helo_name,
+            client_ip=session.client_ip,
+            hostname=self.hostname,
+            message_id=msg_id,
+            protocol="ESMTPS" if session.tls else "ESMTP",
+            tls_version=session.tls_version,
+            tls_cipher=session.tls_cipher,
+            recipient=single,
+        )
+        return_path = trace.return_path_header(tx.mail_from)
+        # One copy per account: an account reached through several recipient addresses
+        # (alias + direct) gets the message once, Delivered-To naming the first address.
+        per_account: dict[str, str] = {}
+        for rcpt, accounts in tx.recipients.items():
+            for account in accounts:
+                per_account.setdefault(account, rcpt)
+        try:
+            await asyncio.gather(*(
+                self.writer.deliver_async(
+                    self.store.maildir_path(account),
+                    folder,
+                    [return_path, trace.delivered_to_header(rcpt), verdict.header, received, data],
+                )
+                for account, rcpt in per_account.items()
+            ))
+        except OSError as exc:
+            # Disk full, permissions...: nothing was promised, the sender retries.
+            log.error("%s outcome=deferred reason=%r", base, exc)
+            return (451, "4.3.0", "Local delivery failed, try again later")
+        self.accepted += 1
+        ms = (time.perf_counter() - started) * 1000
+        log.info("%s %s outcome=delivered folder=%s accounts=%d ms=%.1f", base, verdict.summary,
+                 folder or "INBOX", len(per_account), ms)
+        return (250, "2.0.0", f"Ok: delivered as {msg_id}")
