@@ -1,0 +1,215 @@
+"""Durable delivery of one message into one or more Maildirs.
+
+The protocol (cr.yp.to/proto/maildir.html): write the whole message to ``tmp/<name>``,
+fsync it, rename it to ``new/<name>``, fsync ``new/``. Only when that has returned is
+the message on disk for good, and only then may SMTP answer 250. The stdlib
+``mailbox.Maildir.add()`` skips both fsyncs, which is why this module exists.
+
+File names follow the Maildir spec with Dovecot's fields:
+``<secs>.M<usecs>P<pid>Q<counter>R<random hex>.<host>,S=<size>`` where ``S=`` is the
+exact file size, so the IMAP layer knows RFC822.SIZE without a stat(). The bytes are
+stored exactly as given (CRLF line endings as SMTP delivers them; Dovecot reads both).
+
+Everything here is synchronous and blocking: the daemon calls it through
+``asyncio.to_thread`` (see :meth:`MaildirWriter.deliver_async`). A writer is
+thread-safe; one instance per process is enough.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import itertools
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from mailserver.storage.maildirpp import (
+    FILE_MODE,
+    ensure_maildir,
+    folder_path,
+    fsync_dir,
+)
+
+Chunk = bytes | bytearray | memoryview
+
+try:
+    _IOV_MAX = max(16, os.sysconf("SC_IOV_MAX"))
+except (ValueError, OSError):  # pragma: no cover - every Linux has it
+    _IOV_MAX = 1024
+
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def maildir_hostname(name: str | None = None) -> str:
+    """The host part of Maildir file names, escaped as Dovecot does.
+
+    ``/`` and ``:`` cannot appear in a name (path separator, info separator); ``,``
+    would be mistaken for the start of the ``,S=`` field.
+    """
+    host = name if name is not None else socket.gethostname()
+    return host.replace("/", r"\057").replace(":", r"\072").replace(",", r"\054") or "localhost"
+
+
+def size_from_name(name: str) -> int | None:
+    """The ``S=`` size recorded in a Maildir file name, or None if it has none."""
+    base = name.split(":", 1)[0]
+    for field in base.split(",")[1:]:
+        if field.startswith("S=") and field[2:].isdigit():
+            return int(field[2:])
+    return None
+
+
+class MaildirWriter:
+    """Writes messages into Maildirs durably.
+
+    ``fsync=False`` skips every fsync (file and directories): only for benchmarks and
+    throwaway test setups, never for a server that promises 250.
+    """
+
+    def __init__(self, *, fsync: bool = True, hostname: str | None = None) -> None:
+        self.fsync = fsync
+        self.hostname = maildir_hostname(hostname)
+        self._counter = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def unique_name(self, size: int) -> str:
+        """A fresh file name for a message of ``size`` bytes (without ``:2,`` flags)."""
+        with self._lock:
+            n = next(self._counter)
+        usecs_total = time.time_ns() // 1000
+        secs, usecs = divmod(usecs_total, 1_000_000)
+        rand = secrets.token_hex(8)
+        return f"{secs}.M{usecs}P{os.getpid()}Q{n}R{rand}.{self.hostname},S={size}"
+
+    def deliver(self, maildir_root: Path, folder: str | None, chunks: Sequence[Chunk]) -> Path:
+        """Deliver the concatenation of ``chunks`` into ``folder`` of ``maildir_root``.
+
+        ``folder`` is None/"INBOX" for the inbox or a folder name (see
+        :func:`~mailserver.storage.maildirpp.folder_path`). Missing Maildir directories
+        are created. Returns the final path in ``new/`` once the file and the directory
+        entry are on stable storage. On any error no file is left behind (neither in
+        ``tmp/`` nor in ``new/``) and the exception propagates.
+        """
+        return self.deliver_many([(maildir_root, folder)], chunks)[0]
+
+    def deliver_many(
+        self, targets: Sequence[tuple[Path, str | None]], chunks: Sequence[Chunk]
+    ) -> list[Path]:
+        """Deliver one message to several ``(maildir_root, folder)`` targets, all or none.
+
+        Returns the final paths in the order of ``targets`` (a target listed twice gets
+        one copy and the same path twice). The work is done in phases - write and fsync
+        every copy, then rename every copy, then fsync every ``new/`` directory - so the
+        filesystem journal commits about twice per message instead of twice per copy.
+
+        If anything fails, every copy already written or renamed is removed (best
+        effort) and the exception propagates: the caller answers 4xx and the sender
+        retries the whole message, so no recipient gets it twice and none loses it.
+        """
+        views = [v for v in (memoryview(c).cast("B") for c in chunks) if v.nbytes]
+        size = sum(v.nbytes for v in views)
+        dirs: dict[Path, Path] = {}  # folder dir -> maildir root, deduplicated, in order
+        target_dirs: list[Path] = []
+        for root, folder in targets:
+            d = folder_path(Path(root), folder)
+            dirs.setdefault(d, Path(root))
+            target_dirs.append(d)
+
+        staged: list[tuple[Path, Path]] = []  # (tmp path, final path)
+        placed: list[Path] = []
+        try:
+            for d, root in dirs.items():
+                staged.append(self._write_tmp(root, d, views, size))
+            for tmp, final in staged:
+                os.rename(tmp, final)
+                placed.append(final)
+            if self.fsync:
+                for d in dirs:
+                    fsync_dir(d / "new")
+        except BaseException:
+            for tmp, _final in staged:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            for final in placed:
+                with contextlib.suppress(OSError):
+                    os.unlink(final)
+            raise
+        final_by_dir = {final.parent.parent: final for _tmp, final in staged}
+        return [final_by_dir[d] for d in target_dirs]
+
+    async def deliver_async(
+        self, maildir_root: Path, folder: str | None, chunks: Sequence[Chunk]
+    ) -> Path:
+        """:meth:`deliver` in a worker thread, so the event loop keeps running.
+
+        If the awaiting task is cancelled the thread still finishes the delivery (a
+        half-done rename cannot be stopped safely); the sender then retries and the
+        message may arrive twice, which is the right side to err on.
+        """
+        return await asyncio.to_thread(self.deliver, maildir_root, folder, chunks)
+
+    async def deliver_many_async(
+        self, targets: Sequence[tuple[Path, str | None]], chunks: Sequence[Chunk]
+    ) -> list[Path]:
+        """:meth:`deliver_many` in a worker thread."""
+        return await asyncio.to_thread(self.deliver_many, targets, chunks)
+
+    # ------------------------------------------------------------------ internals
+
+    def _write_tmp(
+        self, root: Path, folder_dir: Path, views: list[memoryview], size: int
+    ) -> tuple[Path, Path]:
+        """Write one copy to ``tmp/`` and fsync it; return (tmp path, final path)."""
+        for attempt in range(3):
+            name = self.unique_name(size)
+            tmp = folder_dir / "tmp" / name
+            try:
+                fd = os.open(tmp, _OPEN_FLAGS, FILE_MODE)
+            except FileNotFoundError:
+                if attempt:
+                    raise
+                # First mail to a mailbox nobody created yet (e.g. postmaster before any
+                # account exists), or a folder removed behind our back: create it.
+                ensure_maildir(root, durable=self.fsync)
+                if folder_dir != root:
+                    ensure_maildir(folder_dir, is_folder=True, durable=self.fsync)
+                continue
+            except FileExistsError:
+                continue  # a name collision should be impossible; take a new name
+            try:
+                try:
+                    _write_all(fd, views)
+                    if self.fsync:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            return tmp, folder_dir / "new" / name
+        raise FileExistsError(errno.EEXIST, "could not find a free Maildir file name", str(tmp))
+
+
+def _write_all(fd: int, views: list[memoryview]) -> None:
+    """Write every byte of ``views`` to ``fd``, coping with short writes."""
+    pending = list(views)
+    i = 0
+    while i < len(pending):
+        written = os.writev(fd, pending[i : i + _IOV_MAX])
+        if written <= 0:
+            raise OSError(errno.EIO, "write made no progress")
+        while written:
+            head = pending[i]
+            if written >= head.nbytes:
+                written -= head.nbytes
+                i += 1
+            else:
+                pending[i] = head[written:]
+                written = 0
