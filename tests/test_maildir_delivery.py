@@ -240,9 +240,31 @@ def test_deliver_many_is_all_or_nothing(tmp_path: Path) -> None:
     assert_clean_tmp(tmp_path)
 
 
+def test_deliver_batch_per_copy_content(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    items = [
+        (a, None, [b"Delivered-To: a@example.org\r\n", *MSG]),
+        (b, "Junk", [b"Delivered-To: b@example.org\r\n", *MSG]),
+    ]
+    pa, pb = MaildirWriter().deliver_batch(items)
+    assert pa.read_bytes() == b"Delivered-To: a@example.org\r\n" + b"".join(MSG)
+    assert pb.read_bytes() == b"Delivered-To: b@example.org\r\n" + b"".join(MSG)
+    assert pb.parent == b / ".Junk" / "new"
+    assert size_from_name(pa.name) == pa.stat().st_size
+
+
+def test_deliver_batch_bad_folder_touches_nothing(tmp_path: Path) -> None:
+    items = [(tmp_path / "a", None, MSG), (tmp_path / "b", "../escape", MSG)]
+    with pytest.raises(ValueError):
+        MaildirWriter().deliver_batch(items)
+    assert list(tmp_path.iterdir()) == []
+
+
 async def test_deliver_async(mailbox: Path) -> None:
     w = MaildirWriter()
     path = await w.deliver_async(mailbox, "Sent", MSG)
     assert path.read_bytes() == b"".join(MSG)
     paths = await w.deliver_many_async([(mailbox, None), (mailbox, "Trash")], MSG)
     assert [p.parent.parent for p in paths] == [mailbox, mailbox / ".Trash"]
+    paths = await w.deliver_batch_async([(mailbox, "Drafts", MSG)])
+    assert paths[0].parent == mailbox / ".Drafts" / "new"
