@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -172,7 +173,8 @@ class _SMTPProtocol(asyncio.Protocol):
     # ---------------------------------------------------------------- asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports are not asyncio.Transport subclasses: duck-type, don't assert.
+        transport = typing.cast(asyncio.Transport, transport)
         self.transport = transport
         peer = transport.get_extra_info("peername") or ("?", 0)
         ip, port = str(peer[0]), int(peer[1])

@@ -20,6 +20,7 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 @dataclass
 class TestCA:
+    __test__ = False  # not a test class, despite the name
     directory: Path
 
     def __post_init__(self) -> None:

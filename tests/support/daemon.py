@@ -59,6 +59,8 @@ class PymaildProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.log_lines: list[str] = []
         self._ready = threading.Event()
+        self.host = ""  # the SMTP listener, set by whoever builds the config
+        self.port = 0
 
     @property
     def state_dir(self) -> Path:
