@@ -170,14 +170,13 @@ class MXHandler:
             for account in accounts:
                 per_account.setdefault(account, rcpt)
         try:
-            await asyncio.gather(*(
-                self.writer.deliver_async(
-                    self.store.maildir_path(account),
-                    folder,
-                    [return_path, trace.delivered_to_header(rcpt), verdict.header, received, data],
-                )
+            # All copies or none: a failure removes what was written and answers 4xx, so
+            # the sender's retry never duplicates a copy for one recipient.
+            await self.writer.deliver_batch_async([
+                (self.store.maildir_path(account), folder,
+                 [return_path, trace.delivered_to_header(rcpt), verdict.header, received, data])
                 for account, rcpt in per_account.items()
-            ))
+            ])
         except OSError as exc:
             # Disk full, permissions...: nothing was promised, the sender retries.
             log.error("%s outcome=deferred reason=%r", base, exc)
