@@ -547,3 +547,32 @@ def test_bind_accepts_the_zone(state: tuple[Config, list[DKIMKey]], tmp_path: Pa
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout
+
+
+def test_slow_resolver_is_abandoned(tmp_path: Path) -> None:
+    import threading
+
+    release = threading.Event()
+
+    def hanging(host: str, *args: object) -> list[tuple]:
+        release.wait(10)
+        return [(0, 0, 0, "", ("93.184.216.1", 0))]
+
+    try:
+        assert rec._resolve(hanging, "mx1.example.org", timeout=0.2) == []
+    finally:
+        release.set()
+
+
+def test_hostname_is_resolved_once_for_both_families(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, listen={"smtp": ["0.0.0.0:25", "[::]:25"]})
+    resolve = fake_resolver({"mx1.example.org": ["93.184.216.7"]})
+    calls: list[int] = []
+
+    def interfaces() -> list[str]:
+        calls.append(1)
+        return ["2a01:4f8::8"]
+
+    found = detect_addresses(cfg, resolve=resolve, interfaces=interfaces)
+    assert found == (["93.184.216.7"], ["2a01:4f8::8"])
+    assert resolve.calls == ["mx1.example.org"] and calls == [1]

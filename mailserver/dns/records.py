@@ -18,6 +18,7 @@ import json
 import socket
 import struct
 import textwrap
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -113,12 +114,25 @@ def served_families(cfg: Config) -> set[int]:
 Resolver = Callable[..., list[tuple]]
 
 
-def _resolve(resolve: Resolver, host: str) -> list[str]:
-    try:
-        infos = resolve(host, None, 0, socket.SOCK_STREAM)
-    except (OSError, UnicodeError):
-        return []
-    return [info[4][0].split("%")[0] for info in infos]
+RESOLVE_TIMEOUT = 5.0  # getaddrinfo cannot be given a timeout; a dead resolver takes ~20 s
+
+
+def _resolve(resolve: Resolver, host: str, timeout: float = RESOLVE_TIMEOUT) -> list[str]:
+    """Addresses of ``host``, or [] on failure or after ``timeout`` (the banner must not
+    hold up the first start: the lookup is then left to finish in a daemon thread)."""
+    result: list[str] = []
+
+    def lookup() -> None:
+        try:
+            infos = resolve(host, None, 0, socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            return
+        result.extend(info[4][0].split("%")[0] for info in infos)
+
+    thread = threading.Thread(target=lookup, name=f"getaddrinfo {host}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return list(result) if not thread.is_alive() else []
 
 
 def interface_addresses() -> list[str]:
@@ -173,18 +187,27 @@ def detect_addresses(
         else:
             explicit[addr.version].append(str(addr))
     found: dict[int, list[str]] = {4: [], 6: []}
+    # Each source is asked at most once, and only when an explicit address is missing.
+    sources = [lambda: _resolve(resolve, cfg.hostname), interfaces]
+    answers: dict[int, list[str]] = {}
     for version in (4, 6):
         if explicit[version]:
             found[version] = explicit[version]
-        elif version in wildcard:
-            for source in (lambda: _resolve(resolve, cfg.hostname), interfaces):
-                found[version] = [
-                    a for a in source()
-                    if ipaddress.ip_address(a).version == version and ipaddress.ip_address(a).is_global
-                ]
-                if found[version]:
-                    break
+            continue
+        if version not in wildcard:
+            continue
+        for i, source in enumerate(sources):
+            if i not in answers:
+                answers[i] = source()
+            found[version] = [a for a in answers[i] if _is_global_of(a, version)]
+            if found[version]:
+                break
     return _dedupe(found[4]), _dedupe(found[6])
+
+
+def _is_global_of(address: str, version: int) -> bool:
+    addr = ipaddress.ip_address(address)
+    return addr.version == version and addr.is_global
 
 
 def _dedupe(items: Iterable[str]) -> list[str]:
