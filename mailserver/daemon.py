@@ -127,10 +127,12 @@ class Daemon:
         try:
             keys = await asyncio.to_thread(ensure_keys, cfg)
         except Exception as exc:
-            raise StartupError(f"DKIM keys in {cfg.dkim_dir}: {exc}") from None
+            raise StartupError(str(exc)) from None  # DKIMKeyError names the file
         if any(key.created for key in keys):
             # First start: tell the operator what to publish (seed guide 002's UX).
-            sys.stderr.write(first_start_banner(cfg, keys) + "\n")
+            # Address detection may resolve the host name: not on the event loop.
+            banner = await asyncio.to_thread(first_start_banner, cfg, keys)
+            sys.stderr.write(banner + "\n")
             sys.stderr.flush()
         for kind in ("submission", "submissions", "imap", "imaps"):
             if getattr(cfg.listen, kind):

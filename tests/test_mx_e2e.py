@@ -271,7 +271,8 @@ def test_bare_cr_or_lf_refused(make_daemon_shared, body):
     raw.cmd(b"MAIL FROM:<bob@example.net>")
     raw.cmd(b"RCPT TO:<alice@example.test>")
     raw.cmd(b"DATA")
-    raw.send(b"Subject: x\r\n\r\n" + body + b".\r\n")
+    # A dot after a bare LF is content, not the end (smuggling defence): end properly.
+    raw.send(b"Subject: x\r\n\r\n" + body + b"\r\n.\r\n")
     assert raw.read_reply().startswith(b"554 5.6.0")
     raw.close()
 

@@ -267,7 +267,11 @@ class _SMTPProtocol(asyncio.Protocol):
             self.transport.write(conn.greeting())
             while not self._closed:
                 event = conn.next_event()
-                self._flush()
+                if event is p.NEED_DATA or not isinstance(event, p.Helo | p.MailFrom | p.RcptTo):
+                    # RFC 2920: replies may wait while pipelined commands are still being
+                    # processed; send them before waiting for input or doing slow work
+                    # (DATA checks, AUTH). Saves a send() per reply under PIPELINING.
+                    self._flush()
                 if event is p.NEED_DATA:
                     if conn.closed:
                         break
