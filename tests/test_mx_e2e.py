@@ -456,3 +456,20 @@ def test_tls_below_1_2_refused(make_daemon, ca):
     with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
         ctx.wrap_socket(raw.sock, server_hostname="mx.example.test")
     raw.close()
+
+
+def test_first_start_prints_dns_records_once(make_daemon):
+    d = make_daemon()
+    log = d.log_text()
+    for needle in ("example.test.", "IN MX", "v=spf1", "default._domainkey.example.test.",
+                   "default-ed25519._domainkey.example.test.", "k=ed25519", "_dmarc.example.test.",
+                   "_mta-sts.example.test.", "_smtp._tls.example.test.", "PTR"):
+        assert needle in log, needle
+    keys = sorted(p.name for p in (d.state_dir / "dkim").iterdir())
+    assert keys == ["example.test.default-ed25519.dns", "example.test.default-ed25519.key",
+                    "example.test.default.dns", "example.test.default.key"]
+    assert ((d.state_dir / "dkim/example.test.default.key").stat().st_mode & 0o777) == 0o600
+    d.stop()
+    d.log_lines.clear()
+    d.start()
+    assert "v=spf1" not in d.log_text()  # keys exist: no banner on later starts
