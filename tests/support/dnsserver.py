@@ -347,13 +347,14 @@ class DNSServer:
         limit = max(_PLAIN_UDP_LIMIT, query.payload) if query.edns >= 0 else _PLAIN_UDP_LIMIT
         if self.udp_limit is not None:
             limit = min(limit, self.udp_limit)
-        try:
-            return response.to_wire(max_size=limit)
-        except dns.exception.TooBig:
-            # Send the question only, with TC set: the client must ask again over TCP.
-            truncated = dns.message.make_response(query)
-            truncated.flags |= dns.flags.AA | dns.flags.TC
-            return truncated.to_wire()
+        # Measured ourselves: dnspython's to_wire(max_size=...) never goes below 512.
+        wire = response.to_wire(max_size=65535)
+        if len(wire) <= limit:
+            return wire
+        # Send the question only, with TC set: the client must ask again over TCP.
+        truncated = dns.message.make_response(query)
+        truncated.flags |= dns.flags.AA | dns.flags.TC
+        return truncated.to_wire()
 
 
 class _UDPServer(socketserver.ThreadingUDPServer):
