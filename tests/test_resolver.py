@@ -271,3 +271,34 @@ async def test_concurrent_lookups_do_not_block_each_other(
     assert await dns_resolver.a("fast.example.com") == ["127.0.0.2"]
     assert time.monotonic() - t0 < 0.3
     assert await slow == ["127.0.0.1"]
+
+
+async def test_concurrent_identical_lookups_are_coalesced(
+    dns_server: DNSServer, dns_resolver: Resolver
+) -> None:
+    dns_server.add("example.com", "TXT", "v=spf1 -all")
+    dns_server.delay("example.com", 0.2)
+    results = await asyncio.gather(*(dns_resolver.txt("example.com") for _ in range(10)))
+    assert results == [["v=spf1 -all"]] * 10
+    assert dns_server.count("example.com", "TXT") == 1
+
+
+async def test_cancelled_waiter_does_not_cancel_the_others(
+    dns_server: DNSServer, dns_resolver: Resolver
+) -> None:
+    dns_server.add("example.com", "A", "127.0.0.1")
+    dns_server.delay("example.com", 0.3)
+    first = asyncio.create_task(dns_resolver.a("example.com"))
+    second = asyncio.create_task(dns_resolver.a("example.com"))
+    await asyncio.sleep(0.05)
+    first.cancel()
+    assert await second == ["127.0.0.1"]
+    assert dns_server.count("example.com") == 1
+
+
+async def test_coalesced_failure_reaches_every_waiter(dns_server: DNSServer, dns_resolver: Resolver) -> None:
+    dns_server.servfail("example.com")
+    dns_server.delay("example.com", 0.1)
+    results = await asyncio.gather(*(dns_resolver.a("example.com") for _ in range(3)), return_exceptions=True)
+    assert all(isinstance(r, DNSTempError) for r in results)
+    assert dns_server.count("example.com") == 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import ipaddress
 import logging
 import threading
@@ -177,6 +178,7 @@ class Resolver:
         self.cache = _TTLCache(cache_size)
         self.upstream_queries = 0  # lookups that went to the network (cache misses)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._inflight: dict[tuple[dns.name.Name, int], asyncio.Task[DNSAnswer]] = {}
 
     @property
     def nameservers(self) -> list[str]:
@@ -192,7 +194,7 @@ class Resolver:
         lifetime: float | None = None,
     ) -> DNSAnswer:
         """Records of one type, following CNAMEs; raises DNSTempError only."""
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         rdt = dns.rdatatype.RdataType.make(rdtype)
         try:
             qname = _to_name(name)
@@ -205,9 +207,32 @@ class Resolver:
         cached = self.cache.get(key)
         if cached is not None:
             return cached
+        # Coalesce: twenty messages from one domain arriving together ask once, not
+        # twenty times. Tasks belong to one loop, so only same-loop callers share.
+        task = self._inflight.get(key)
+        if task is None or task.get_loop() is not loop:
+            task = loop.create_task(self._ask_and_store(key, qname, rdt, lifetime))
+            self._inflight[key] = task
+            task.add_done_callback(functools.partial(self._landed, key))
+        # shield: one caller giving up (timeout, cancel) must not cancel the others' lookup.
+        return await asyncio.shield(task)
+
+    async def _ask_and_store(
+        self,
+        key: tuple[dns.name.Name, int],
+        qname: dns.name.Name,
+        rdt: dns.rdatatype.RdataType,
+        lifetime: float | None,
+    ) -> DNSAnswer:
         answer, ttl = await self._ask(qname, rdt, lifetime)
         self.cache.put(key, answer, ttl)
         return answer
+
+    def _landed(self, key: tuple[dns.name.Name, int], task: asyncio.Task[DNSAnswer]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # mark retrieved: every waiter may have gone away
 
     async def _ask(
         self, qname: dns.name.Name, rdt: dns.rdatatype.RdataType, lifetime: float | None
