@@ -394,6 +394,12 @@ def test_strongest_outcome_wins() -> None:
     assert out.action == "reject"
 
 
+def test_reply_text_is_one_printable_line() -> None:
+    spf = SPFResult("fail", "evil.example\r\n250 ok", "mailfrom", "a@evil.example")
+    out = decide(InboundPolicy(spf_fail_action="reject"), spf, None)
+    assert out.text == "5.7.23 SPF of evil.example??250 ok does not allow this host to send its mail"
+
+
 def test_accept_outcome() -> None:
     out = decide(InboundPolicy(), None, None)
     assert (out.action, out.code, out.status) == ("accept", 250, "2.6.0")

@@ -26,6 +26,7 @@ what was evaluated); with all three off the header says ``none``.
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -85,25 +86,32 @@ class InboundVerdict:
 
 
 @dataclass(frozen=True, slots=True)
-class _Outcome:
+class Outcome:
     action: Action
     code: int
     status: str
     text: str
 
 
-_ACCEPT = _Outcome("accept", 250, "2.6.0", "2.6.0 message accepted")
+_ACCEPT = Outcome("accept", 250, "2.6.0", "2.6.0 message accepted")
 
 
-def _reply(action: str, status_5xx: str, text: str) -> _Outcome:
+def _reply_text(text: str) -> str:
+    # Domains in the text come from MAIL FROM: nothing but printable ASCII may reach
+    # the SMTP reply line (a CR/LF there would forge further reply lines).
+    return re.sub(r"[^\x20-\x7e]", "?", text)[:300]
+
+
+def _reply(action: str, status_5xx: str, text: str) -> Outcome:
     """The SMTP reply for a configured action; ``text`` follows the status code."""
+    text = _reply_text(text)
     if action == "reject":
-        return _Outcome("reject", 550, status_5xx, f"{status_5xx} {text}")
+        return Outcome("reject", 550, status_5xx, f"{status_5xx} {text}")
     if action == "tempfail":
         status = "4" + status_5xx[1:]
-        return _Outcome("tempfail", 451, status, f"{status} {text}")
+        return Outcome("tempfail", 451, status, f"{status} {text}")
     if action == "junk":
-        return _Outcome("junk", 250, "2.6.0", "2.6.0 message accepted")
+        return Outcome("junk", 250, "2.6.0", "2.6.0 message accepted")
     return _ACCEPT
 
 
@@ -114,7 +122,7 @@ def decide(
     *,
     from_error: str = "",
     timed_out: bool = False,
-) -> _Outcome:
+) -> Outcome:
     """The action for a set of results (rules in the module docstring)."""
     outcomes = [_ACCEPT]
     retry = "temporary failure checking the sender; try again later"
