@@ -23,6 +23,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pymaild", description="A complete self-hosted mail server.")
     parser.add_argument("--version", action="version", version=f"pymaild {__version__}")
+    parser.add_argument("-c", "--config", dest="config_global", metavar="FILE",
+                        help="config file (also accepted after the command)")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", help="config file (default: $PYMAILD_CONFIG or "
                         "/etc/pymaild/pymaild.toml)")
@@ -70,7 +72,7 @@ def _run(args: argparse.Namespace, cfg: object) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    path = resolve_config_path(getattr(args, "config", None))
+    path = resolve_config_path(getattr(args, "config", None) or args.config_global)
     try:
         cfg = load_config(path)
     except ConfigError as exc:

@@ -165,6 +165,13 @@ def _selector(value: object) -> str:
     return value
 
 
+def _positive_duration(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds < 1:
+        raise ValueError(f"must be at least 1s, got {value!r}")
+    return seconds
+
+
 def _parser(fn: Callable[[object], Any]) -> dict[str, Any]:
     return {"parse": fn}
 
@@ -178,7 +185,7 @@ class TLSConfig:
     key: str = ""
     self_signed: bool = False  # generate a self-signed end-entity cert on first start if missing
     min_version: str = field(default="1.2", metadata=_parser(_choice("1.2", "1.3")))
-    reload_interval: float = field(default=60.0, metadata=_parser(parse_duration))
+    reload_interval: float = field(default=60.0, metadata=_parser(_positive_duration))
 
 
 @dataclass(frozen=True)
@@ -201,7 +208,9 @@ class SMTPConfig:
     data_timeout: float = field(default=600.0, metadata=_parser(parse_duration))
     max_connections: int = field(default=1000, metadata=_parser(_positive_int))
     max_connections_per_ip: int = field(default=20, metadata=_parser(_positive_int))
-    max_errors: int = field(default=10, metadata=_parser(_positive_int))
+    # Like Postfix's smtpd_hard_error_limit: refused RCPTs count, so a dictionary attack
+    # is cut off, while a list server with a few stale addresses is not.
+    max_errors: int = field(default=20, metadata=_parser(_positive_int))
     max_received_headers: int = field(default=50, metadata=_parser(_positive_int))
     reject_bare_newlines: bool = True
 
@@ -230,7 +239,7 @@ class ChecksConfig:
         default="tempfail", metadata=_parser(_choice("tempfail", "accept"))
     )
     max_dkim_signatures: int = field(default=5, metadata=_parser(_positive_int))
-    timeout: float = field(default=20.0, metadata=_parser(parse_duration))
+    timeout: float = field(default=20.0, metadata=_parser(_positive_duration))
 
 
 @dataclass(frozen=True)
@@ -310,8 +319,6 @@ class Config:
         return domain.rstrip(".").lower() in self.local_domains
 
 
-# Listener kinds that cannot work without a certificate.
-TLS_LISTENERS = ("submissions", "imaps")
 
 
 # ---------------------------------------------------------------------------- loader
@@ -425,10 +432,10 @@ def _validate(cfg: Config, file: str) -> None:
         if bool(cfg.tls.cert) != bool(cfg.tls.key):
             raise ConfigError(file, "tls.key" if cfg.tls.cert else "tls.cert",
                               "tls.cert and tls.key must be given together")
-        needs_tls = any(getattr(cfg.listen, kind) for kind in TLS_LISTENERS)
-        if not cfg.tls.self_signed and not cfg.tls.cert and needs_tls:
-            raise ConfigError(file, "tls.cert", "implicit-TLS listeners need tls.cert and tls.key"
-                              " (or tls.self_signed = true)")
+        if not cfg.tls.self_signed and not cfg.tls.cert:
+            # Every listener offers TLS (STARTTLS on 25 too), so a certificate is required.
+            raise ConfigError(file, "tls.cert", "required: give tls.cert and tls.key"
+                              " (or set tls.self_signed = true)")
         if not cfg.tls.self_signed:
             for key, value in (("tls.cert", cfg.tls.cert), ("tls.key", cfg.tls.key)):
                 if value and not os.path.isfile(value):
@@ -471,10 +478,14 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 def config_from_dict(raw: dict[str, Any], file: str = "<config>") -> Config:
     cfg: Config = _build(Config, raw, file, "")
-    if not os.path.isabs(cfg.state_dir):
-        # Relative state_dir is relative to the config file, so a demo folder is self-contained.
-        base = os.path.dirname(os.path.abspath(file)) if file != "<config>" else os.getcwd()
-        cfg = _replace(cfg, state_dir=os.path.normpath(os.path.join(base, cfg.state_dir)))
+    # Relative paths are relative to the config file, so a demo folder is self-contained.
+    base = os.path.dirname(os.path.abspath(file)) if file != "<config>" else os.getcwd()
+
+    def absolute(path: str) -> str:
+        return path if not path or os.path.isabs(path) else os.path.normpath(os.path.join(base, path))
+
+    cfg = _replace(cfg, state_dir=absolute(cfg.state_dir),
+                   tls=_replace(cfg.tls, cert=absolute(cfg.tls.cert), key=absolute(cfg.tls.key)))
     cfg = _replace(cfg, path=file)
     _validate(cfg, file)
     return cfg

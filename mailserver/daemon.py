@@ -64,8 +64,10 @@ def make_checker(cfg: Config, resolver: Resolver) -> Checker | None:
             resolver, data=data, client_ip=session.client_ip, helo=session.conn.helo_name,
             mail_from=mail_from, hostname=cfg.hostname, policy=policy,
         )
+        # The reply carries the enhanced status once: the core adds it in front of the text.
+        text = verdict.smtp_text.removeprefix(verdict.smtp_status).lstrip()
         return CheckOutcome(verdict.action, verdict.smtp_code, verdict.smtp_status,
-                            verdict.smtp_text, verdict.header, verdict.summary)
+                            text, verdict.header, verdict.summary)
 
     return check
 
@@ -77,10 +79,13 @@ def build(cfg: Config) -> Components:
         cfg.state_path.mkdir(parents=True, exist_ok=True, mode=0o750)
         tls.load()
     except OSError as exc:
-        raise StartupError(f"{cfg.state_dir}: {exc.strerror or exc}") from None
+        raise StartupError(f"{exc.filename or cfg.state_dir}: {exc.strerror or exc}") from None
     except Exception as exc:  # TLSError and friends already name the file
         raise StartupError(str(exc)) from None
-    store = AccountStore.in_state_dir(cfg.state_path)
+    try:
+        store = AccountStore.in_state_dir(cfg.state_path)
+    except Exception as exc:  # sqlite3 errors, a DB from a newer version, permissions
+        raise StartupError(f"{cfg.accounts_db}: cannot open the accounts database: {exc}") from None
     resolver = Resolver(list(cfg.dns.nameservers) or None, lifetime=cfg.dns.timeout)
     writer = MaildirWriter(hostname=cfg.hostname)
     handler = MXHandler(
@@ -142,7 +147,6 @@ class Daemon:
                 await self.parts.mx.listen(host, port)
             except OSError as exc:
                 reason = exc.strerror or exc
-                raise StartupError(f"cannot listen on {host}:{port} (listen.smtp): {reason}") from None
                 raise StartupError(f"cannot listen on {host}:{port} (listen.smtp): {reason}") from None
         self._tasks.append(asyncio.create_task(self._watch_certificates()))
 

@@ -123,7 +123,8 @@ def server_context(cert_path: Path, key_path: Path, min_version: str = "1.2") ->
     except PermissionError as exc:
         raise TLSError(f"{exc.filename}: permission denied") from None
     except ssl.SSLError as exc:
-        raise TLSError(f"{cert_path} / {key_path}: cannot load certificate and key: {exc.reason}") from None
+        reason = exc.reason or exc.strerror or "not a PEM certificate chain and matching private key"
+        raise TLSError(f"{cert_path} / {key_path}: cannot load certificate and key: {reason}") from None
     return ctx
 
 

@@ -96,7 +96,7 @@ def test_signed_mail_passes_everything(checked, dns_server, keys):
     assert ar.count("dkim=pass") == 2
     assert "header.a=rsa-sha256" in ar and "header.a=ed25519-sha256" in ar
     assert "dmarc=pass" in ar and "header.from=sender.example" in ar
-    log = checked.log_text()
+    log = checked.wait_log("outcome=delivered")
     assert "spf=pass" in log and "dmarc=pass" in log
 
 
@@ -117,7 +117,7 @@ def test_spf_fail_with_dmarc_reject_is_refused(checked, dns_server, keys):
     assert code == 550 and reply.startswith(b"5.7.1"), reply
     assert b"DMARC" in reply
     assert stored(checked) == []
-    assert "outcome=rejected" in checked.log_text()
+    assert "outcome=rejected" in checked.wait_log("outcome=rejected")
 
 
 def test_dmarc_quarantine_goes_to_junk(checked, dns_server, keys):
@@ -128,7 +128,7 @@ def test_dmarc_quarantine_goes_to_junk(checked, dns_server, keys):
     assert stored(checked) == []
     (junk,) = stored(checked, ".Junk")
     assert "dmarc=fail" in ar_header(junk)
-    assert "folder=Junk" in checked.log_text()
+    assert "folder=Junk" in checked.wait_log("folder=Junk")
 
 
 def test_dns_temporary_error_defers(checked, dns_server, keys):

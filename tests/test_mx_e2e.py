@@ -112,7 +112,7 @@ def test_delivers_over_starttls_into_maildir(make_daemon, ca):
     assert b"with ESMTPS" in head and b"(using TLSv1.3" in head
     assert files[0].name.endswith(f",S={len(stored)}")
     assert not list((inbox / "tmp").iterdir())
-    log = d.log_text()
+    log = d.wait_log("outcome=delivered")
     assert "from=<bob@example.net> to=alice@example.test" in log and "outcome=delivered" in log
 
 

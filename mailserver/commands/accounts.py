@@ -47,6 +47,17 @@ def read_password(args: argparse.Namespace, *, confirm: bool = True) -> str:
 
 def _create(args: argparse.Namespace, cfg: Config) -> int:
     _check_domain(cfg, args.address)
+    if args.command == "imap-acct":
+        store = _store(cfg)
+        if store.get_account(args.address) is not None:
+            # maddy's flow is `creds create` then `imap-acct create`: here one account is
+            # both, so the second step only makes sure the mailbox exists.
+            from ..storage.maildirpp import create_maildirpp
+
+            path = store.maildir_path(args.address)
+            create_maildirpp(path)
+            print(f"mailbox ready for {args.address.lower()} ({path})")
+            return 0
     password = read_password(args)
     try:
         account = _store(cfg).create_account(args.address, password)

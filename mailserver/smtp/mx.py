@@ -92,6 +92,9 @@ class MXHandler:
     async def on_rcpt(self, session: Session, event: p.RcptTo) -> Answer:
         tx = self._tx.setdefault(session.id, _Transaction())
         address = event.address
+        if event.raw.lower() == "<postmaster>":
+            # RFC 5321 4.5.1: the bare <Postmaster> must be accepted, whatever the domain.
+            address = p.Address("postmaster", self.primary_domain)
         if address.is_literal or address.domain not in self.local_domains:
             # The relay decision uses the domain the parser resolved (routes stripped,
             # quotes undone): there is no way to make a non-local domain look local.
@@ -109,7 +112,8 @@ class MXHandler:
         except InvalidAddress:
             return (550, "5.1.1", f"<{address}>: Recipient address rejected: no such user")
         if not accounts:
-            log.info("unknown recipient session=%s client=%s rcpt=%s", session.id, session.client_ip, address)
+            log.info("unknown recipient session=%s client=%s rcpt=%s", session.id, session.client_ip,
+                     event.raw)
             return (550, "5.1.1", f"<{address}>: Recipient address rejected: no such user")
         tx.recipients[str(address)] = accounts
         return (250, "2.1.5", "Recipient OK")
@@ -129,6 +133,7 @@ class MXHandler:
         rcpts = ",".join(tx.recipients)
         base = (f"message id={msg_id} client={session.client_ip} helo={session.conn.helo_name}"
                 f" from=<{sender}> to={rcpts} size={len(data)}")
+        # One line per message; verdicts are appended only when checks ran.
         if not tx.recipients:
             return (554, "5.5.1", "No valid recipients")
         hops = trace.count_received(data)
@@ -137,19 +142,20 @@ class MXHandler:
             log.info("%s outcome=rejected reason=loop hops=%d", base, hops)
             return (554, "5.4.6", f"Too many Received headers ({hops}): mail loop?")
 
-        # A forged Authentication-Results claiming to be ours must never reach the user.
-        data = strip_forged(data, self.hostname)
         verdict = CheckOutcome("accept")
         if self.checker is not None:
+            # Verify the bytes as sent: a DKIM signature may cover headers we strip below.
             verdict = await self.checker(data, session, sender)
         if verdict.action == "reject":
             self.rejected += 1
-            log.info("%s %s outcome=rejected code=%d", base, verdict.summary, verdict.code)
+            log.info("%s%s outcome=rejected code=%d", base, _verdicts(verdict), verdict.code)
             return (verdict.code, verdict.status, verdict.text)
         if verdict.action == "tempfail":
-            log.info("%s %s outcome=deferred code=%d", base, verdict.summary, verdict.code)
+            log.info("%s%s outcome=deferred code=%d", base, _verdicts(verdict), verdict.code)
             return (verdict.code, verdict.status, verdict.text)
 
+        # A forged Authentication-Results claiming to be ours must never reach the user.
+        data = strip_forged(data, self.hostname)
         folder = "Junk" if verdict.action == "junk" else None
         single = next(iter(tx.recipients)) if len(tx.recipients) == 1 else None
         received = trace.received_header(
@@ -183,6 +189,10 @@ class MXHandler:
             return (451, "4.3.0", "Local delivery failed, try again later")
         self.accepted += 1
         ms = (time.perf_counter() - started) * 1000
-        log.info("%s %s outcome=delivered folder=%s accounts=%d ms=%.1f", base, verdict.summary,
+        log.info("%s%s outcome=delivered folder=%s accounts=%d ms=%.1f", base, _verdicts(verdict),
                  folder or "INBOX", len(per_account), ms)
         return (250, "2.0.0", f"Ok: delivered as {msg_id}")
+
+
+def _verdicts(verdict: CheckOutcome) -> str:
+    return f" {verdict.summary}" if verdict.summary else ""

@@ -126,7 +126,7 @@ class ServerParams:
     max_message_size: int = 25 * 1024 * 1024
     max_recipients: int = 100
     max_line_length: int = 2048  # commands and DATA lines, CRLF included
-    max_errors: int = 10  # syntax/sequence errors before 421
+    max_errors: int = 20  # errors (incl. refused RCPTs) before 421, like smtpd_hard_error_limit
     tls_available: bool = False  # offer STARTTLS
     tls_active: bool = False  # connection is already TLS (port 465)
     auth_mechanisms: tuple[str, ...] = ()  # e.g. ("PLAIN", "LOGIN"); empty = no AUTH

@@ -99,6 +99,15 @@ class PymaildProcess:
     def log_text(self) -> str:
         return "\n".join(self.log_lines)
 
+    def wait_log(self, *needles: str, timeout: float = 5.0) -> str:
+        """The log once every needle is in it (log lines are written by a thread)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log_text()
+            if all(n in text for n in needles) or time.monotonic() > deadline:
+                return text
+            time.sleep(0.02)
+
     def signal(self, sig: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
