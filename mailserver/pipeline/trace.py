@@ -22,6 +22,18 @@ def count_received(data: bytes) -> int:
     return len(_RECEIVED.findall(header_section(data)))
 
 
+_date_cache: tuple[int, str] = (-1, "")
+
+
+def _rfc5322_date(when: float) -> str:
+    """formatdate() is slow enough to show in profiles; a date changes once a second."""
+    global _date_cache
+    second = int(when)
+    if _date_cache[0] != second:
+        _date_cache = (second, email.utils.formatdate(second, localtime=True))
+    return _date_cache[1]
+
+
 def _clean(text: str) -> str:
     # Everything here may come from the client: keep it on one line and inside comments.
     return re.sub(r"[^\x21-\x7e]", "?", text).replace("(", "?").replace(")", "?")[:255]
@@ -45,7 +57,7 @@ def received_header(
     ``protocol`` is the RFC 3848 "with" keyword: ESMTP, ESMTPS, ESMTPA, ESMTPSA.
     ``recipient`` is named only for single-recipient messages (privacy of the others).
     """
-    date = email.utils.formatdate(when if when is not None else time.time(), localtime=True)
+    date = _rfc5322_date(when if when is not None else time.time())
     if hide_client:
         source = "from authenticated-user"
     else:

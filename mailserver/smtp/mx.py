@@ -26,6 +26,8 @@ from .server import Answer, Session
 
 log = logging.getLogger("pymaild.mx")
 
+RESOLVE_CACHE_SECONDS = 5.0
+
 
 @dataclass
 class CheckOutcome:
@@ -75,6 +77,7 @@ class MXHandler:
         self.postmaster = postmaster
         self.max_received_headers = max_received_headers
         self._tx: dict[str, _Transaction] = {}
+        self._resolved: dict[str, tuple[float, list[str]]] = {}
         self.accepted = 0
         self.rejected = 0
 
@@ -101,14 +104,7 @@ class MXHandler:
             log.info("relay denied session=%s client=%s rcpt=%s", session.id, session.client_ip, event.raw)
             return (554, "5.7.1", f"<{address}>: Relay access denied")
         try:
-            accounts = await asyncio.to_thread(
-                self.store.resolve,
-                str(address),
-                local_domains=self.local_domains,
-                primary_domain=self.primary_domain,
-                plus_separator=self.plus_separator,
-                postmaster=self.postmaster,
-            )
+            accounts = await self._resolve(str(address))
         except InvalidAddress:
             return (550, "5.1.1", f"<{address}>: Recipient address rejected: no such user")
         if not accounts:
@@ -117,6 +113,31 @@ class MXHandler:
             return (550, "5.1.1", f"<{address}>: Recipient address rejected: no such user")
         tx.recipients[str(address)] = accounts
         return (250, "2.1.5", "Recipient OK")
+
+    async def _resolve(self, address: str) -> list[str] | None:
+        """The recipient table lookup (SQLite, in a thread), with known recipients cached.
+
+        Only positive answers are cached, and briefly (``RESOLVE_CACHE_SECONDS``): a
+        new account must receive mail at once, never get a cached 550. A removed
+        account may still receive for those seconds; its Maildir is kept anyway.
+        """
+        now = time.monotonic()
+        hit = self._resolved.get(address)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        accounts = await asyncio.to_thread(
+            self.store.resolve,
+            address,
+            local_domains=self.local_domains,
+            primary_domain=self.primary_domain,
+            plus_separator=self.plus_separator,
+            postmaster=self.postmaster,
+        )
+        if accounts:
+            if len(self._resolved) >= 10_000:
+                self._resolved.clear()
+            self._resolved[address] = (now + RESOLVE_CACHE_SECONDS, accounts)
+        return accounts
 
     async def on_auth(self, session: Session, event: p.AuthStart | p.AuthResponse) -> Answer | str:
         return (502, "5.5.1", "AUTH not available")  # the core never offers it on MX
