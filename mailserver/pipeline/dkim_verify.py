@@ -37,10 +37,13 @@ from typing import Literal
 import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
 
+from mailserver import dkim_crypto
 from mailserver.dns.resolver import DNSAnswer, DNSTempError, Resolver
 from mailserver.pipeline.authresults import header_end
 
 log = logging.getLogger(__name__)
+
+dkim_crypto.install()  # RSA through OpenSSL, not dkimpy's pure-Python pow()
 
 DKIMResultCode = Literal["pass", "fail", "neutral", "temperror", "permerror", "policy"]
 
