@@ -216,6 +216,29 @@ class SMTPConfig:
 
 
 @dataclass(frozen=True)
+class SubmissionConfig:
+    """Ports 587/465: authenticated clients sending mail."""
+
+    hide_client_ip: bool = True  # Received header without the user's IP (privacy)
+    max_auth_failures_per_ip: int = field(default=10, metadata=_parser(_positive_int))
+    max_auth_failures_per_account: int = field(default=10, metadata=_parser(_positive_int))
+    auth_failure_window: float = field(default=900.0, metadata=_parser(_positive_duration))
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """The outbound queue in state_dir/queue."""
+
+    retry_schedule: tuple[float, ...] = field(
+        default=(0.0, 450.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 57600.0),
+        metadata={"item": parse_duration},
+    )
+    max_age: float = field(default=5 * 86400.0, metadata=_parser(_positive_duration))
+    delay_notice_after: float = field(default=4 * 3600.0, metadata=_parser(parse_duration))  # 0 = off
+    concurrency: int = field(default=20, metadata=_parser(_positive_int))
+
+
+@dataclass(frozen=True)
 class AccountsConfig:
     plus_separator: str = "+"
     postmaster: str = ""  # account that receives postmaster@/abuse@ when no alias exists
@@ -258,6 +281,14 @@ class DNSConfig:
 class DeliveryConfig:
     mx_port: int = field(default=25, metadata=_parser(_positive_int))
     relay: str = field(default="", metadata=_parser(parse_hostport))
+    relay_tls: str = field(default="starttls", metadata=_parser(_choice("starttls", "implicit", "none")))
+    relay_username: str = ""
+    relay_password_file: str = ""  # a file holding the relay password, so it is not in the config
+    mta_sts: bool = True
+    mta_sts_port: int = field(default=443, metadata=_parser(_positive_int))
+    ca_file: str = ""  # CA bundle for MTA-STS and relay certificates; empty = the system's
+    connect_timeout: float = field(default=30.0, metadata=_parser(_positive_duration))
+    command_timeout: float = field(default=300.0, metadata=_parser(_positive_duration))
 
 
 @dataclass(frozen=True)
@@ -274,6 +305,8 @@ class Config:
     tls: TLSConfig = field(default_factory=TLSConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
     accounts: AccountsConfig = field(default_factory=AccountsConfig)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
     dkim: DKIMConfig = field(default_factory=DKIMConfig)
@@ -457,6 +490,12 @@ def _validate(cfg: Config, file: str) -> None:
                 raise ConfigError(file, f"listen.{kind}[{i}]",
                                   f"{addr[0]}:{addr[1]} is already used by listen.{seen[addr]}")
             seen[addr] = kind
+    for key, value in (("delivery.ca_file", cfg.delivery.ca_file),
+                       ("delivery.relay_password_file", cfg.delivery.relay_password_file)):
+        if value and not os.path.isfile(value):
+            raise ConfigError(file, key, f"file not found: {value}")
+    if not cfg.queue.retry_schedule:
+        raise ConfigError(file, "queue.retry_schedule", "needs at least one delay (e.g. [\"0s\"])")
     if cfg.accounts.postmaster and "@" not in cfg.accounts.postmaster:
         raise ConfigError(file, "accounts.postmaster", "expected an address like admin@example.org")
 
@@ -485,7 +524,9 @@ def config_from_dict(raw: dict[str, Any], file: str = "<config>") -> Config:
         return path if not path or os.path.isabs(path) else os.path.normpath(os.path.join(base, path))
 
     cfg = _replace(cfg, state_dir=absolute(cfg.state_dir),
-                   tls=_replace(cfg.tls, cert=absolute(cfg.tls.cert), key=absolute(cfg.tls.key)))
+                   tls=_replace(cfg.tls, cert=absolute(cfg.tls.cert), key=absolute(cfg.tls.key)),
+                   delivery=_replace(cfg.delivery, ca_file=absolute(cfg.delivery.ca_file),
+                                     relay_password_file=absolute(cfg.delivery.relay_password_file)))
     cfg = _replace(cfg, path=file)
     _validate(cfg, file)
     return cfg

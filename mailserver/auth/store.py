@@ -391,6 +391,26 @@ class AccountStore:
                 for a, t in c.execute("SELECT alias, target FROM aliases ORDER BY alias, target")
             ]
 
+    def sender_addresses(self, account: str) -> set[str]:
+        """Addresses ``account`` may send as: itself and every alias that reaches it.
+
+        Walks the alias table backwards (an alias of an alias counts), at most
+        MAX_ALIAS_DEPTH levels. Catch-alls and the postmaster fallback do not count: they
+        route mail to the account, they do not make an address the account's.
+        """
+        start = normalize_address(account)
+        owned = {start}
+        frontier = [start]
+        with self._reading() as c:
+            for _ in range(MAX_ALIAS_DEPTH):
+                if not frontier:
+                    break
+                marks = ",".join("?" * len(frontier))
+                rows = c.execute(f"SELECT alias FROM aliases WHERE target IN ({marks})", frontier)
+                frontier = [a for (a,) in rows if a not in owned]
+                owned.update(frontier)
+        return owned
+
     def set_catch_all(self, domain: str, target: str | None) -> None:
         """Route mail for unknown addresses of ``domain`` to ``target``; None removes it."""
         d = normalize_domain(domain)

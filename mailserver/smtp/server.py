@@ -50,6 +50,13 @@ class Session:
 Answer = tuple[int, str, str]  # (code, enhanced status, text)
 
 
+@dataclass(frozen=True)
+class AuthOK:
+    """on_auth's answer for a successful SASL exchange: the session is now ``user``."""
+
+    user: str
+
+
 class SessionHandler(Protocol):
     """The endpoint's policy. Each method returns the reply to send."""
 
@@ -58,7 +65,9 @@ class SessionHandler(Protocol):
     async def on_mail(self, session: Session, event: p.MailFrom) -> Answer: ...
     async def on_rcpt(self, session: Session, event: p.RcptTo) -> Answer: ...
     async def on_message(self, session: Session, event: p.MessageReceived) -> Answer: ...
-    async def on_auth(self, session: Session, event: p.AuthStart | p.AuthResponse) -> Answer | str: ...
+    async def on_auth(
+        self, session: Session, event: p.AuthStart | p.AuthResponse
+    ) -> Answer | str | AuthOK: ...
     def on_disconnect(self, session: Session) -> None: ...
 
 
@@ -305,8 +314,14 @@ class _SMTPProtocol(asyncio.Protocol):
                 answer = await self._dispatch(event)
                 if isinstance(answer, str):  # SASL continuation
                     conn.reply(334, "", answer)
+                elif isinstance(answer, AuthOK):
+                    conn.auth_succeeded(answer.user)
+                    log.info("auth session=%s client=%s user=%s", session.id, session.client_ip, answer.user)
                 elif answer is not None:
                     conn.reply(*answer)
+                if conn.closed:
+                    self._flush()
+                    break
             self._flush()
         except asyncio.CancelledError:
             return
@@ -319,7 +334,7 @@ class _SMTPProtocol(asyncio.Protocol):
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.close()
 
-    async def _dispatch(self, event: p.Event) -> Answer | str | None:
+    async def _dispatch(self, event: p.Event) -> Answer | str | AuthOK | None:
         assert self.session is not None
         handler, session = self.endpoint.handler, self.session
         if isinstance(event, p.Helo):
