@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
 from dataclasses import dataclass
 
 from . import sdnotify
+from .auth.passwords import PasswordChecker
+from .auth.ratelimit import AuthThrottle
 from .auth.store import AccountStore
 from .config import Config
 from .delivery.maildir import MaildirWriter
@@ -24,6 +27,7 @@ from .dns.resolver import Resolver
 from .smtp import protocol as p
 from .smtp.mx import Checker, CheckOutcome, MXHandler
 from .smtp.server import Limits, Session, SMTPEndpoint
+from .smtp.submission import SubmissionHandler
 from .tls import TLSManager
 
 log = logging.getLogger("pymaild")
@@ -39,7 +43,20 @@ class Components:
     store: AccountStore
     resolver: Resolver
     writer: MaildirWriter
+    passwords: PasswordChecker
     mx: SMTPEndpoint
+    submission: SMTPEndpoint
+
+    def listeners(self, cfg: Config) -> list[tuple[str, SMTPEndpoint, tuple[str, int], bool]]:
+        """(config key, endpoint, address, implicit TLS) for every SMTP listener."""
+        out = [("smtp", self.mx, addr, False) for addr in cfg.listen.smtp]
+        out += [("submission", self.submission, addr, False) for addr in cfg.listen.submission]
+        out += [("submissions", self.submission, addr, True) for addr in cfg.listen.submissions]
+        return out
+
+    @property
+    def endpoints(self) -> list[SMTPEndpoint]:
+        return [self.mx, self.submission]
 
 
 def make_checker(cfg: Config, resolver: Resolver) -> Checker | None:
@@ -116,7 +133,31 @@ def build(cfg: Config) -> Components:
         max_connections_per_ip=s.max_connections_per_ip,
     )
     mx = SMTPEndpoint("smtp", params, handler, limits, tls_context=tls.listener_context)
-    return Components(tls, store, resolver, writer, mx)
+
+    passwords = PasswordChecker()
+    sub = cfg.submission
+    throttle = AuthThrottle(max_failures_per_ip=sub.max_auth_failures_per_ip,
+                            max_failures_per_account=sub.max_auth_failures_per_account,
+                            window=sub.auth_failure_window)
+    submission_handler = SubmissionHandler(
+        hostname=cfg.hostname,
+        local_domains=cfg.local_domains,
+        primary_domain=cfg.primary_domain,
+        store=store,
+        passwords=passwords,
+        throttle=throttle,
+        writer=writer,
+        enqueue=None,
+        plus_separator=cfg.accounts.plus_separator,
+        postmaster=cfg.accounts.postmaster,
+        hide_client_ip=sub.hide_client_ip,
+        max_received_headers=s.max_received_headers,
+    )
+    submission_params = dataclasses.replace(params, auth_mechanisms=("PLAIN", "LOGIN"),
+                                            auth_requires_tls=True)
+    submission = SMTPEndpoint("submission", submission_params, submission_handler, limits,
+                              tls_context=tls.listener_context)
+    return Components(tls, store, resolver, writer, passwords, mx, submission)
 
 
 class Daemon:
@@ -139,15 +180,15 @@ class Daemon:
             banner = await asyncio.to_thread(first_start_banner, cfg, keys)
             sys.stderr.write(banner + "\n")
             sys.stderr.flush()
-        for kind in ("submission", "submissions", "imap", "imaps"):
+        for kind in ("imap", "imaps"):
             if getattr(cfg.listen, kind):
                 log.warning("listen.%s is configured but this version does not serve it yet; ignored", kind)
-        for host, port in cfg.listen.smtp:
+        for kind, endpoint, (host, port), implicit_tls in self.parts.listeners(cfg):
             try:
-                await self.parts.mx.listen(host, port)
+                await endpoint.listen(host, port, implicit_tls=implicit_tls)
             except OSError as exc:
                 reason = exc.strerror or exc
-                raise StartupError(f"cannot listen on {host}:{port} (listen.smtp): {reason}") from None
+                raise StartupError(f"cannot listen on {host}:{port} (listen.{kind}): {reason}") from None
         self._tasks.append(asyncio.create_task(self._watch_certificates()))
 
     async def _watch_certificates(self) -> None:
@@ -168,7 +209,8 @@ class Daemon:
         for task in self._tasks:
             task.cancel()
         if self.parts is not None:
-            await self.parts.mx.drain()
+            await asyncio.gather(*(endpoint.drain() for endpoint in self.parts.endpoints))
+            self.parts.passwords.close()
             self.parts.store.close()
         log.info("stopped")
 
