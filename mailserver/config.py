@@ -165,6 +165,14 @@ def _selector(value: object) -> str:
     return value
 
 
+def _ip_or_empty(value: object) -> str:
+    if value == "":
+        return ""
+    if not isinstance(value, str) or not _is_ip(value):
+        raise ValueError(f"expected an IP address of this host, got {value!r}")
+    return value
+
+
 def _positive_duration(value: object) -> float:
     seconds = parse_duration(value)
     if seconds < 1:
@@ -289,6 +297,7 @@ class DeliveryConfig:
     ca_file: str = ""  # CA bundle for MTA-STS and relay certificates; empty = the system's
     connect_timeout: float = field(default=30.0, metadata=_parser(_positive_duration))
     command_timeout: float = field(default=300.0, metadata=_parser(_positive_duration))
+    source_address: str = field(default="", metadata=_parser(lambda v: _ip_or_empty(v)))
 
 
 @dataclass(frozen=True)
