@@ -1,0 +1,599 @@
+"""Deliver one queued message to its remote recipients over SMTP (aiosmtplib).
+
+``RemoteDelivery.deliver()`` makes one attempt and reports, per recipient, "sent", "temp"
+(the queue retries) or "perm" (the queue bounces). It never raises for network or
+protocol trouble: every failure becomes a result.
+
+Route per domain: the smarthost if one is configured, else the MX hosts (RFC 5321 §5.1:
+preference order, random among equals; no MX -> the domain itself; null MX -> bounce),
+each host's IPv6 then IPv4 addresses, until one accepts the transaction.
+
+How aiosmtplib is used, and why (see shared/library-notes.md):
+
+- We connect the TCP socket ourselves (our resolver, our address order, our connect
+  timeout, optional source address) and hand it over with ``sock=``, passing the host
+  *name* as ``hostname``: TLS then verifies against the name although we dialled an IP.
+- MAIL and RCPT go through ``execute_command`` with paths we validated and formatted
+  ourselves, because ``SMTP.mail()``/``rcpt()`` rewrite addresses through
+  ``email.utils.parseaddr``. DATA goes through ``SMTP.data()``, which dot-stuffs.
+- STARTTLS: aiosmtplib discards bytes buffered after the 220 (response injection, the
+  "NO STARTTLS" attacks). We go further and abort the session when any such bytes were
+  received: a server that does this is broken or being tampered with, and the message
+  must not be handed over on that connection.
+- Opportunistic TLS (no policy) does not verify certificates, as RFC 7435 intends; an
+  MTA-STS ``enforce`` policy and the smarthost require a certificate valid for the name.
+  A failed TLS handshake is never followed by a plaintext retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import re
+import socket
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import aiosmtplib
+
+from mailserver.delivery.mtasts import MTASTS, Policy
+from mailserver.delivery.results import DeliveryResult
+from mailserver.dns.resolver import DNSTempError, Resolver
+from mailserver.smtp.address import AddressError, parse_mailbox
+
+log = logging.getLogger(__name__)
+
+RelayTLS = Literal["starttls", "implicit", "none"]
+# "verify": STARTTLS (or implicit TLS) required, certificate valid for the host name.
+# "testing": MTA-STS testing mode: try "verify", fall back to "opportunistic" and log.
+TLSMode = Literal["verify", "testing", "opportunistic", "implicit", "none"]
+
+MAX_ADDRESSES = 10  # per domain and attempt, like Postfix's smtp_mx_address_limit (5) x 2
+_QUIT_TIMEOUT = 5.0
+_ENHANCED = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})(?:\s+|$)")
+_LINE_ENDS = re.compile(rb"\r\n|\r|\n")
+
+
+class _TryNext(Exception):
+    """This address failed before the message was handed over: try the next one."""
+
+    def __init__(self, result: DeliveryResult, *, tls_failure: bool = False) -> None:
+        super().__init__(result.text)
+        self.result = result
+        self.tls_failure = tls_failure
+
+
+@dataclass
+class _Conn:
+    smtp: aiosmtplib.SMTP
+    name: str  # host name the session was opened for (EHLO/TLS identity)
+    verified_for: str | None  # host name the certificate was verified against
+    dirty: bool = False  # a transaction was left open: RSET before the next MAIL
+
+
+@dataclass
+class _Slot:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    conn: _Conn | None = None
+
+
+def temp(code: int, status: str, text: str, mx: str = "") -> DeliveryResult:
+    return DeliveryResult("temp", code, status, text, mx)
+
+
+def perm(code: int, status: str, text: str, mx: str = "") -> DeliveryResult:
+    return DeliveryResult("perm", code, status, text, mx)
+
+
+def from_reply(code: int, message: str, mx: str) -> DeliveryResult:
+    """A result from an SMTP reply; enhanced status taken from the text when present."""
+    text = " ".join(message.split())[:500]
+    m = _ENHANCED.match(text)
+    klass = str(code)[0] if 200 <= code < 600 else "4"
+    # An enhanced code of another class than the reply ("250 5.1.1") is ignored.
+    status = f"{klass}.{m.group(2)}.{m.group(3)}" if m and m.group(1) == klass else f"{klass}.0.0"
+    kind = {"2": "sent", "4": "temp", "5": "perm"}.get(klass, "temp")
+    return DeliveryResult(kind, code, status, f"{code} {text}".strip(), mx)  # type: ignore[arg-type]
+
+
+def canonical_crlf(data: bytes) -> bytes:
+    """Every line ending as CRLF and a final CRLF: what goes on the wire and what SIZE counts."""
+    data = _LINE_ENDS.sub(b"\r\n", data)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data
+
+
+def check_address(address: str, *, allow_empty: bool = False) -> str:
+    """The address as it will appear between ``<>``; raises AddressError.
+
+    The queue hands us addresses we accepted earlier; this is the last line of defence
+    before they reach a command line: no CR/LF/NUL or other controls, no source route,
+    nothing aiosmtplib or a remote parser could read differently.
+    """
+    if address == "" and allow_empty:
+        return ""
+    if any(ord(c) < 32 or ord(c) == 127 for c in address):
+        raise AddressError("control character in address")
+    if address.startswith("@"):
+        raise AddressError("source routes are not sent")
+    if address.startswith("<") or address.endswith(">"):
+        raise AddressError("address must be given without <>")
+    parsed = parse_mailbox(address, utf8=not address.isascii())
+    if parsed.is_literal:
+        raise AddressError("address literals are not delivered remotely")
+    return str(parsed)
+
+
+class RemoteDelivery:
+    def __init__(
+        self,
+        resolver: Resolver,
+        *,
+        hostname: str,
+        mx_port: int = 25,
+        relay: str = "",
+        relay_tls: RelayTLS = "starttls",
+        relay_username: str = "",
+        relay_password: str = "",
+        mta_sts: MTASTS | None = None,
+        ca_file: str | None = None,
+        connect_timeout: float = 30,
+        command_timeout: float = 300,
+        data_timeout: float = 600,
+        source_address: str | None = None,
+    ) -> None:
+        if relay_tls not in ("starttls", "implicit", "none"):
+            raise ValueError(f"relay_tls must be starttls, implicit or none, not {relay_tls!r}")
+        self.resolver = resolver
+        self.hostname = hostname
+        self.mx_port = mx_port
+        self.relay = _split_hostport(relay) if relay else None
+        self.relay_tls: RelayTLS = relay_tls
+        self.relay_username = relay_username
+        self.relay_password = relay_password
+        self.mta_sts = mta_sts
+        self.ca_file = ca_file
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.data_timeout = data_timeout
+        self.source_address = source_address
+        self._verified_ctx: ssl.SSLContext | None = None
+        self._opportunistic_ctx: ssl.SSLContext | None = None
+
+    # ----------------------------------------------------------------- public
+
+    async def deliver(
+        self, mail_from: str, recipients: Sequence[str], data: bytes
+    ) -> dict[str, DeliveryResult]:
+        results: dict[str, DeliveryResult] = {}
+        try:
+            sender = check_address(mail_from, allow_empty=True)
+        except AddressError as exc:
+            bad = perm(553, "5.1.7", f"invalid sender address: {exc}")
+            return dict.fromkeys(recipients, bad)
+        groups: dict[str, dict[str, str]] = {}  # domain -> {original: canonical}
+        for rcpt in recipients:
+            try:
+                canonical = check_address(rcpt)
+            except AddressError as exc:
+                results[rcpt] = perm(553, "5.1.3", f"invalid recipient address: {exc}")
+                continue
+            key = "" if self.relay else canonical.rpartition("@")[2]
+            groups.setdefault(key, {})[rcpt] = canonical
+        if not groups:
+            return results
+        data = canonical_crlf(data)
+        slots: dict[tuple[str, int], _Slot] = {}
+        try:
+            outcomes = await asyncio.gather(
+                *(self._deliver_group(domain, rcpts, sender, data, slots) for domain, rcpts in groups.items())
+            )
+        finally:
+            await asyncio.gather(*(self._close(s.conn) for s in slots.values() if s.conn))
+        for outcome in outcomes:
+            results.update(outcome)
+        for rcpt, result in results.items():
+            log.info("delivery to <%s> via %s: %s %s", rcpt, result.mx or "-", result.kind, result.text)
+        return results
+
+    # ----------------------------------------------------------------- routing
+
+    async def _deliver_group(
+        self, domain: str, rcpts: dict[str, str], sender: str, data: bytes,
+        slots: dict[tuple[str, int], _Slot],
+    ) -> dict[str, DeliveryResult]:
+        if self.relay:
+            host, port = self.relay
+            mode: TLSMode = {"starttls": "verify", "implicit": "implicit", "none": "none"}[self.relay_tls]  # type: ignore[assignment]
+            routes: list[str] | DeliveryResult = [host]
+        else:
+            port = self.mx_port
+            routes, mode = await self._mx_routes(domain)
+        if isinstance(routes, DeliveryResult):
+            return dict.fromkeys(rcpts, routes)
+        failures: list[DeliveryResult] = []
+        tried = 0
+        for host in routes:
+            try:
+                addresses = await self._addresses(host)
+            except DNSTempError as exc:
+                failures.append(temp(451, "4.4.3", f"address lookup for {host} failed: {exc}", host))
+                continue
+            if not addresses:
+                failures.append(temp(451, "4.4.4", f"{host} has no usable address", host))
+                continue
+            for address in addresses:
+                if tried >= MAX_ADDRESSES:
+                    break
+                tried += 1
+                slot = slots.setdefault((address, port), _Slot())
+                try:
+                    async with slot.lock:
+                        return await self._via(slot, host, address, port, mode, domain, rcpts, sender, data)
+                except _TryNext as exc:
+                    log.info("delivery for %s: %s [%s]: %s", domain, host, address, exc.result.text)
+                    failures.append(exc.result)
+        if not failures:
+            return dict.fromkeys(rcpts, temp(451, "4.4.4", f"no address to deliver to for {domain}"))
+        last = failures[-1]
+        # Only when every host refused us outright is the failure permanent.
+        if all(f.kind == "perm" for f in failures):
+            return dict.fromkeys(rcpts, last)
+        if last.kind == "perm":
+            last = next(f for f in reversed(failures) if f.kind == "temp")
+        return dict.fromkeys(rcpts, last)
+
+    async def _mx_routes(self, domain: str) -> tuple[list[str] | DeliveryResult, TLSMode]:
+        """MX host names to try in order, and the TLS mode their policy asks for."""
+        try:
+            records = await self.resolver.mx(domain)
+        except DNSTempError as exc:
+            return temp(451, "4.4.3", f"MX lookup for {domain} failed: {exc}"), "opportunistic"
+        if records is None:
+            return perm(550, "5.1.2", f"domain {domain} does not exist"), "opportunistic"
+        real = [(pref, host) for pref, host in records if host not in (".", "")]
+        if records and not real:
+            # RFC 7505 null MX: the domain accepts no mail; bounce at once.
+            return perm(556, "5.1.10", f"domain {domain} does not accept mail (null MX)"), "opportunistic"
+        # No MX: the domain itself is the implicit MX (RFC 5321 §5.1).
+        hosts = _order(real) if real else [domain]
+        own = self.hostname.rstrip(".").lower()
+        if own in hosts:
+            # We are one of the MX hosts: only better-preference hosts may get it (§5.1).
+            hosts = hosts[: hosts.index(own)]
+            if not hosts:
+                return perm(554, "5.4.6", f"mail for {domain} loops back to myself"), "opportunistic"
+        mode: TLSMode = "opportunistic"
+        policy = await self._policy(domain)
+        if policy is not None and policy.mode in ("enforce", "testing"):
+            allowed = [h for h in hosts if policy.matches(h)]
+            if policy.mode == "testing":
+                mode = "testing"
+                for h in hosts:
+                    if h not in allowed:
+                        log.warning("MTA-STS testing %s: MX %s not in policy (would not be used)", domain, h)
+            else:
+                mode = "verify"
+                if not allowed:
+                    return temp(451, "4.7.5", f"no MX of {domain} matches its MTA-STS policy"), mode
+                hosts = allowed
+        return hosts, mode
+
+    async def _policy(self, domain: str) -> Policy | None:
+        if self.mta_sts is None:
+            return None
+        try:
+            return await self.mta_sts.policy_for(domain)
+        except Exception:  # a bug there must not stop mail: log it loudly, deliver as before
+            log.exception("MTA-STS policy lookup for %s failed", domain)
+            return None
+
+    async def _addresses(self, host: str) -> list[str]:
+        try:
+            literal = socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+        except OSError:
+            literal = None
+        if literal is not None:
+            addresses = [host]
+        else:
+            v6, v4 = await asyncio.gather(
+                self.resolver.aaaa(host), self.resolver.a(host), return_exceptions=True)
+            if isinstance(v6, BaseException) and isinstance(v4, BaseException):
+                raise v4 if isinstance(v4, DNSTempError) else DNSTempError(str(v4))
+            addresses = (v6 if isinstance(v6, list) else []) + (v4 if isinstance(v4, list) else [])
+        if self.source_address:
+            v6_source = ":" in self.source_address
+            addresses = [a for a in addresses if (":" in a) == v6_source]
+        return addresses
+
+    # ----------------------------------------------------------------- one address
+
+    async def _via(
+        self, slot: _Slot, host: str, address: str, port: int, mode: TLSMode,
+        domain: str, rcpts: dict[str, str], sender: str, data: bytes,
+    ) -> dict[str, DeliveryResult]:
+        conn = slot.conn
+        if conn is not None and not _reusable(conn, host, mode):
+            await self._close(conn)
+            conn = slot.conn = None
+        if conn is None:
+            if mode == "testing":
+                try:
+                    conn = await self._open(host, address, port, "verify")
+                except _TryNext as exc:
+                    if not exc.tls_failure:
+                        raise
+                    log.warning("MTA-STS testing %s: TLS to %s would have failed: %s",
+                                domain, host, exc.result.text)
+                    conn = await self._open(host, address, port, "opportunistic")
+            else:
+                conn = await self._open(host, address, port, mode)
+            slot.conn = conn
+        try:
+            return await self._transaction(conn, host, rcpts, sender, data)
+        finally:
+            if not conn.smtp.is_connected:
+                slot.conn = None
+
+    async def _open(self, host: str, address: str, port: int, mode: TLSMode) -> _Conn:
+        where = f"{host}[{address}]:{port}"
+        sock = await self._connect_socket(host, address, port)
+        implicit = mode == "implicit"
+        smtp = aiosmtplib.SMTP(
+            hostname=host, sock=sock, local_hostname=self.hostname, timeout=self.command_timeout,
+            use_tls=implicit, start_tls=False, tls_context=self._verified() if implicit else None,
+        )
+        verified_for: str | None = host if implicit else None
+        try:
+            try:
+                await smtp.connect(timeout=self.connect_timeout)
+            except aiosmtplib.SMTPResponseException as exc:
+                raise _TryNext(from_reply(exc.code, f"greeting: {exc.message}", host)) from None
+            await self._ehlo(smtp)
+            if mode in ("verify", "opportunistic"):
+                if smtp.supports_extension("starttls"):
+                    await self._starttls(smtp, host, verify=mode == "verify")
+                    verified_for = host if mode == "verify" else None
+                    await self._ehlo(smtp)
+                elif mode == "verify":
+                    raise _TryNext(temp(451, "4.7.4", f"{where} does not offer STARTTLS, which is required",
+                                        host), tls_failure=True)
+            if self.relay and self.relay_username:
+                if smtp.get_transport_info("sslcontext") is None:
+                    raise _TryNext(temp(451, "4.7.0", "refusing to send relay credentials without TLS", host))
+                try:
+                    await smtp.login(self.relay_username, self.relay_password)
+                except aiosmtplib.SMTPResponseException as exc:
+                    raise _TryNext(temp(451, "4.7.8", f"relay AUTH failed: {exc.code} {exc.message}",
+                                        host)) from None
+        except _TryNext:
+            smtp.close()
+            raise
+        except ssl.SSLError as exc:
+            smtp.close()
+            failed = temp(451, "4.7.5", f"TLS with {where} failed: {exc}", host)
+            raise _TryNext(failed, tls_failure=True) from None
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            smtp.close()
+            failed = temp(451, "4.4.2", f"session with {where} failed: {_describe(exc)}", host)
+            raise _TryNext(failed) from None
+        except BaseException:
+            smtp.close()
+            raise
+        return _Conn(smtp, host, verified_for)
+
+    async def _connect_socket(self, host: str, address: str, port: int) -> socket.socket:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            if self.source_address:
+                sock.bind((self.source_address, 0))
+            async with asyncio.timeout(self.connect_timeout):
+                await asyncio.get_running_loop().sock_connect(sock, (address, port))
+        except (OSError, TimeoutError) as exc:
+            sock.close()
+            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+            raise _TryNext(temp(451, "4.4.1", f"cannot connect to {host}[{address}]:{port}: {reason}",
+                                host)) from None
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    async def _ehlo(self, smtp: aiosmtplib.SMTP) -> None:
+        try:
+            await smtp.ehlo(hostname=self.hostname)
+        except aiosmtplib.SMTPHeloError as exc:
+            if not smtp.is_connected or 400 <= exc.code < 500:
+                raise
+            await smtp.helo(hostname=self.hostname)  # a pre-ESMTP server
+
+    async def _starttls(self, smtp: aiosmtplib.SMTP, host: str, *, verify: bool) -> None:
+        """STARTTLS, refusing the session if the server sent anything after its 220."""
+        protocol = smtp.protocol
+        assert protocol is not None
+        received = bytearray()
+        original = protocol.data_received
+
+        def spy(chunk: bytes) -> None:
+            received.extend(chunk)
+            original(chunk)
+
+        protocol.data_received = spy  # type: ignore[method-assign]
+        try:
+            await smtp.starttls(
+                server_hostname=host, timeout=self.command_timeout,
+                tls_context=self._verified() if verify else self._opportunistic(),
+            )
+        finally:
+            with contextlib.suppress(AttributeError):
+                del protocol.data_received
+        # Everything read since STARTTLS was sent must be exactly one reply.
+        end = _end_of_reply(bytes(received))
+        if end is None or end != len(received):
+            raise _TryNext(temp(451, "4.7.0", f"{host} sent data after its STARTTLS reply "
+                                "(possible response injection); session aborted", host), tls_failure=True)
+
+    # ----------------------------------------------------------------- one transaction
+
+    async def _transaction(
+        self, conn: _Conn, host: str, rcpts: dict[str, str], sender: str, data: bytes
+    ) -> dict[str, DeliveryResult]:
+        smtp = conn.smtp
+        results: dict[str, DeliveryResult] = {}
+        try:
+            if conn.dirty:
+                await smtp.execute_command(b"RSET", timeout=self.command_timeout)
+                conn.dirty = False
+            size_limit = smtp.esmtp_extensions.get("size", "")
+            if size_limit.isdigit() and 0 < int(size_limit) < len(data):
+                return dict.fromkeys(rcpts, perm(552, "5.3.4", f"message of {len(data)} bytes exceeds "
+                                                 f"{host}'s limit of {size_limit}", host))
+            utf8 = smtp.supports_extension("smtputf8")
+            if not sender.isascii() and not utf8:
+                return dict.fromkeys(rcpts, perm(553, "5.6.7", f"{host} does not support SMTPUTF8", host))
+            todo: dict[str, str] = {}
+            for rcpt, canonical in rcpts.items():
+                if canonical.isascii() or utf8:
+                    todo[rcpt] = canonical
+                else:
+                    results[rcpt] = perm(553, "5.6.7", f"{host} does not support SMTPUTF8", host)
+            if not todo:
+                return results
+            params = []
+            if smtp.supports_extension("size"):
+                params.append(b"SIZE=%d" % len(data))
+            if smtp.supports_extension("8bitmime") and any(b > 127 for b in data):
+                params.append(b"BODY=8BITMIME")
+            needs_utf8 = not (sender.isascii() and all(c.isascii() for c in todo.values()))
+            if needs_utf8:
+                params.append(b"SMTPUTF8")
+            conn.dirty = True
+            reply = await smtp.execute_command(b"MAIL", b"FROM:<%s>" % sender.encode(), *params,
+                                               timeout=self.command_timeout)
+            if reply.code != 250:
+                result = from_reply(reply.code, reply.message, host)
+                if result.kind == "perm":
+                    return {**results, **dict.fromkeys(todo, result)}
+                raise _TryNext(result)
+            accepted: list[str] = []
+            for rcpt, canonical in todo.items():
+                reply = await smtp.execute_command(b"RCPT", b"TO:<%s>" % canonical.encode(),
+                                                   timeout=self.command_timeout)
+                if reply.code in (250, 251):
+                    accepted.append(rcpt)
+                else:
+                    results[rcpt] = from_reply(reply.code, reply.message, host)
+            if not accepted:
+                return results
+        except aiosmtplib.SMTPException as exc:
+            # Nothing was handed over yet: another address may do better.
+            smtp.close()
+            raise _TryNext(temp(451, "4.4.2", f"{host}: {_describe(exc)} before DATA", host)) from None
+        except (OSError, TimeoutError) as exc:
+            smtp.close()
+            raise _TryNext(temp(451, "4.4.2", f"{host}: {_describe(exc)} before DATA", host)) from None
+        try:
+            reply = await smtp.data(data, timeout=self.data_timeout)
+            final = from_reply(reply.code, reply.message, host)
+            conn.dirty = False
+        except aiosmtplib.SMTPResponseException as exc:
+            final = from_reply(exc.code, exc.message, host)
+            if final.kind == "sent":  # a 2xx where 354 was due is still not an acceptance
+                final = temp(451, "4.5.0", f"{host}: unexpected reply {exc.code} to DATA", host)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            # The message may or may not have arrived: retrying risks a duplicate, which
+            # RFC 5321 §6.1 prefers to a loss.
+            smtp.close()
+            final = temp(451, "4.4.2", f"{host}: {_describe(exc)} during DATA", host)
+        for rcpt in accepted:
+            results[rcpt] = final
+        return results
+
+    # ----------------------------------------------------------------- helpers
+
+    async def _close(self, conn: _Conn | None) -> None:
+        if conn is None:
+            return
+        if conn.smtp.is_connected:
+            with contextlib.suppress(Exception):
+                await conn.smtp.quit(timeout=_QUIT_TIMEOUT)
+        conn.smtp.close()
+
+    def _verified(self) -> ssl.SSLContext:
+        if self._verified_ctx is None:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca_file)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            self._verified_ctx = ctx
+        return self._verified_ctx
+
+    def _opportunistic(self) -> ssl.SSLContext:
+        if self._opportunistic_ctx is None:
+            # RFC 7435: encrypt with whatever the server has, self-signed or expired;
+            # TLS 1.0+ because a weak cipher still beats plaintext for passive observers.
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            self._opportunistic_ctx = ctx
+        return self._opportunistic_ctx
+
+
+def _reusable(conn: _Conn, host: str, mode: TLSMode) -> bool:
+    if not conn.smtp.is_connected:
+        return False
+    if mode in ("verify", "testing", "implicit"):
+        return conn.verified_for == host
+    return True
+
+
+def _order(records: list[tuple[int, str]]) -> list[str]:
+    """Host names by preference, shuffled among equal preferences (RFC 5321 §5.1)."""
+    by_pref: dict[int, list[str]] = {}
+    for pref, host in records:
+        by_pref.setdefault(pref, []).append(host.rstrip(".").lower())
+    ordered: list[str] = []
+    for pref in sorted(by_pref):
+        hosts = by_pref[pref]
+        random.shuffle(hosts)
+        ordered.extend(h for h in hosts if h not in ordered)
+    return ordered
+
+
+def _end_of_reply(buffer: bytes) -> int | None:
+    """Offset just after the first complete (possibly multi-line) SMTP reply, or None."""
+    offset = 0
+    while True:
+        nl = buffer.find(b"\n", offset)
+        if nl < 0:
+            return None
+        line = buffer[offset : nl + 1]
+        offset = nl + 1
+        if line[3:4] != b"-":
+            return offset
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+        return "connection lost"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _split_hostport(spec: str) -> tuple[str, int]:
+    """"smtp.example.net:587" / "[2001:db8::1]:465" -> (host, port); ValueError otherwise."""
+    text = spec.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port_text = text.rpartition(":")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"relay must be host:port, not {spec!r}")
+    return host.lower(), int(port_text)
