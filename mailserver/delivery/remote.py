@@ -170,6 +170,12 @@ class RemoteDelivery:
     async def deliver(
         self, mail_from: str, recipients: Sequence[str], data: bytes
     ) -> dict[str, DeliveryResult]:
+        """One delivery attempt; a result for every recipient (keys as given), never raises.
+
+        ``mail_from`` "" is the null sender (bounces). Domains are handled concurrently;
+        connections are shared between domains with the same MX address and closed
+        (QUIT) before returning.
+        """
         results: dict[str, DeliveryResult] = {}
         try:
             sender = check_address(mail_from, allow_empty=True)
@@ -204,6 +210,17 @@ class RemoteDelivery:
     # ----------------------------------------------------------------- routing
 
     async def _deliver_group(
+        self, domain: str, rcpts: dict[str, str], sender: str, data: bytes,
+        slots: dict[tuple[str, int], _Slot],
+    ) -> dict[str, DeliveryResult]:
+        try:
+            return await self._route_group(domain, rcpts, sender, data, slots)
+        except Exception:
+            # A bug here must cost a retry, not the queue runner or the other domains.
+            log.exception("delivery for %s failed unexpectedly", domain or "relay")
+            return dict.fromkeys(rcpts, temp(451, "4.3.0", "internal error during delivery"))
+
+    async def _route_group(
         self, domain: str, rcpts: dict[str, str], sender: str, data: bytes,
         slots: dict[tuple[str, int], _Slot],
     ) -> dict[str, DeliveryResult]:
