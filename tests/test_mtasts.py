@@ -236,8 +236,11 @@ async def test_policy_host_without_address(resolver: Resolver, server: PolicySer
 
 async def test_slow_server_times_out(resolver: Resolver, ca: TestCA, tmp_path: Path,
                                      dns_server: DNSServer) -> None:
+    done = asyncio.Event()
+
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(10)
+        await done.wait()  # accept TCP, never speak TLS
+        writer.close()
 
     srv = await asyncio.start_server(silent, "127.0.0.9", 0)
     dns_server.add("mta-sts.example.test", "A", "127.0.0.9")
@@ -248,5 +251,7 @@ async def test_slow_server_times_out(resolver: Resolver, ca: TestCA, tmp_path: P
         with pytest.raises(PolicyError, match="timed out"):
             await sts.fetch("example.test")
     finally:
+        done.set()
         srv.close()
+        await srv.wait_closed()
     assert time.monotonic() - start < 3
