@@ -333,7 +333,11 @@ class Queue:
         while not self._stopping:
             self._wakeup.clear()
             if loop.time() >= next_control:
-                await self._apply_requests()
+                try:
+                    await self._apply_requests()
+                except Exception:
+                    # An operator's request must never stop deliveries.
+                    log.exception("queue: applying requests failed")
                 next_control = loop.time() + self.control_interval
             now = self.clock()
             while self._heap and len(self._tasks) < self.concurrency and not self._stopping:
