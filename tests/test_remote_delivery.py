@@ -11,7 +11,7 @@ import aiosmtplib
 import pytest
 
 from mailserver.delivery.mtasts import MTASTS
-from mailserver.delivery.remote import RemoteDelivery, canonical_crlf, check_address
+from mailserver.delivery.remote import RemoteDelivery, canonical_crlf, check_address, wire_data
 from mailserver.dns.resolver import Resolver
 from mailserver.smtp.address import AddressError
 from tests.support.ca import TestCA
@@ -249,9 +249,21 @@ async def test_dot_lines_and_bare_newlines_arrive_intact(
     assert not any(c.startswith("MAIL FROM:<evil") for c in sink.commands)
 
 
-def test_canonical_crlf() -> None:
+def test_canonical_crlf_and_dot_stuffing() -> None:
     assert canonical_crlf(b"a\nb\r\nc\rd") == b"a\r\nb\r\nc\r\nd\r\n"
     assert canonical_crlf(b"a\r\n") == b"a\r\n"
+    assert canonical_crlf(b"\r\n\n\r") == b"\r\n\r\n\r\n"
+    assert wire_data(b".a\r\n.\r\nb\n..c") == b"..a\r\n..\r\nb\r\n...c\r\n.\r\n"
+    assert wire_data(b"") == b"\r\n.\r\n"
+
+
+async def test_large_message_with_dot_lines(dns_server: DNSServer, resolver: Resolver, sinks: Sinks) -> None:
+    (sink,) = await sinks("127.0.0.2")
+    mx(dns_server, "example.test", MX1)
+    body = b"Subject: big\r\n\r\n" + b".dot line\r\n.\r\nplain line\n" * 120_000  # ~3 MB, threaded path
+    res = await delivery(resolver, sink.port).deliver("a@example.org", ["b@example.test"], body)
+    assert res["b@example.test"].kind == "sent"
+    assert sink.received == [canonical_crlf(body)]
 
 
 @pytest.mark.parametrize("bad", [
