@@ -522,3 +522,15 @@ async def test_sts_testing_mode_delivers_despite_bad_certificate(
         res = await rd.deliver("a@example.org", ["b@example.test"], MSG)
     assert res["b@example.test"].kind == "sent" and sink.transactions[0].tls
     assert "MTA-STS testing example.test" in caplog.text and "would have failed" in caplog.text
+
+
+async def test_source_address_is_used_and_filters_families(
+    dns_server: DNSServer, resolver: Resolver, sinks: Sinks
+) -> None:
+    (sink,) = await sinks("127.0.0.2")
+    mx(dns_server, "example.test", MX1)
+    dns_server.add("mx1.example.test", "AAAA", "::1")  # unusable from an IPv4 source: skipped
+    res = await delivery(resolver, sink.port, source_address="127.0.0.7").deliver(
+        "a@example.org", ["b@example.test"], MSG)
+    assert res["b@example.test"].kind == "sent"
+    assert sink.transactions[0].peer == "127.0.0.7"

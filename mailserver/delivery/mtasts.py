@@ -170,8 +170,12 @@ class MTASTS:
         # One discovery per domain at a time: twenty queued messages for one domain
         # must not fetch the same policy twenty times.
         lock = self._locks.setdefault(domain, asyncio.Lock())
-        async with lock:
-            return await self._policy_for(domain)
+        try:
+            async with lock:
+                return await self._policy_for(domain)
+        finally:
+            if not lock.locked():
+                self._locks.pop(domain, None)  # at worst a racing caller fetches once more
 
     # ----------------------------------------------------------------- discovery
 
