@@ -41,9 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the mail server (logs to stderr)")
     run.set_defaults(func=_run)
     from .commands import accounts, dns
+    from .commands import queue as queue_cmd
 
     accounts.register(sub)
     dns.register(sub)
+    queue_cmd.register(sub)
     _propagate_common(parser, common)
     return parser
 
