@@ -13,7 +13,9 @@ import dataclasses
 import logging
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import sdnotify
 from .auth.passwords import PasswordChecker
@@ -21,9 +23,14 @@ from .auth.ratelimit import AuthThrottle
 from .auth.store import AccountStore
 from .config import Config
 from .delivery.maildir import MaildirWriter
-from .dkim_keys import ensure_keys
+from .delivery.mtasts import MTASTS
+from .delivery.queue import Queue, QueuedMessage
+from .delivery.remote import RemoteDelivery
+from .delivery.results import DeliveryResult
+from .dkim_keys import DKIMKey, ensure_keys
 from .dns.records import first_start_banner
 from .dns.resolver import Resolver
+from .pipeline import trace
 from .smtp import protocol as p
 from .smtp.mx import Checker, CheckOutcome, MXHandler
 from .smtp.server import Limits, Session, SMTPEndpoint
@@ -46,6 +53,8 @@ class Components:
     passwords: PasswordChecker
     mx: SMTPEndpoint
     submission: SMTPEndpoint
+    queue: Queue
+    dkim_keys: list[DKIMKey]
 
     def listeners(self, cfg: Config) -> list[tuple[str, SMTPEndpoint, tuple[str, int], bool]]:
         """(config key, endpoint, address, implicit TLS) for every SMTP listener."""
@@ -103,6 +112,10 @@ def build(cfg: Config) -> Components:
         store = AccountStore.in_state_dir(cfg.state_path)
     except Exception as exc:  # sqlite3 errors, a DB from a newer version, permissions
         raise StartupError(f"{cfg.accounts_db}: cannot open the accounts database: {exc}") from None
+    try:
+        keys = ensure_keys(cfg)  # before anything signs: the first start creates them
+    except Exception as exc:
+        raise StartupError(str(exc)) from None  # DKIMKeyError names the file
     resolver = Resolver(list(cfg.dns.nameservers) or None, lifetime=cfg.dns.timeout)
     writer = MaildirWriter(hostname=cfg.hostname)
     handler = MXHandler(
@@ -134,6 +147,8 @@ def build(cfg: Config) -> Components:
     )
     mx = SMTPEndpoint("smtp", params, handler, limits, tls_context=tls.listener_context)
 
+    queue = build_queue(cfg, store, resolver, writer)
+
     passwords = PasswordChecker()
     sub = cfg.submission
     throttle = AuthThrottle(max_failures_per_ip=sub.max_auth_failures_per_ip,
@@ -147,7 +162,9 @@ def build(cfg: Config) -> Components:
         passwords=passwords,
         throttle=throttle,
         writer=writer,
-        enqueue=None,
+        enqueue=lambda sender, rcpts, data, msg_id: queue.enqueue(sender, rcpts, data, message_id=msg_id),
+        unqueue=lambda queue_id: _drop(queue.remove(queue_id)),
+        sign=make_signer(keys),
         plus_separator=cfg.accounts.plus_separator,
         postmaster=cfg.accounts.postmaster,
         hide_client_ip=sub.hide_client_ip,
@@ -157,7 +174,69 @@ def build(cfg: Config) -> Components:
                                             auth_requires_tls=True)
     submission = SMTPEndpoint("submission", submission_params, submission_handler, limits,
                               tls_context=tls.listener_context)
-    return Components(tls, store, resolver, writer, passwords, mx, submission)
+    return Components(tls, store, resolver, writer, passwords, mx, submission, queue, keys)
+
+
+async def _drop(awaitable: Awaitable[object]) -> None:
+    await awaitable
+
+
+def make_signer(keys: list[DKIMKey]) -> Callable[[bytes, str], Awaitable[bytes]] | None:
+    """DKIM signing of submitted mail with every key of the From domain (rsa + ed25519)."""
+    from .pipeline.dkim_sign import DKIMSigner
+
+    if not keys:
+        return None
+    signer = DKIMSigner(keys)
+    return signer.sign_async
+
+
+def build_queue(cfg: Config, store: AccountStore, resolver: Resolver, writer: MaildirWriter) -> Queue:
+    """The outbound queue, delivering through MX lookup (or the relay) with MTA-STS."""
+    d = cfg.delivery
+    password = ""
+    if d.relay_password_file:
+        try:
+            password = Path(d.relay_password_file).read_text().splitlines()[0].strip()
+        except (OSError, IndexError) as exc:
+            raise StartupError(f"{d.relay_password_file}: cannot read the relay password: {exc}") from None
+    mta_sts = None
+    if d.mta_sts:
+        mta_sts = MTASTS(resolver, cache_dir=cfg.state_path / "mta-sts", ca_file=d.ca_file or None,
+                         https_port=d.mta_sts_port)
+    remote = RemoteDelivery(
+        resolver, hostname=cfg.hostname, mx_port=d.mx_port, relay=d.relay, relay_tls=d.relay_tls,  # type: ignore[arg-type]
+        relay_username=d.relay_username, relay_password=password, mta_sts=mta_sts,
+        ca_file=d.ca_file or None, connect_timeout=d.connect_timeout,
+        command_timeout=d.command_timeout, source_address=d.source_address or None,
+    )
+
+    async def deliver(message: QueuedMessage) -> dict[str, DeliveryResult]:
+        return await remote.deliver(message.mail_from, message.recipients, message.data)
+
+    async def bounce(sender: str, dsn: bytes) -> None:
+        # Bounces go only to local senders (the queue checks): deliver straight to their
+        # Maildir, with the null reverse-path a DSN must have (RFC 5321 4.5.5).
+        accounts = await asyncio.to_thread(
+            store.resolve, sender, local_domains=cfg.local_domains, primary_domain=cfg.primary_domain,
+            plus_separator=cfg.accounts.plus_separator, postmaster=cfg.accounts.postmaster,
+        )
+        if not accounts:
+            log.warning("bounce for <%s> dropped: no such local account any more", sender)
+            return
+        await writer.deliver_batch_async([
+            (store.maildir_path(account), None,
+             [trace.return_path_header(None), trace.delivered_to_header(sender), dsn])
+            for account in accounts
+        ])
+
+    q = cfg.queue
+    return Queue(
+        cfg.queue_dir, deliver=deliver, bounce=bounce, hostname=cfg.hostname,
+        is_local_sender=lambda address: cfg.is_local_domain(address.rpartition("@")[2]),
+        schedule=q.retry_schedule, max_age=q.max_age, delay_notice_after=q.delay_notice_after or None,
+        concurrency=q.concurrency,
+    )
 
 
 class Daemon:
@@ -170,16 +249,17 @@ class Daemon:
     async def start(self) -> None:
         cfg = self.cfg
         self.parts = await asyncio.to_thread(build, cfg)
-        try:
-            keys = await asyncio.to_thread(ensure_keys, cfg)
-        except Exception as exc:
-            raise StartupError(str(exc)) from None  # DKIMKeyError names the file
+        keys = self.parts.dkim_keys
         if any(key.created for key in keys):
             # First start: tell the operator what to publish (seed guide 002's UX).
             # Address detection may resolve the host name: not on the event loop.
             banner = await asyncio.to_thread(first_start_banner, cfg, keys)
             sys.stderr.write(banner + "\n")
             sys.stderr.flush()
+        try:
+            await self.parts.queue.open()
+        except Exception as exc:  # another daemon holds the queue lock, unreadable directory
+            raise StartupError(f"{cfg.queue_dir}: {exc}") from None
         for kind in ("imap", "imaps"):
             if getattr(cfg.listen, kind):
                 log.warning("listen.%s is configured but this version does not serve it yet; ignored", kind)
@@ -190,6 +270,7 @@ class Daemon:
                 reason = exc.strerror or exc
                 raise StartupError(f"cannot listen on {host}:{port} (listen.{kind}): {reason}") from None
         self._tasks.append(asyncio.create_task(self._watch_certificates()))
+        self._tasks.append(asyncio.create_task(self.parts.queue.start()))
 
     async def _watch_certificates(self) -> None:
         # Like maddy: notice renewed certificate files without a SIGHUP.
@@ -199,17 +280,22 @@ class Daemon:
             self.parts.tls.reload(only_if_changed=True)
 
     def reload(self) -> None:
-        log.info("SIGHUP: reloading TLS certificates")
+        log.info("SIGHUP: reloading TLS certificates, rescanning the queue")
         if self.parts is not None:
             self.parts.tls.reload()
+            self.parts.queue.wake()
 
     async def stop(self) -> None:
         sdnotify.notify("STOPPING=1")
         log.info("shutting down: draining SMTP sessions")
+        if self.parts is not None:
+            # Stop taking mail first, then stop the queue: nothing accepted is left behind
+            # half-done (queued messages are on disk and resume at the next start).
+            await asyncio.gather(*(endpoint.drain() for endpoint in self.parts.endpoints))
+            await self.parts.queue.stop()
         for task in self._tasks:
             task.cancel()
         if self.parts is not None:
-            await asyncio.gather(*(endpoint.drain() for endpoint in self.parts.endpoints))
             self.parts.passwords.close()
             self.parts.store.close()
         log.info("stopped")
@@ -236,6 +322,8 @@ def run(cfg: Config) -> int:
     try:
         runner(Daemon(cfg).run())
     except StartupError as exc:
+        for handler in logging.getLogger().handlers:
+            handler.flush()  # what was logged before comes first; the reason is the last line
         print(f"pymaild: {exc}", file=sys.stderr)
         return 1
     with contextlib.suppress(Exception):
