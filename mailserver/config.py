@@ -297,6 +297,7 @@ class DeliveryConfig:
     ca_file: str = ""  # CA bundle for MTA-STS and relay certificates; empty = the system's
     connect_timeout: float = field(default=30.0, metadata=_parser(_positive_duration))
     command_timeout: float = field(default=300.0, metadata=_parser(_positive_duration))
+    data_timeout: float = field(default=600.0, metadata=_parser(_positive_duration))
     source_address: str = field(default="", metadata=_parser(lambda v: _ip_or_empty(v)))
 
 

@@ -208,7 +208,8 @@ def build_queue(cfg: Config, store: AccountStore, resolver: Resolver, writer: Ma
         resolver, hostname=cfg.hostname, mx_port=d.mx_port, relay=d.relay, relay_tls=d.relay_tls,  # type: ignore[arg-type]
         relay_username=d.relay_username, relay_password=password, mta_sts=mta_sts,
         ca_file=d.ca_file or None, connect_timeout=d.connect_timeout,
-        command_timeout=d.command_timeout, source_address=d.source_address or None,
+        command_timeout=d.command_timeout, data_timeout=d.data_timeout,
+        source_address=d.source_address or None,
     )
 
     async def deliver(message: QueuedMessage) -> dict[str, DeliveryResult]:
