@@ -75,3 +75,11 @@ def make_daemon(tmp_path: Path, ca: TestCA) -> Iterator[MakeDaemon]:
     yield make
     for daemon in started:
         daemon.stop()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """Expose each phase's report as item.rep_<phase>, so fixtures can print logs on failure."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

@@ -36,7 +36,7 @@ import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import aiosmtplib
 
@@ -453,17 +453,26 @@ class RemoteDelivery:
             await smtp.helo(hostname=self.hostname)  # a pre-ESMTP server
 
     async def _starttls(self, smtp: aiosmtplib.SMTP, host: str, *, verify: bool) -> None:
-        """STARTTLS, refusing the session if the server sent anything after its 220."""
+        """STARTTLS, refusing the session if the server sent anything after its 220.
+
+        aiosmtplib already discards bytes buffered behind the 220 (RFC 3207 4.2); we go
+        further and abort, because a server that does it is broken or tampered with. The
+        check runs right after the 220 is parsed and before aiosmtplib clears its buffer:
+        ``read_response`` is looked up on the instance, so wrapping it works on asyncio
+        and on uvloop alike (uvloop calls ``data_received`` through a cached reference,
+        which a spy on it never sees). ``_buffer`` is aiosmtplib's (pinned to 5.x).
+        """
         protocol = smtp.protocol
         assert protocol is not None
-        received = bytearray()
-        original = protocol.data_received
+        leftover = bytearray()
+        original = protocol.read_response
 
-        def spy(chunk: bytes) -> None:
-            received.extend(chunk)
-            original(chunk)
+        async def read_and_check(*args: Any, **kwargs: Any) -> Any:
+            response = await original(*args, **kwargs)
+            leftover.extend(getattr(protocol, "_buffer", b""))
+            return response
 
-        protocol.data_received = spy  # type: ignore[method-assign]
+        protocol.read_response = read_and_check  # type: ignore[method-assign]
         try:
             await smtp.starttls(
                 server_hostname=host, timeout=self.command_timeout,
@@ -471,10 +480,8 @@ class RemoteDelivery:
             )
         finally:
             with contextlib.suppress(AttributeError):
-                del protocol.data_received
-        # Everything read since STARTTLS was sent must be exactly one reply.
-        end = _end_of_reply(bytes(received))
-        if end is None or end != len(received):
+                del protocol.read_response
+        if leftover:
             raise _TryNext(temp(451, "4.7.0", f"{host} sent data after its STARTTLS reply "
                                 "(possible response injection); session aborted", host), tls_failure=True)
 
