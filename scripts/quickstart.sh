@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Install pymaild into ./.venv and start a demo server on loopback:
-# SMTP on 127.0.0.1:2525 (STARTTLS with a self-signed certificate), state in ./demo,
-# one account demo@example.test whose password is printed below.
+# Install pymaild into ./.venv and start a demo server on loopback: inbound SMTP on
+# 127.0.0.1:2525, submission on 5587 (STARTTLS) and 5465 (TLS), a self-signed
+# certificate, state in ./demo, one account demo@example.test whose password is printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,5 +18,7 @@ if [ ! -f demo/demo-password.txt ]; then
   .venv/bin/pymaild creds create demo@example.test --password-stdin -c demo/pymaild.toml < demo/demo-password.txt
 fi
 echo "demo account: demo@example.test  password: $(cat demo/demo-password.txt)"
-echo "try: swaks --server 127.0.0.1:2525 --tls --to demo@example.test   (mail lands in demo/state/mail/example.test/demo/new/)"
+echo "receive: swaks --server 127.0.0.1:2525 --tls --to demo@example.test"
+echo "send:    swaks --server 127.0.0.1:5587 --tls --auth PLAIN --auth-user demo@example.test --auth-password \"\$(cat demo/demo-password.txt)\" --from demo@example.test --to demo@example.test"
+echo "mail lands in demo/state/mail/example.test/demo/new/"
 exec .venv/bin/pymaild run -c demo/pymaild.toml
