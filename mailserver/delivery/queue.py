@@ -556,7 +556,8 @@ class Queue:
                 return
             slot.removed = True  # first, so the scheduler never starts it meanwhile
             try:
-                await asyncio.to_thread(store.delete_entry, self.directory, slot.entry.id)
+                await asyncio.to_thread(store.delete_entry, self.directory, slot.entry.id,
+                                        durable=why != "done")
             except OSError as exc:
                 slot.removed = False
                 slot.retry_at = self.clock() + self.bounce_retry
