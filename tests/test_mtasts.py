@@ -165,6 +165,27 @@ async def test_expired_cache_is_not_used(resolver: Resolver, server: PolicyServe
     assert await make(resolver, server, ca, tmp_path).policy_for("example.test") is None
 
 
+async def test_policy_past_half_life_is_refreshed_in_the_background(
+    resolver: Resolver, server: PolicyServer, ca: TestCA, tmp_path: Path
+) -> None:
+    sts = make(resolver, server, ca, tmp_path)
+    first = await sts.policy_for("example.test")
+    path = tmp_path / "sts" / "example.test.json"
+    entry = json.loads(path.read_text())
+    entry["fetched_at"] = time.time() - 86400 * 0.6  # older than max_age / 2
+    path.write_text(json.dumps(entry))
+    sts = make(resolver, server, ca, tmp_path)  # a fresh object reads the aged cache
+    assert await sts.policy_for("example.test") == first  # served at once from the cache
+    for _ in range(100):
+        if len(server.requests) == 2 and json.loads(path.read_text())["fetched_at"] > entry["fetched_at"]:
+            break
+        await asyncio.sleep(0.02)
+    assert len(server.requests) == 2, "no background refresh"
+    assert json.loads(path.read_text())["fetched_at"] > time.time() - 60  # the cache is renewed
+    assert await sts.policy_for("example.test") == first
+    assert len(server.requests) == 2  # young again: no further fetch
+
+
 async def test_corrupt_cache_file_is_ignored(resolver: Resolver, server: PolicyServer, ca: TestCA,
                                              tmp_path: Path) -> None:
     (tmp_path / "sts").mkdir()

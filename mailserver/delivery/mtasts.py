@@ -161,6 +161,8 @@ class MTASTS:
         self._memory: dict[str, _Cached | None] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._ssl: ssl.SSLContext | None = None
+        self._refreshing: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
 
     # ----------------------------------------------------------------- public
 
@@ -194,6 +196,9 @@ class MTASTS:
             # let an attacker who can spoof DNS downgrade us); only expiry does.
             return usable
         if usable is not None and usable.id == policy_id:
+            assert cached is not None
+            if now - cached.fetched_at > usable.max_age / 2:
+                self._refresh_in_background(domain, policy_id)
             return usable
         try:
             policy = await self.fetch(domain, policy_id)
@@ -203,6 +208,31 @@ class MTASTS:
         await self._store(domain, _Cached(policy, time.time()))
         log.info("MTA-STS %s: policy id %s mode %s fetched", domain, policy.id, policy.mode)
         return policy
+
+    def _refresh_in_background(self, domain: str, policy_id: str) -> None:
+        """RFC 8461 §10.2: refresh cached policies before they expire, off the delivery path.
+
+        Called when a policy in use is past half its max_age: a destination we keep
+        sending to never loses its policy (and with it the downgrade protection) to
+        expiry, and delivery never waits for the fetch.
+        """
+        if domain in self._refreshing:
+            return
+        self._refreshing.add(domain)
+
+        async def refresh() -> None:
+            try:
+                policy = await self.fetch(domain, policy_id)
+                await self._store(domain, _Cached(policy, time.time()))
+                log.info("MTA-STS %s: policy id %s refreshed ahead of expiry", domain, policy.id)
+            except PolicyError as exc:
+                log.warning("MTA-STS %s: background refresh failed: %s", domain, exc)
+            finally:
+                self._refreshing.discard(domain)
+
+        task = asyncio.get_running_loop().create_task(refresh())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def fetch(self, domain: str, policy_id: str = "") -> Policy:
         """Fetch and parse ``https://mta-sts.<domain>/.well-known/mta-sts.txt``."""
