@@ -21,7 +21,7 @@ from . import sdnotify
 from .auth.passwords import PasswordChecker
 from .auth.ratelimit import AuthThrottle
 from .auth.store import AccountStore
-from .config import Config
+from .config import Config, load_config
 from .delivery.maildir import MaildirWriter
 from .delivery.mtasts import MTASTS
 from .delivery.queue import Queue, QueuedMessage
@@ -55,6 +55,7 @@ class Components:
     submission: SMTPEndpoint
     queue: Queue
     dkim_keys: list[DKIMKey]
+    submission_handler: SubmissionHandler
 
     def listeners(self, cfg: Config) -> list[tuple[str, SMTPEndpoint, tuple[str, int], bool]]:
         """(config key, endpoint, address, implicit TLS) for every SMTP listener."""
@@ -174,7 +175,8 @@ def build(cfg: Config) -> Components:
                                             auth_requires_tls=True)
     submission = SMTPEndpoint("submission", submission_params, submission_handler, limits,
                               tls_context=tls.listener_context)
-    return Components(tls, store, resolver, writer, passwords, mx, submission, queue, keys)
+    return Components(tls, store, resolver, writer, passwords, mx, submission, queue, keys,
+                      submission_handler)
 
 
 async def _drop(awaitable: Awaitable[object]) -> None:
@@ -281,10 +283,42 @@ class Daemon:
             self.parts.tls.reload(only_if_changed=True)
 
     def reload(self) -> None:
-        log.info("SIGHUP: reloading TLS certificates, rescanning the queue")
+        log.info("SIGHUP: reloading TLS certificates and DKIM keys, rescanning the queue")
         if self.parts is not None:
             self.parts.tls.reload()
             self.parts.queue.wake()
+            task = asyncio.get_running_loop().create_task(self._reload_config())
+            self._tasks.append(task)
+
+    async def _reload_config(self) -> None:
+        """Re-read the config: DKIM selectors apply at once, the rest needs a restart.
+
+        Key rotation without downtime: add the new selector to [dkim] (its key is made
+        now), publish the DNS record `pymaild dns` prints, then SIGHUP; signing switches
+        without dropping a connection.
+        """
+        assert self.parts is not None
+        try:
+            new = await asyncio.to_thread(load_config, self.cfg.path)
+            keys = await asyncio.to_thread(ensure_keys, new)
+            signer = make_signer(keys)
+        except Exception as exc:  # ConfigError names file and key; keep running as before
+            log.error("SIGHUP: config not reloaded, keeping the running one: %s", exc)
+            return
+        self.parts.submission_handler.sign = signer
+        self.parts.dkim_keys = keys
+        for key in keys:
+            if key.created:
+                log.warning("SIGHUP: created DKIM key %s for %s: publish %s TXT before mail signed "
+                            "with it goes out (pymaild dns)", key.selector, key.domain, key.dns_name)
+        signing = ", ".join(f"{k.domain}/{k.selector}" for k in keys
+                            if k.selector in (new.dkim.selector, new.ed25519_selector))
+        log.info("SIGHUP: DKIM signing with %s", signing or "no key")
+        changed = [f.name for f in dataclasses.fields(new)
+                   if f.name not in ("dkim", "path") and getattr(new, f.name) != getattr(self.cfg, f.name)]
+        if changed:
+            log.warning("SIGHUP: changes to %s take effect at the next restart", ", ".join(changed))
+        self.cfg = dataclasses.replace(self.cfg, dkim=new.dkim)
 
     async def stop(self) -> None:
         sdnotify.notify("STOPPING=1")

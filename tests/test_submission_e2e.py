@@ -175,3 +175,31 @@ def test_submission_is_not_reachable_as_relay_without_auth_on_25(sub):
     raw.cmd(b"MAIL FROM:<alice@example.test>")
     assert raw.cmd(b"RCPT TO:<someone@elsewhere.example>").startswith(b"554 5.7.1")
     raw.close()
+
+
+def test_extra_senders_per_account(sub, ca):
+    import subprocess
+    import sys
+
+    def pymaild(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mailserver.cli", *args, "-c", str(sub.config_path)],
+                              capture_output=True, text=True, timeout=30)
+
+    def try_send(sender: str) -> int:
+        with starttls_client(sub, ca) as client:
+            client.login("alice@example.test", PASSWORD)
+            code, _ = client.mail(sender)
+            return code
+
+    assert try_send("team@example.test") == 553
+    assert pymaild("sender", "allow", "alice@example.test", "team@example.test").returncode == 0
+    assert pymaild("sender", "allow", "alice@example.test", "@other.example").returncode == 0
+    assert try_send("team@example.test") == 250  # applies at the next login
+    assert try_send("anyone@other.example") == 250
+    assert try_send("bob@example.test") == 553  # still not bob's address
+    listed = pymaild("sender", "list", "alice@example.test").stdout
+    assert "team@example.test" in listed and "info@example.test" in listed
+    assert pymaild("sender", "deny", "alice@example.test", "team@example.test").returncode == 0
+    assert try_send("team@example.test") == 553
+    missing = pymaild("sender", "allow", "nobody@example.test", "x@example.test")
+    assert missing.returncode == 1 and "no account" in missing.stderr

@@ -34,7 +34,7 @@ from argon2 import PasswordHasher
 from mailserver.auth.passwords import hash_password
 from mailserver.storage.maildirpp import create_maildirpp, make_dirs
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_ALIAS_DEPTH = 10
 MAX_PASSWORD_LENGTH = 1024
 
@@ -115,6 +115,12 @@ def normalize_domain(domain: str) -> str:
     return d
 
 
+def _normalize_sender(address: str) -> str:
+    if address.startswith("@"):
+        return "@" + normalize_domain(address[1:])
+    return normalize_address(address)
+
+
 def normalize_address(address: str) -> str:
     """``Local@Domain.`` -> ``local@domain``; raise InvalidAddress if not acceptable.
 
@@ -184,8 +190,19 @@ CREATE TABLE aliases (
 CREATE TABLE catch_all (domain TEXT PRIMARY KEY, target TEXT NOT NULL) WITHOUT ROWID;
 """
 
+# v2: extra addresses an account may send as (besides itself and its aliases).
+# ``address`` is a full address or "@domain" for any address of that domain.
+_SCHEMA_V2 = """
+CREATE TABLE senders (
+    account TEXT NOT NULL,
+    address TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (account, address)
+) WITHOUT ROWID;
+"""
+
 # _MIGRATIONS[n] upgrades schema version n to n+1. Append, never edit a shipped entry.
-_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -391,8 +408,36 @@ class AccountStore:
                 for a, t in c.execute("SELECT alias, target FROM aliases ORDER BY alias, target")
             ]
 
+    def allow_sender(self, account: str, address: str) -> None:
+        """Let ``account`` also send as ``address`` ("user@domain", or "@domain" for all)."""
+        acct = normalize_address(account)
+        addr = _normalize_sender(address)
+        with self._writing() as c:
+            if c.execute("SELECT 1 FROM accounts WHERE address = ?", (acct,)).fetchone() is None:
+                raise NoSuchAccount(f"no account {acct}")
+            c.execute("INSERT OR IGNORE INTO senders (account, address, created_at) VALUES (?, ?, ?)",
+                      (acct, addr, int(time.time())))
+
+    def deny_sender(self, account: str, address: str) -> None:
+        acct, addr = normalize_address(account), _normalize_sender(address)
+        with self._writing() as c:
+            cur = c.execute("DELETE FROM senders WHERE account = ? AND address = ?", (acct, addr))
+            if cur.rowcount == 0:
+                raise AccountError(f"{acct} has no extra sender {addr}")
+
+    def list_senders(self, account: str | None = None) -> list[tuple[str, str]]:
+        with self._reading() as c:
+            if account is None:
+                rows = c.execute("SELECT account, address FROM senders ORDER BY account, address")
+            else:
+                rows = c.execute("SELECT account, address FROM senders WHERE account = ? ORDER BY address",
+                                 (normalize_address(account),))
+            return [(a, b) for a, b in rows]
+
     def sender_addresses(self, account: str) -> set[str]:
-        """Addresses ``account`` may send as: itself and every alias that reaches it.
+        """Addresses ``account`` may send as: itself, every alias that reaches it, and the
+        extra senders allowed with :meth:`allow_sender` ("@domain" entries stand for a
+        whole domain; the caller matches them).
 
         Walks the alias table backwards (an alias of an alias counts), at most
         MAX_ALIAS_DEPTH levels. Catch-alls and the postmaster fallback do not count: they
@@ -402,6 +447,7 @@ class AccountStore:
         owned = {start}
         frontier = [start]
         with self._reading() as c:
+            owned.update(a for (a,) in c.execute("SELECT address FROM senders WHERE account = ?", (start,)))
             for _ in range(MAX_ALIAS_DEPTH):
                 if not frontier:
                     break

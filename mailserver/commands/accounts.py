@@ -135,6 +135,36 @@ def _catch_all_list(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _sender_allow(args: argparse.Namespace, cfg: Config) -> int:
+    try:
+        _store(cfg).allow_sender(args.account, args.address)
+    except AccountError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"{args.account.lower()} may now send as {args.address.lower()}")
+    return 0
+
+
+def _sender_deny(args: argparse.Namespace, cfg: Config) -> int:
+    try:
+        _store(cfg).deny_sender(args.account, args.address)
+    except AccountError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"{args.account.lower()} may no longer send as {args.address.lower()}")
+    return 0
+
+
+def _sender_list(args: argparse.Namespace, cfg: Config) -> int:
+    store = _store(cfg)
+    accounts = [args.account] if args.account else [a.address for a in store.list_accounts()]
+    for account in accounts:
+        try:
+            addresses = sorted(store.sender_addresses(account))
+        except AccountError as exc:
+            raise CommandError(str(exc)) from None
+        print(f"{account.lower()}: {', '.join(addresses)}")
+    return 0
+
+
 def _add_password_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--password-stdin", action="store_true",
                         help="read the password from the first line of standard input")
@@ -172,6 +202,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rm.add_argument("target", nargs="?")
     rm.set_defaults(func=_alias_remove)
     actions.add_parser("list", help="list aliases").set_defaults(func=_alias_list)
+
+    sender = sub.add_parser("sender", help="extra addresses an account may send as")
+    actions = sender.add_subparsers(dest="action", required=True, metavar="ACTION")
+    allow = actions.add_parser("allow", help="let ACCOUNT send as ADDRESS (or @domain for all of it)")
+    allow.add_argument("account")
+    allow.add_argument("address")
+    allow.set_defaults(func=_sender_allow)
+    deny = actions.add_parser("deny", help="take back an address given with allow")
+    deny.add_argument("account")
+    deny.add_argument("address")
+    deny.set_defaults(func=_sender_deny)
+    slist = actions.add_parser("list", help="what each account may send as (itself, aliases, extras)")
+    slist.add_argument("account", nargs="?")
+    slist.set_defaults(func=_sender_list)
 
     catch = sub.add_parser("catch-all", help="deliver unknown addresses of a domain to one account")
     actions = catch.add_subparsers(dest="action", required=True, metavar="ACTION")

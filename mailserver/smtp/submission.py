@@ -167,6 +167,8 @@ class SubmissionHandler:
         if address in owned:
             return True
         local, _, domain = address.rpartition("@")
+        if f"@{domain}" in owned:  # pymaild sender allow ACCOUNT @domain
+            return True
         if self.plus_separator and self.plus_separator in local:
             return f"{local.split(self.plus_separator, 1)[0]}@{domain}" in owned
         return False
