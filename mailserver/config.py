@@ -203,6 +203,8 @@ class ListenConfig:
     submissions: tuple[tuple[str, int], ...] = ()
     imap: tuple[tuple[str, int], ...] = ()
     imaps: tuple[tuple[str, int], ...] = ()
+    https: tuple[tuple[str, int], ...] = ()  # MTA-STS policy + Thunderbird autoconfig
+    metrics: tuple[tuple[str, int], ...] = ()  # Prometheus text format, plain HTTP: keep on loopback
 
 
 @dataclass(frozen=True)
@@ -280,6 +282,14 @@ class DKIMConfig:
 
 
 @dataclass(frozen=True)
+class MTASTSConfig:
+    """The MTA-STS policy we publish for our own domains (RFC 8461)."""
+
+    mode: str = field(default="testing", metadata=_parser(_choice("testing", "enforce", "none")))
+    max_age: float = field(default=604800.0, metadata=_parser(_positive_duration))
+
+
+@dataclass(frozen=True)
 class DNSConfig:
     nameservers: tuple[str, ...] = ()
     timeout: float = field(default=10.0, metadata=_parser(parse_duration))
@@ -320,6 +330,7 @@ class Config:
     accounts: AccountsConfig = field(default_factory=AccountsConfig)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
     dkim: DKIMConfig = field(default_factory=DKIMConfig)
+    mta_sts: MTASTSConfig = field(default_factory=MTASTSConfig)
     dns: DNSConfig = field(default_factory=DNSConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -494,7 +505,7 @@ def _validate(cfg: Config, file: str) -> None:
         except ValueError as exc:
             raise ConfigError(file, f"dns.nameservers[{ns_index}]", str(exc)) from None
     seen: dict[tuple[str, int], str] = {}
-    for kind in ("smtp", "submission", "submissions", "imap", "imaps"):
+    for kind in ("smtp", "submission", "submissions", "imap", "imaps", "https", "metrics"):
         for i, addr in enumerate(getattr(cfg.listen, kind)):
             if addr in seen:
                 raise ConfigError(file, f"listen.{kind}[{i}]",

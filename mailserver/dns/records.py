@@ -27,9 +27,9 @@ from mailserver.dkim_keys import ED25519_ALGORITHM, DKIMKey
 
 DEFAULT_TTL = 3600  # an hour: short enough to fix a mistake the same day, long enough to cache
 
-# MTA-STS policy constants (no config keys for them yet). "testing" makes senders report
-# TLS problems (TLS-RPT) without refusing delivery: the same start-soft-then-tighten path as
-# DMARC p=none, and safe with a self-signed certificate.
+# Defaults of [mta_sts] mode and max_age. "testing" makes senders report TLS problems
+# (TLS-RPT) without refusing delivery: the same start-soft-then-tighten path as DMARC
+# p=none, and safe with a self-signed certificate.
 MTA_STS_MODE = "testing"
 MTA_STS_MAX_AGE = 7 * 86400
 
@@ -222,9 +222,9 @@ def mta_sts_policy(cfg: Config) -> str:
     (RFC 8461 3.2, CRLF lines). Same for every local domain: they share one MX."""
     lines = [
         "version: STSv1",
-        f"mode: {MTA_STS_MODE}",
+        f"mode: {cfg.mta_sts.mode}",
         f"mx: {cfg.hostname}",
-        f"max_age: {MTA_STS_MAX_AGE}",
+        f"max_age: {int(cfg.mta_sts.max_age)}",
     ]
     return "\r\n".join(lines) + "\r\n"
 
@@ -312,7 +312,7 @@ def _domain_records(cfg: Config, keys: Sequence[DKIMKey], domain: str) -> list[R
         Record(
             _abs(f"_mta-sts.{domain}"), "TXT", f"v=STSv1; id={mta_sts_id(policy)}",
             f"MTA-STS: senders fetch https://mta-sts.{domain}/.well-known/mta-sts.txt (mode"
-            f" {MTA_STS_MODE}, max_age {MTA_STS_MAX_AGE}); the id changes only when that policy"
+            f" {cfg.mta_sts.mode}, max_age {int(cfg.mta_sts.max_age)}); the id changes only when that policy"
             " changes. Harmless until the policy is served: senders then ignore it.",
             zone=d,
         ),
