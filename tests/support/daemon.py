@@ -61,6 +61,7 @@ class PymaildProcess:
         self._ready = threading.Event()
         self.host = ""  # the SMTP listener, set by whoever builds the config
         self.port = 0
+        self.env: dict[str, str] = {}  # extra environment for the process
 
     @property
     def state_dir(self) -> Path:
@@ -77,7 +78,7 @@ class PymaildProcess:
 
     def start(self, timeout: float = 20.0) -> None:
         self._ready.clear()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mailserver.cli", "run", "-c", str(self.config_path)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
