@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +31,14 @@ from .delivery.results import DeliveryResult
 from .dkim_keys import DKIMKey, ensure_keys
 from .dns.records import first_start_banner
 from .dns.resolver import Resolver
+from .metrics import Metrics, MetricsServer
 from .pipeline import trace
 from .smtp import protocol as p
 from .smtp.mx import Checker, CheckOutcome, MXHandler
 from .smtp.server import Limits, Session, SMTPEndpoint
 from .smtp.submission import SubmissionHandler
 from .tls import TLSManager
+from .web import WebServer, required_names, uncovered_names
 
 log = logging.getLogger("pymaild")
 
@@ -56,6 +59,7 @@ class Components:
     queue: Queue
     dkim_keys: list[DKIMKey]
     submission_handler: SubmissionHandler
+    metrics: Metrics
 
     def listeners(self, cfg: Config) -> list[tuple[str, SMTPEndpoint, tuple[str, int], bool]]:
         """(config key, endpoint, address, implicit TLS) for every SMTP listener."""
@@ -119,6 +123,7 @@ def build(cfg: Config) -> Components:
         raise StartupError(str(exc)) from None  # DKIMKeyError names the file
     resolver = Resolver(list(cfg.dns.nameservers) or None, lifetime=cfg.dns.timeout)
     writer = MaildirWriter(hostname=cfg.hostname)
+    metrics = Metrics()  # always there, so no call site needs an "if"
     handler = MXHandler(
         hostname=cfg.hostname,
         local_domains=cfg.local_domains,
@@ -129,6 +134,7 @@ def build(cfg: Config) -> Components:
         plus_separator=cfg.accounts.plus_separator,
         postmaster=cfg.accounts.postmaster,
         max_received_headers=cfg.smtp.max_received_headers,
+        metrics=metrics,
     )
     s = cfg.smtp
     params = p.ServerParams(
@@ -146,9 +152,10 @@ def build(cfg: Config) -> Components:
         max_connections=s.max_connections,
         max_connections_per_ip=s.max_connections_per_ip,
     )
-    mx = SMTPEndpoint("smtp", params, handler, limits, tls_context=tls.listener_context)
+    mx = SMTPEndpoint("smtp", params, handler, limits, tls_context=tls.listener_context,
+                      metrics=metrics)
 
-    queue = build_queue(cfg, store, resolver, writer)
+    queue = build_queue(cfg, store, resolver, writer, metrics)
 
     passwords = PasswordChecker()
     sub = cfg.submission
@@ -170,13 +177,21 @@ def build(cfg: Config) -> Components:
         postmaster=cfg.accounts.postmaster,
         hide_client_ip=sub.hide_client_ip,
         max_received_headers=s.max_received_headers,
+        metrics=metrics,
     )
     submission_params = dataclasses.replace(params, auth_mechanisms=("PLAIN", "LOGIN"),
                                             auth_requires_tls=True)
     submission = SMTPEndpoint("submission", submission_params, submission_handler, limits,
-                              tls_context=tls.listener_context)
+                              tls_context=tls.listener_context, metrics=metrics)
+    metrics.gauge("queue_messages", lambda: len(queue.list()))
+    metrics.gauge("queue_oldest_age_seconds", lambda: _oldest_age(queue))
     return Components(tls, store, resolver, writer, passwords, mx, submission, queue, keys,
-                      submission_handler)
+                      submission_handler, metrics)
+
+
+def _oldest_age(queue: Queue) -> float:
+    entries = queue.list()
+    return max(0.0, time.time() - min(e.created for e in entries)) if entries else 0.0
 
 
 async def _drop(awaitable: Awaitable[object]) -> None:
@@ -193,7 +208,8 @@ def make_signer(keys: list[DKIMKey]) -> Callable[[bytes, str], Awaitable[bytes]]
     return signer.sign_async
 
 
-def build_queue(cfg: Config, store: AccountStore, resolver: Resolver, writer: MaildirWriter) -> Queue:
+def build_queue(cfg: Config, store: AccountStore, resolver: Resolver, writer: MaildirWriter,
+                metrics: Metrics) -> Queue:
     """The outbound queue, delivering through MX lookup (or the relay) with MTA-STS."""
     d = cfg.delivery
     password = ""
@@ -215,7 +231,13 @@ def build_queue(cfg: Config, store: AccountStore, resolver: Resolver, writer: Ma
     )
 
     async def deliver(message: QueuedMessage) -> dict[str, DeliveryResult]:
-        return await remote.deliver(message.mail_from, message.recipients, message.data)
+        results = await remote.deliver(message.mail_from, message.recipients, message.data)
+        for result in results.values():
+            metrics.inc("delivery_attempts_total", result=result.kind)
+            if result.kind != "temp":
+                metrics.inc("messages_total", direction="out",
+                            result="sent" if result.kind == "sent" else "bounced")
+        return results
 
     async def bounce(sender: str, dsn: bytes) -> None:
         # Bounces go only to local senders (the queue checks): deliver straight to their
@@ -246,6 +268,8 @@ class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.parts: Components | None = None
+        self.web: WebServer | None = None
+        self.metrics_server: MetricsServer | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -272,8 +296,32 @@ class Daemon:
             except OSError as exc:
                 reason = exc.strerror or exc
                 raise StartupError(f"cannot listen on {host}:{port} (listen.{kind}): {reason}") from None
+        await self._start_http(cfg)
         self._tasks.append(asyncio.create_task(self._watch_certificates()))
         self._tasks.append(asyncio.create_task(self.parts.queue.start()))
+
+    async def _start_http(self, cfg: Config) -> None:
+        """The optional HTTPS (MTA-STS policy, autoconfig) and metrics listeners."""
+        assert self.parts is not None
+        if cfg.listen.https:
+            self.web = WebServer(cfg, self.parts.tls.listener_context)
+            pem = await asyncio.to_thread(cfg.cert_path.read_bytes)
+            missing = uncovered_names(required_names(cfg), pem)
+            if missing:
+                log.warning("listen.https: the certificate does not cover %s (senders ignore an "
+                            "MTA-STS policy served without a valid certificate; see docs/web.md)",
+                            ", ".join(missing))
+        if cfg.listen.metrics:
+            self.metrics_server = MetricsServer(self.parts.metrics)
+        for kind, server, addresses in (("https", self.web, cfg.listen.https),
+                                        ("metrics", self.metrics_server, cfg.listen.metrics)):
+            for host, port in addresses:
+                assert server is not None
+                try:
+                    await server.listen(host, port)
+                except OSError as exc:
+                    reason = exc.strerror or exc
+                    raise StartupError(f"cannot listen on {host}:{port} (listen.{kind}): {reason}") from None
 
     async def _watch_certificates(self) -> None:
         # Like maddy: notice renewed certificate files without a SIGHUP.
@@ -328,6 +376,9 @@ class Daemon:
             # half-done (queued messages are on disk and resume at the next start).
             await asyncio.gather(*(endpoint.drain() for endpoint in self.parts.endpoints))
             await self.parts.queue.stop()
+        for server in (self.web, self.metrics_server):
+            if server is not None:
+                await server.close()
         for task in self._tasks:
             task.cancel()
         if self.parts is not None:

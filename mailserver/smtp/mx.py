@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from ..auth.store import AccountStore, InvalidAddress
 from ..delivery.maildir import MaildirWriter
+from ..metrics import Metrics
 from ..pipeline import trace
 from ..pipeline.authresults import strip_forged
 from . import protocol as p
@@ -66,7 +67,9 @@ class MXHandler:
         plus_separator: str = "+",
         postmaster: str = "",
         max_received_headers: int = 50,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.hostname = hostname
         self.local_domains = frozenset(local_domains)
         self.primary_domain = primary_domain
@@ -139,6 +142,15 @@ class MXHandler:
             self._resolved[address] = (now + RESOLVE_CACHE_SECONDS, accounts)
         return accounts
 
+    def _count_checks(self, verdict: CheckOutcome) -> None:
+        # The summary is "spf=pass dkim=pass,fail dmarc=none": one result per check and
+        # per DKIM signature; "off" means the check is disabled.
+        for token in verdict.summary.split():
+            check, sep, results = token.partition("=")
+            if sep and check in ("spf", "dkim", "dmarc") and results != "off":
+                for result in results.split(","):
+                    self.metrics.inc("check_results_total", check=check, result=result)
+
     async def on_auth(self, session: Session, event: p.AuthStart | p.AuthResponse) -> Answer | str:
         return (502, "5.5.1", "AUTH not available")  # the core never offers it on MX
 
@@ -167,11 +179,14 @@ class MXHandler:
         if self.checker is not None:
             # Verify the bytes as sent: a DKIM signature may cover headers we strip below.
             verdict = await self.checker(data, session, sender)
+        self._count_checks(verdict)
         if verdict.action == "reject":
             self.rejected += 1
+            self.metrics.inc("messages_total", direction="in", result="rejected")
             log.info("%s%s outcome=rejected code=%d", base, _verdicts(verdict), verdict.code)
             return (verdict.code, verdict.status, verdict.text)
         if verdict.action == "tempfail":
+            self.metrics.inc("messages_total", direction="in", result="deferred")
             log.info("%s%s outcome=deferred code=%d", base, _verdicts(verdict), verdict.code)
             return (verdict.code, verdict.status, verdict.text)
 
@@ -207,8 +222,11 @@ class MXHandler:
         except OSError as exc:
             # Disk full, permissions...: nothing was promised, the sender retries.
             log.error("%s outcome=deferred reason=%r", base, exc)
+            self.metrics.inc("messages_total", direction="in", result="deferred")
             return (451, "4.3.0", "Local delivery failed, try again later")
         self.accepted += 1
+        self.metrics.inc("messages_total", direction="in",
+                         result="junk" if folder else "delivered")
         ms = (time.perf_counter() - started) * 1000
         log.info("%s%s outcome=delivered folder=%s accounts=%d ms=%.1f", base, _verdicts(verdict),
                  folder or "INBOX", len(per_account), ms)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..message import new_message_id
+from ..metrics import Metrics
 from . import protocol as p
 
 log = logging.getLogger("pymaild.smtp")
@@ -120,8 +121,10 @@ class SMTPEndpoint:
         limits: Limits,
         *,
         tls_context: Callable[[], ssl.SSLContext] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.name = name
+        self.metrics = metrics or Metrics()
         self.params = params
         self.handler = handler
         self.limits = limits
@@ -205,6 +208,7 @@ class _SMTPProtocol(asyncio.Protocol):
             return
         self._admitted_ip = ip
         endpoint.sessions.add(self)
+        endpoint.metrics.inc("connections_total", listener=endpoint.name)
         log.info("connect session=%s listener=%s client=%s:%d tls=%s", self.session.id, endpoint.name,
                  ip, port, self.session.tls_version or "no")
         self._task = asyncio.get_running_loop().create_task(self._run())

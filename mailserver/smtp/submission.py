@@ -22,6 +22,7 @@ from ..auth.passwords import PasswordChecker
 from ..auth.ratelimit import AuthThrottle
 from ..auth.store import AccountStore, InvalidAddress
 from ..delivery.maildir import MaildirWriter
+from ..metrics import Metrics
 from ..pipeline import trace
 from . import protocol as p
 from .server import Answer, AuthOK, Session
@@ -70,7 +71,9 @@ class SubmissionHandler:
         postmaster: str = "",
         hide_client_ip: bool = True,
         max_received_headers: int = 50,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.hostname = hostname
         self.local_domains = frozenset(local_domains)
         self.primary_domain = primary_domain
@@ -152,6 +155,7 @@ class SubmissionHandler:
         ok = await self.passwords.verify(stored, password)
         if not ok:
             self.throttle.failure(ip, user)
+            self.metrics.inc("auth_failures_total", listener=session.listener)
             log.warning("auth failed client=%s user=%s", ip, user)  # fail2ban matches this line
             if self.throttle.ip_blocked(ip):
                 return (421, "4.7.0", f"{self.hostname} Too many failed logins, try again later")
