@@ -40,9 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser = add_parser  # type: ignore[method-assign]
     run = sub.add_parser("run", help="run the mail server (logs to stderr)")
     run.set_defaults(func=_run)
-    from .commands import accounts, dns
+    from .commands import accounts, dns, init
     from .commands import queue as queue_cmd
 
+    init.register(sub)
     accounts.register(sub)
     dns.register(sub)
     queue_cmd.register(sub)
@@ -75,11 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     path = resolve_config_path(getattr(args, "config", None) or args.config_global)
-    try:
-        cfg = load_config(path)
-    except ConfigError as exc:
-        print(f"pymaild: config error: {exc}", file=sys.stderr)
-        return 2
+    args.config_path = path  # commands that write the config (init) need where, not what
+    cfg = None
+    if getattr(args, "needs_config", True):
+        try:
+            cfg = load_config(path)
+        except ConfigError as exc:
+            print(f"pymaild: config error: {exc}", file=sys.stderr)
+            return 2
     try:
         return int(args.func(args, cfg))
     except CommandError as exc:
