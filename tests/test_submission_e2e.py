@@ -203,3 +203,18 @@ def test_extra_senders_per_account(sub, ca):
     assert try_send("team@example.test") == 553
     missing = pymaild("sender", "allow", "nobody@example.test", "x@example.test")
     assert missing.returncode == 1 and "no account" in missing.stderr
+
+
+def test_user_name_cannot_forge_log_lines(sub, ca):
+    forged = "x\n2026-01-01T00:00:00 WARNING pymaild.submission: auth failed client=10.9.8.7 user=y"
+    with starttls_client(sub, ca) as client:
+        token = base64.b64encode(b"\0" + forged.encode() + b"\0wrong").decode()
+        code, _ = client.docmd("AUTH", "PLAIN " + token)
+        assert code == 535
+    log = sub.wait_log("auth failed client=127.0.0.1")
+    assert not any(line.startswith("2026-01-01") for line in log.splitlines())
+    import re
+
+    # What fail2ban would match: a line whose own message is a failure from 10.9.8.7.
+    assert re.search(r"^\S+ WARNING pymaild\.submission: auth failed client=10\.9\.8\.7", log, re.M) is None
+    assert "\\x0a" in log  # the newline is shown escaped, on the same line
