@@ -35,6 +35,7 @@ from .metrics import Metrics, MetricsServer
 from .pipeline import trace
 from .smtp import protocol as p
 from .smtp.mx import Checker, CheckOutcome, MXHandler
+from .smtp.recipients import RecipientTable
 from .smtp.server import Limits, Session, SMTPEndpoint
 from .smtp.submission import SubmissionHandler
 from .tls import TLSManager
@@ -124,6 +125,9 @@ def build(cfg: Config) -> Components:
     resolver = Resolver(list(cfg.dns.nameservers) or None, lifetime=cfg.dns.timeout)
     writer = MaildirWriter(hostname=cfg.hostname)
     metrics = Metrics()  # always there, so no call site needs an "if"
+    recipients = RecipientTable(store, local_domains=cfg.local_domains, primary_domain=cfg.primary_domain,
+                                plus_separator=cfg.accounts.plus_separator,
+                                postmaster=cfg.accounts.postmaster)
     handler = MXHandler(
         hostname=cfg.hostname,
         local_domains=cfg.local_domains,
@@ -135,6 +139,7 @@ def build(cfg: Config) -> Components:
         postmaster=cfg.accounts.postmaster,
         max_received_headers=cfg.smtp.max_received_headers,
         metrics=metrics,
+        recipients=recipients,
     )
     s = cfg.smtp
     params = p.ServerParams(
@@ -178,6 +183,7 @@ def build(cfg: Config) -> Components:
         hide_client_ip=sub.hide_client_ip,
         max_received_headers=s.max_received_headers,
         metrics=metrics,
+        recipients=recipients,
     )
     submission_params = dataclasses.replace(params, auth_mechanisms=("PLAIN", "LOGIN"),
                                             auth_requires_tls=True)

@@ -11,23 +11,21 @@ Data flow for one message (each stage its own module):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from ..auth.store import AccountStore, InvalidAddress
+from ..auth.store import AccountStore
 from ..delivery.maildir import MaildirWriter
 from ..metrics import Metrics
 from ..pipeline import trace
 from ..pipeline.authresults import strip_forged
 from . import protocol as p
+from .recipients import RecipientTable
 from .server import Answer, Session
 
 log = logging.getLogger("pymaild.mx")
-
-RESOLVE_CACHE_SECONDS = 5.0
 
 
 @dataclass
@@ -68,6 +66,7 @@ class MXHandler:
         postmaster: str = "",
         max_received_headers: int = 50,
         metrics: Metrics | None = None,
+        recipients: RecipientTable | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
         self.hostname = hostname
@@ -76,11 +75,11 @@ class MXHandler:
         self.store = store
         self.writer = writer
         self.checker = checker
-        self.plus_separator = plus_separator
-        self.postmaster = postmaster
         self.max_received_headers = max_received_headers
         self._tx: dict[str, _Transaction] = {}
-        self._resolved: dict[str, tuple[float, list[str]]] = {}
+        self.recipients = recipients or RecipientTable(
+            store, local_domains=local_domains, primary_domain=primary_domain,
+            plus_separator=plus_separator, postmaster=postmaster)
         self.accepted = 0
         self.rejected = 0
 
@@ -106,41 +105,13 @@ class MXHandler:
             # quotes undone): there is no way to make a non-local domain look local.
             log.info("relay denied session=%s client=%s rcpt=%s", session.id, session.client_ip, event.raw)
             return (554, "5.7.1", f"<{address}>: Relay access denied")
-        try:
-            accounts = await self._resolve(str(address))
-        except InvalidAddress:
-            return (550, "5.1.1", f"<{address}>: Recipient address rejected: no such user")
+        accounts = await self.recipients.accounts_for(str(address))
         if not accounts:
             log.info("unknown recipient session=%s client=%s rcpt=%s", session.id, session.client_ip,
                      event.raw)
             return (550, "5.1.1", f"<{address}>: Recipient address rejected: no such user")
         tx.recipients[str(address)] = accounts
         return (250, "2.1.5", "Recipient OK")
-
-    async def _resolve(self, address: str) -> list[str] | None:
-        """The recipient table lookup (SQLite, in a thread), with known recipients cached.
-
-        Only positive answers are cached, and briefly (``RESOLVE_CACHE_SECONDS``): a
-        new account must receive mail at once, never get a cached 550. A removed
-        account may still receive for those seconds; its Maildir is kept anyway.
-        """
-        now = time.monotonic()
-        hit = self._resolved.get(address)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        accounts = await asyncio.to_thread(
-            self.store.resolve,
-            address,
-            local_domains=self.local_domains,
-            primary_domain=self.primary_domain,
-            plus_separator=self.plus_separator,
-            postmaster=self.postmaster,
-        )
-        if accounts:
-            if len(self._resolved) >= 10_000:
-                self._resolved.clear()
-            self._resolved[address] = (now + RESOLVE_CACHE_SECONDS, accounts)
-        return accounts
 
     def _count_checks(self, verdict: CheckOutcome) -> None:
         # The summary is "spf=pass dkim=pass,fail dmarc=none": one result per check and

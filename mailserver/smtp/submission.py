@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 
 from ..auth.passwords import PasswordChecker
 from ..auth.ratelimit import AuthThrottle
-from ..auth.store import AccountStore, InvalidAddress
+from ..auth.store import AccountStore
 from ..delivery.maildir import MaildirWriter
 from ..metrics import Metrics
 from ..pipeline import trace
 from . import protocol as p
+from .recipients import RecipientTable
 from .server import Answer, AuthOK, Session
 
 log = logging.getLogger("pymaild.submission")
@@ -72,6 +73,7 @@ class SubmissionHandler:
         hide_client_ip: bool = True,
         max_received_headers: int = 50,
         metrics: Metrics | None = None,
+        recipients: RecipientTable | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
         self.hostname = hostname
@@ -85,9 +87,11 @@ class SubmissionHandler:
         self.unqueue = unqueue
         self.sign = sign
         self.plus_separator = plus_separator
-        self.postmaster = postmaster
         self.hide_client_ip = hide_client_ip
         self.max_received_headers = max_received_headers
+        self.recipients = recipients or RecipientTable(
+            store, local_domains=local_domains, primary_domain=primary_domain,
+            plus_separator=plus_separator, postmaster=postmaster)
         self._tx: dict[str, _Tx] = {}
         self._auth: dict[str, _Auth] = {}
         self._senders: dict[str, set[str]] = {}
@@ -197,14 +201,7 @@ class SubmissionHandler:
         address = event.address
         rcpt = str(address)
         if address.domain in self.local_domains:
-            try:
-                accounts = await asyncio.to_thread(
-                    self.store.resolve, rcpt, local_domains=self.local_domains,
-                    primary_domain=self.primary_domain, plus_separator=self.plus_separator,
-                    postmaster=self.postmaster,
-                )
-            except InvalidAddress:
-                accounts = None
+            accounts = await self.recipients.accounts_for(rcpt)
             if not accounts:
                 return (550, "5.1.1", f"<{rcpt}>: Recipient address rejected: no such user")
             tx.local[rcpt] = accounts
