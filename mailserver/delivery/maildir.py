@@ -29,6 +29,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from mailserver.delivery.groupsync import DirectorySync
 from mailserver.storage.maildirpp import (
     FILE_MODE,
     ensure_maildir,
@@ -76,6 +77,8 @@ class MaildirWriter:
         self.fsync = fsync
         self.hostname = maildir_hostname(hostname)
         self._counter = itertools.count(1)
+        # Looked up at call time, so tests can inject failures into fsync_dir.
+        self._dir_sync = DirectorySync(lambda path: fsync_dir(path))
         self._lock = threading.Lock()
 
     def unique_name(self, size: int) -> str:
@@ -142,8 +145,9 @@ class MaildirWriter:
                 os.rename(tmp, final)
                 placed.append(final)
             if self.fsync:
+                # Shared with concurrent deliveries into the same folders (group commit).
                 for new_dir in dict.fromkeys(final.parent for _tmp, final in staged):
-                    fsync_dir(new_dir)
+                    self._dir_sync.sync(new_dir)
         except BaseException:
             for tmp, _final in staged:
                 with contextlib.suppress(OSError):
