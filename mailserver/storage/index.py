@@ -1,0 +1,969 @@
+"""Index of one Maildir folder for IMAP: stable UIDs, flags, MODSEQ, \\Recent, expunge log.
+
+This is the storage foundation of the IMAP server (not served yet). One
+:class:`MailboxIndex` object is one session's view of one folder:
+
+* The store (:mod:`.indexstore`, ``pymaild-index.sqlite`` in the folder directory) is
+  shared by every session and process; it holds UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ and,
+  per message, uid, base file name, modseq, size and internal date.
+* The files stay the truth for existence and flags, in the format Dovecot, mutt and
+  mbsync use: :meth:`MailboxIndex.sync` compares ``new/`` + ``cur/`` with the index and
+  records what other programs did (new files, deletions, flag renames).
+* The *view* (the UIDs the client has been told about, hence the sequence numbers)
+  changes only in :meth:`~MailboxIndex.sync` and through the session's own
+  :meth:`~MailboxIndex.store_flags` and :meth:`~MailboxIndex.expunge`; changes by others
+  that turn up meanwhile wait in the object until the next sync reports them, as RFC 3501
+  requires (no EXPUNGE while a FETCH/STORE/SEARCH runs).
+
+Concurrency: every read-modify-write of the store runs under ``flock`` on
+``pymaild-index.lock`` (a separate file, because closing any descriptor of the SQLite
+file would drop SQLite's own POSIX locks held by the process) plus a thread lock for
+the object. Deliveries only add files to ``new/`` and never touch the index, so they
+take no lock: the next sync sees their files. Everything here blocks; the IMAP server
+calls it from a worker thread.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO, Literal, NamedTuple
+
+from mailserver.delivery.maildir import maildir_hostname
+from mailserver.storage.indexstore import INDEX_FILE, CorruptIndex, IndexStore, Meta
+from mailserver.storage.keywords import KEYWORDS_FILE, DovecotKeywords
+from mailserver.storage.maildirname import (
+    FLAG_TO_LETTER,
+    LETTER_TO_FLAG,
+    NameMaker,
+    imap_size,
+    letters_of,
+    make_suffix,
+    name_field,
+    name_time,
+    normalize_flag,
+    split_name,
+)
+from mailserver.storage.maildirpp import FILE_MODE, fsync_dir
+
+log = logging.getLogger("pymaild.storage")
+
+LOCK_FILE = "pymaild-index.lock"
+StoreMode = Literal["add", "remove", "replace"]
+
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+# Hard link impossible: other file system, or one that does not do links.
+_NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
+
+
+class ReadOnlyMailbox(Exception):
+    """A write (STORE, EXPUNGE) through a read-only (EXAMINE) view."""
+
+
+class Message(NamedTuple):
+    """One index row. A NamedTuple because 100k of them are built on a cold load."""
+
+    uid: int
+    base: str  # file name before ":2,", never changes
+    sub: str  # "new" or "cur"
+    suffix: str  # ":2,<letters>" or "" exactly as on disk
+    modseq: int
+    size: int  # RFC822.SIZE (W= or S= from the name, else the file size)
+    internal_date: float  # seconds since the epoch (the file's mtime, as Dovecot does)
+    extra: str  # keywords beyond the 26 letters, "\n"-separated ("" if none)
+
+    @property
+    def letters(self) -> str:
+        return letters_of(self.suffix)
+
+    @property
+    def name(self) -> str:
+        return self.base + self.suffix
+
+
+@dataclasses.dataclass
+class ChangeSet:
+    """What a session must tell its client after :meth:`MailboxIndex.sync` / ``expunge``."""
+
+    new: list[int] = dataclasses.field(default_factory=list)  # UIDs added to the view
+    expunged: list[int] = dataclasses.field(default_factory=list)  # UIDs removed, ascending
+    # Sequence numbers for "* n EXPUNGE", valid when sent in this (descending) order.
+    expunged_seqs: list[int] = dataclasses.field(default_factory=list)
+    flags: list[int] = dataclasses.field(default_factory=list)  # UIDs to send FETCH FLAGS for
+    # The index was rebuilt (missing or corrupt): every UID changed; the view is reset
+    # and the client must be disconnected or the mailbox re-selected.
+    uidvalidity_changed: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.new or self.expunged or self.flags or self.uidvalidity_changed)
+
+
+def _split_extra(extra: str) -> list[str]:
+    return extra.split("\n") if extra else []
+
+
+class MailboxIndex:
+    """One session's view of the Maildir folder at ``folder_dir``.
+
+    ``read_only`` (EXAMINE): files stay in ``new/``, \\Recent is not claimed, and
+    :meth:`store_flags` / :meth:`expunge` raise :class:`ReadOnlyMailbox`. Call
+    :meth:`sync` first (that is SELECT); lookups are in memory and need no lock.
+    """
+
+    def __init__(
+        self, folder_dir: Path, *, read_only: bool = False, hostname: str | None = None
+    ) -> None:
+        self.dir = Path(folder_dir)
+        self.read_only = read_only
+        self._names = NameMaker(maildir_hostname(hostname))
+        self._store = IndexStore(self.dir / INDEX_FILE)
+        self._keywords = DovecotKeywords(self.dir / KEYWORDS_FILE)
+        self._mutex = threading.RLock()
+        self._lock_fd: int | None = None
+        self._depth = 0
+        # Mirror of the store as of the last refresh/commit.
+        self._meta: Meta | None = None
+        self._stale = True  # reload everything at the next lock (start, or after a failure)
+        self._entries: dict[int, Message] = {}
+        self._by_base: dict[str, int] = {}
+        # The session's view and what waits to be announced in it.
+        self._view: list[int] = []  # sorted UIDs; sequence number = index + 1
+        self._ghosts: dict[int, Message] = {}  # in the view, gone from the store
+        self._unannounced: set[int] = set()  # in the store, not yet in the view
+        self._pending_flags: set[int] = set()  # changed by others, not yet reported
+        self._recent: set[int] = set()
+        self._uidvalidity_changed = False
+        self._announced_modseq = 0
+        self._announced_uidnext = 1
+
+    # ================================================================ public: state
+
+    @property
+    def uidvalidity(self) -> int:
+        return self._meta.uidvalidity if self._meta else 0
+
+    @property
+    def uidnext(self) -> int:
+        """UIDNEXT as of the last sync (consistent with the view)."""
+        return self._announced_uidnext
+
+    @property
+    def highestmodseq(self) -> int:
+        """HIGHESTMODSEQ the client may be told: no change it has not seen lies below it."""
+        return self._announced_modseq
+
+    @property
+    def uids(self) -> Sequence[int]:
+        """The view's UIDs in sequence order (do not modify)."""
+        return self._view
+
+    def __len__(self) -> int:
+        return len(self._view)  # EXISTS
+
+    def seq(self, uid: int) -> int | None:
+        """Sequence number of ``uid`` in the view, or None. O(log n)."""
+        i = bisect.bisect_left(self._view, uid)
+        return i + 1 if i < len(self._view) and self._view[i] == uid else None
+
+    def uid_at(self, seq: int) -> int:
+        """UID of sequence number ``seq`` (1-based); IndexError if out of range."""
+        if seq < 1:
+            raise IndexError(seq)
+        return self._view[seq - 1]
+
+    def uids_between(self, first: int, last: int) -> Sequence[int]:
+        """View UIDs in ``first..last`` (a UID set range), by bisection."""
+        lo = bisect.bisect_left(self._view, first)
+        hi = bisect.bisect_right(self._view, last)
+        return self._view[lo:hi]
+
+    def message(self, uid: int) -> Message:
+        """The index row of a message in the view (KeyError if not in the view).
+
+        A message expunged by another session but not yet reported keeps its last row,
+        so FETCH of its flags still answers; its file may be gone.
+        """
+        m = self._entries.get(uid)
+        if m is not None and self._in_view(uid):
+            return m
+        return self._ghosts[uid]
+
+    def path(self, uid: int) -> Path:
+        m = self.message(uid)
+        return self.dir / m.sub / m.name
+
+    def size(self, uid: int) -> int:
+        return self.message(uid).size
+
+    def internal_date(self, uid: int) -> float:
+        return self.message(uid).internal_date
+
+    def modseq(self, uid: int) -> int:
+        return self.message(uid).modseq
+
+    def flags(self, uid: int) -> frozenset[str]:
+        """System flags and keywords; \\Recent is separate (:meth:`is_recent`)."""
+        return self._flag_names(self.message(uid))
+
+    def is_recent(self, uid: int) -> bool:
+        return uid in self._recent
+
+    @property
+    def recent_count(self) -> int:
+        return len(self._recent)
+
+    def keywords(self) -> list[str]:
+        """Keywords defined in this folder (for the FLAGS response)."""
+        names = [n for letter in "abcdefghijklmnopqrstuvwxyz" if (n := self._keywords.name(letter))]
+        seen = {n.casefold() for n in names}
+        for m in self._entries.values():
+            for kw in _split_extra(m.extra):
+                if kw.casefold() not in seen:
+                    seen.add(kw.casefold())
+                    names.append(kw)
+        return names
+
+    def changed_since(self, modseq: int) -> list[int]:
+        """View UIDs whose modseq is above ``modseq`` (CHANGEDSINCE), ascending."""
+        out = []
+        for uid in self._view:
+            m = self._entries.get(uid) or self._ghosts.get(uid)
+            if m is not None and m.modseq > modseq:
+                out.append(uid)
+        return out
+
+    def vanished_since(self, modseq: int) -> tuple[list[int], bool]:
+        """UIDs expunged after ``modseq`` (QRESYNC VANISHED (EARLIER)) and whether the
+        list is complete; if the bounded log no longer reaches back that far it is not,
+        and the caller must send every UID it cannot vouch for."""
+        with self._locked():
+            assert self._meta is not None
+            rows = self._store.expunged_since(modseq)
+            complete = modseq >= self._meta.expunge_floor
+        return sorted({uid for _m, uid in rows} - set(self._entries)), complete
+
+    def open(self, uid: int) -> BinaryIO:
+        """Open the message file for reading, following a rename by another program."""
+        m = self.message(uid)
+        try:
+            return open(self.dir / m.sub / m.name, "rb")  # the caller closes it
+        except FileNotFoundError:
+            found = self._find_file(m.base)
+            if found is None:
+                raise
+            # Not written into the mirror: the next sync must still see the rename.
+            return open(found, "rb")
+
+    # ================================================================ public: changes
+
+    def sync(self) -> ChangeSet:
+        """Bring the index up to date with the folder and report what the client must learn.
+
+        Scans ``new/`` and ``cur/``; new files get UIDs in delivery order, files gone
+        are logged as expunged, renamed files (flags changed by another program) get a
+        new modseq. Unless read-only, files in ``new/`` move to ``cur/`` with ``:2,``
+        and this session claims \\Recent for every message no session has seen.
+        """
+        with self._locked():
+            self._sync_disk()
+            return self._announce()
+
+    def store_flags(
+        self,
+        uids: Iterable[int],
+        flags: Iterable[str],
+        mode: StoreMode = "add",
+        unchanged_since: int | None = None,
+    ) -> tuple[list[int], list[int]]:
+        """STORE: ``(changed, failed_modified)`` UIDs, both ascending.
+
+        Each changed message is renamed in ``cur/`` and gets a new modseq. With
+        ``unchanged_since`` (CONDSTORE UNCHANGEDSINCE) a message whose modseq is above it
+        is left alone and listed in ``failed_modified``. UIDs not in the view, or
+        expunged by another session meanwhile, are skipped. A store that changes
+        nothing changes no modseq.
+        """
+        if self.read_only:
+            raise ReadOnlyMailbox("mailbox is read-only")
+        if mode not in ("add", "remove", "replace"):
+            raise ValueError(f"bad store mode {mode!r}")
+        sys_letters, kws = self._parse_flags(flags)
+        with self._locked():
+            meta = self._meta_copy()
+            if kws and mode != "remove":
+                self._keywords.assign(kws)
+            updates: dict[int, Message] = {}
+            changed: list[int] = []
+            failed: list[int] = []
+            external: list[int] = []
+            vanished: list[Message] = []
+            disk: dict[str, tuple[str, str]] | None = None
+            renamed = False
+            for uid in sorted(set(uids)):
+                m = self._entries.get(uid)
+                if m is None or not self._in_view(uid):
+                    continue
+                if unchanged_since is not None and m.modseq > unchanged_since:
+                    failed.append(uid)
+                    continue
+                letters, extra = self._apply(m.letters, m.extra, sys_letters, kws, mode)
+                if letters == m.letters and extra == m.extra:
+                    continue
+                if letters != m.letters:
+                    try:
+                        self._rename(m, letters)
+                    except FileNotFoundError:
+                        # Renamed or deleted by another program since our last look.
+                        if disk is None:
+                            disk = self._scan()
+                        where = disk.get(m.base)
+                        if where is None:
+                            vanished.append(m)
+                            continue
+                        meta.highestmodseq += 1
+                        m = m._replace(sub=where[0], suffix=where[1], modseq=meta.highestmodseq)
+                        updates[uid] = m
+                        external.append(uid)
+                        if unchanged_since is not None:
+                            failed.append(uid)  # its flags changed after the client's modseq
+                            continue
+                        letters, extra = self._apply(m.letters, m.extra, sys_letters, kws, mode)
+                        if letters == m.letters and extra == m.extra:
+                            continue
+                        if letters != m.letters:
+                            self._rename(m, letters)
+                    renamed = True
+                    m = m._replace(sub="cur", suffix=make_suffix(letters))
+                meta.highestmodseq += 1
+                updates[uid] = m._replace(extra=extra, modseq=meta.highestmodseq)
+                changed.append(uid)
+            if renamed:
+                # The renames must be on disk before the index says they happened.
+                fsync_dir(self.dir / "cur")
+            expunges = [(meta.highestmodseq + i + 1, m.uid) for i, m in enumerate(vanished)]
+            meta.highestmodseq += len(expunges)
+            if updates or expunges:
+                with self._commit(meta):
+                    self._store.upsert(updates.values())
+                    if expunges:
+                        self._store.delete(expunges, meta)
+            for m in updates.values():
+                self._entries[m.uid] = m
+            self._pending_flags.update(u for u in external if u not in changed)
+            self._pending_flags.difference_update(changed)
+            self._forget(vanished)
+            self._maybe_advance_modseq()
+        return changed, sorted(failed)
+
+    def expunge(self, uids: Iterable[int] | None = None) -> ChangeSet:
+        """EXPUNGE (all \\Deleted messages) or UID EXPUNGE (\\Deleted ones among ``uids``).
+
+        Files are unlinked and the directory fsynced before the index forgets them, so a
+        crash in between only makes the next sync log the expunge. Returns the removed
+        UIDs and the EXPUNGE sequence numbers; the view no longer holds them.
+        """
+        if self.read_only:
+            raise ReadOnlyMailbox("mailbox is read-only")
+        wanted = None if uids is None else set(uids)
+        with self._locked():
+            targets = [
+                m
+                for uid in self._view
+                if (m := self._entries.get(uid)) is not None
+                and "T" in m.letters
+                and (wanted is None or uid in wanted)
+            ]
+            if not targets:
+                return ChangeSet()
+            disk: dict[str, tuple[str, str]] | None = None
+            gone: list[Message] = []
+            dirs: set[str] = set()
+            for m in targets:
+                try:
+                    os.unlink(self.dir / m.sub / m.name)
+                    dirs.add(m.sub)
+                except FileNotFoundError:
+                    if disk is None:
+                        disk = self._scan()
+                    where = disk.get(m.base)
+                    if where is not None:
+                        if "T" not in letters_of(where[1]):
+                            continue  # another program undeleted it: the next sync tells
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(self.dir / where[0] / (m.base + where[1]))
+                        dirs.add(where[0])
+                gone.append(m)
+            for sub in sorted(dirs):
+                fsync_dir(self.dir / sub)
+            meta = self._meta_copy()
+            expunges = [(meta.highestmodseq + i + 1, m.uid) for i, m in enumerate(gone)]
+            meta.highestmodseq += len(expunges)
+            with self._commit(meta):
+                self._store.delete(expunges, meta)
+            self._forget(gone)
+            removed = sorted(m.uid for m in gone)
+            seqs = self._drop_from_view(removed)
+            self._maybe_advance_modseq()
+        return ChangeSet(expunged=removed, expunged_seqs=seqs)
+
+    def append(
+        self,
+        data: bytes,
+        flags: Iterable[str] = (),
+        internal_date: float | datetime | None = None,
+    ) -> int:
+        """APPEND: store ``data`` durably with ``flags``; returns the new UID.
+
+        tmp/ + fsync, mtime set to the internal date (where Dovecot keeps it too), then
+        under the lock: rename into ``cur/`` with the flags, fsync ``cur/``, commit the
+        index row. The message reaches this view at the next :meth:`sync`.
+        """
+        sys_letters, kws = self._parse_flags(flags)
+        base = self._names.make(len(data))
+        tmp = self.dir / "tmp" / base
+        fd = os.open(tmp, _OPEN_FLAGS, FILE_MODE)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if internal_date is not None:
+                ts = internal_date.timestamp() if isinstance(internal_date, datetime) else internal_date
+                os.utime(tmp, (ts, ts))
+            with self._locked():
+                if kws:
+                    self._keywords.assign(kws)
+                letters, extra = self._apply("", "", sys_letters, kws, "replace")
+                suffix = make_suffix(letters)
+                final = self.dir / "cur" / (base + suffix)
+                os.rename(tmp, final)
+                fsync_dir(final.parent)
+                meta = self._meta_copy()
+                m = self._new_message(meta, base, "cur", suffix, len(data), final.stat().st_mtime, extra)
+                with self._commit(meta):
+                    self._store.upsert([m])
+                self._add(m)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return m.uid
+
+    def copy_to(self, other: MailboxIndex, uids: Iterable[int]) -> list[tuple[int, int]]:
+        """COPY (UIDPLUS): ``[(source uid, new uid)]`` in source UID order.
+
+        Hard links into ``other``'s ``tmp/`` (a real copy, fsynced, across file systems),
+        then renamed into its ``cur/`` with the same flags - keyword letters translated
+        to ``other``'s ``dovecot-keywords`` - and internal date. The two folder locks are
+        never held together, so COPY A->B and B->A cannot deadlock.
+        """
+        with self._locked():
+            snap = [
+                (m, self._flag_names(m))
+                for uid in sorted(set(uids))
+                if self._in_view(uid) and (m := self._entries.get(uid)) is not None
+            ]
+        staged: list[tuple[Message, frozenset[str], str, Path]] = []
+        try:
+            for m, names in snap:
+                src = self.dir / m.sub / m.name
+                size = name_field(m.base, "S")
+                if size is None:
+                    try:
+                        size = os.stat(src).st_size
+                    except FileNotFoundError:
+                        size = m.size
+                base = other._names.make(size, m.size)
+                tmp = other.dir / "tmp" / base
+                if not self._link_or_copy(src, m, tmp):
+                    continue  # expunged by another program meanwhile: nothing to copy
+                staged.append((m, names, base, tmp))
+            if not staged:
+                return []
+            pairs: list[tuple[int, int]] = []
+            with other._locked():
+                kws = sorted({n for _m, names, _b, _t in staged for n in names if n[0] != "\\"})
+                if kws:
+                    other._keywords.assign(kws)
+                meta = other._meta_copy()
+                rows = []
+                for m, names, base, tmp in staged:
+                    sys_letters, kw = other._parse_flags(names)
+                    letters, extra = other._apply("", "", sys_letters, kw, "replace")
+                    suffix = make_suffix(letters)
+                    os.rename(tmp, other.dir / "cur" / (base + suffix))
+                    rows.append(
+                        other._new_message(meta, base, "cur", suffix, m.size, m.internal_date, extra)
+                    )
+                    pairs.append((m.uid, rows[-1].uid))
+                fsync_dir(other.dir / "cur")
+                with other._commit(meta):
+                    other._store.upsert(rows)
+                for row in rows:
+                    other._add(row)
+            return pairs
+        except BaseException:
+            for _m, _n, _b, tmp in staged:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            raise
+
+    def close(self) -> None:
+        with self._mutex:
+            self._store.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+            self._stale = True
+
+    def __enter__(self) -> MailboxIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ================================================================ locking and refresh
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Thread lock + folder flock, with the mirror refreshed from the store."""
+        with self._mutex:
+            if self._depth:
+                yield
+                return
+            if self._lock_fd is None:
+                self._lock_fd = os.open(
+                    self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE
+                )
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            self._depth += 1
+            try:
+                self._refresh()
+                self._keywords.reload()
+                yield
+            finally:
+                self._depth -= 1
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _refresh(self) -> None:
+        """Catch up with what other sessions and processes committed."""
+        store = self._store
+        if store.conn is not None:
+            try:
+                same = os.stat(store.path).st_ino == store.inode
+            except FileNotFoundError:
+                same = False
+            if not same:  # deleted or replaced (rebuilt by another process): reopen
+                store.close()
+        try:
+            meta = self._open_meta()
+        except CorruptIndex as exc:
+            meta = self._rebuild(str(exc))
+        old = self._meta
+        if self._stale or old is None or meta.uidvalidity != old.uidvalidity:
+            self._full_reload(meta)
+        elif meta.highestmodseq != old.highestmodseq or meta.uidnext != old.uidnext:
+            if meta.expunge_floor > old.highestmodseq:
+                self._full_reload(meta)  # the expunge log no longer reaches back to us
+            else:
+                try:
+                    self._incremental(meta)
+                except CorruptIndex as exc:
+                    self._full_reload(self._rebuild(str(exc)))
+        else:
+            self._meta = meta  # first_recent_uid may have moved
+
+    def _open_meta(self) -> Meta:
+        if self._store.conn is None:
+            self._store.connect()
+        meta = self._store.read_meta()
+        if meta is None:
+            meta = self._create(corrupt=None)
+        return meta
+
+    def _create(self, corrupt: str | None) -> Meta:
+        """A new empty index with a UIDVALIDITY above any this folder had before."""
+        hint = self._read_hint()
+        floor = self._meta.uidvalidity + 1 if self._meta else 1
+        uidvalidity = max(int(time.time()), hint + 1, floor) & 0xFFFFFFFF or 1
+        meta = self._store.create(uidvalidity)
+        self._write_hint(uidvalidity)
+        if corrupt is not None:
+            log.warning(
+                "mailbox index %s was corrupt (%s): rebuilt with new UIDVALIDITY %d; "
+                "clients will resynchronise", self._store.path, corrupt, uidvalidity,
+            )
+        elif hint:
+            log.warning(
+                "mailbox index %s was missing: rebuilt with new UIDVALIDITY %d; "
+                "clients will resynchronise", self._store.path, uidvalidity,
+            )
+        else:
+            log.info("mailbox index %s created, UIDVALIDITY %d", self._store.path, uidvalidity)
+        return meta
+
+    def _rebuild(self, reason: str) -> Meta:
+        moved = self._store.move_aside(str(time.time_ns()))
+        log.warning("mailbox index %s unusable (%s); kept as %s", self._store.path, reason, moved)
+        self._store.connect()
+        return self._create(corrupt=reason)
+
+    def _read_hint(self) -> int:
+        # The lock file remembers the last UIDVALIDITY, so a rebuild within the same
+        # second as the previous one, or after the index vanished, still gets a new one.
+        assert self._lock_fd is not None
+        raw = os.pread(self._lock_fd, 32, 0).strip()
+        return int(raw) if raw.isdigit() else 0
+
+    def _write_hint(self, uidvalidity: int) -> None:
+        assert self._lock_fd is not None
+        data = f"{uidvalidity}\n".encode()
+        os.pwrite(self._lock_fd, data, 0)
+        os.ftruncate(self._lock_fd, len(data))
+
+    def _full_reload(self, meta: Meta) -> None:
+        entries = {row[0]: Message._make(row) for row in self._store.all_rows()}
+        old_meta, old_entries = self._meta, self._entries
+        if old_meta is not None and old_meta.uidvalidity != meta.uidvalidity:
+            # Every UID the client knows is void.
+            if self._view:
+                self._uidvalidity_changed = True
+            self._view, self._ghosts, self._recent = [], {}, set()
+            self._pending_flags = set()
+            self._unannounced = set(entries)
+        else:
+            for uid in self._view:
+                if uid not in entries and uid not in self._ghosts:
+                    self._ghosts[uid] = old_entries[uid]
+            for uid, m in entries.items():
+                prev = old_entries.get(uid)
+                if prev is None:
+                    if not self._in_view(uid):
+                        self._unannounced.add(uid)
+                elif (prev.suffix, prev.extra) != (m.suffix, m.extra) and self._in_view(uid):
+                    self._pending_flags.add(uid)
+        self._entries = entries
+        self._by_base = {m.base: uid for uid, m in entries.items()}
+        self._meta = meta
+        self._stale = False
+
+    def _incremental(self, meta: Meta) -> None:
+        assert self._meta is not None
+        since = self._meta.highestmodseq
+        for row in self._store.rows_since(since):
+            m = Message._make(row)
+            prev = self._entries.get(m.uid)
+            if prev is None:
+                self._unannounced.add(m.uid)
+            else:
+                if prev.base != m.base:
+                    self._by_base.pop(prev.base, None)
+                if (prev.letters, prev.extra) != (m.letters, m.extra) and self._in_view(m.uid):
+                    self._pending_flags.add(m.uid)
+            self._entries[m.uid] = m
+            self._by_base[m.base] = m.uid
+        for _modseq, uid in self._store.expunged_since(since):
+            prev = self._entries.pop(uid, None)
+            if prev is not None:
+                self._by_base.pop(prev.base, None)
+                if self._in_view(uid):
+                    self._ghosts[uid] = prev
+            self._unannounced.discard(uid)
+        self._meta = meta
+
+    def _meta_copy(self) -> Meta:
+        assert self._meta is not None
+        return dataclasses.replace(self._meta)
+
+    @contextlib.contextmanager
+    def _commit(self, meta: Meta) -> Iterator[None]:
+        """One store transaction ending with the new counters; the mirror follows only
+        on success - after a failure it is reloaded from the store at the next lock."""
+        try:
+            with self._store.transaction():
+                yield
+                self._store.set_meta(meta)
+        except BaseException:
+            self._stale = True
+            raise
+        self._meta = meta
+
+    # ================================================================ sync internals
+
+    def _scan(self) -> dict[str, tuple[str, str]]:
+        """``{base: (sub, suffix)}`` of every message file.
+
+        ``new/`` first: a file moved to ``cur/`` by another program while we scan is
+        then seen at least once. A base found twice keeps the ``cur/`` name (if two
+        ``cur/`` names exist, the one that still exists).
+        """
+        out: dict[str, tuple[str, str]] = {}
+        for sub in ("new", "cur"):
+            with os.scandir(self.dir / sub) as it:
+                for entry in it:
+                    name = entry.name
+                    if name[0] == "." or not entry.is_file(follow_symlinks=False):
+                        continue
+                    base, suffix = split_name(name)
+                    prev = out.get(base)
+                    if prev is not None and prev[0] == "cur" and sub == "cur":
+                        if not os.path.exists(self.dir / sub / name):
+                            continue
+                        log.warning("%s: two files for one message: %s%s, %s", self.dir, base,
+                                    prev[1], suffix)
+                    out[base] = (sub, suffix)
+        return out
+
+    def _sync_disk(self) -> None:
+        disk = self._scan()
+        by_base = self._by_base
+        if any(base not in disk for base in by_base):
+            # readdir() may miss a file renamed while it runs (a flag change by another
+            # program): look again before declaring anything expunged.
+            disk.update(self._scan())
+        vanished = [self._entries[uid] for base, uid in by_base.items() if base not in disk]
+        if not self.read_only:
+            # Into cur/: this session has seen them (the Maildir meaning of new/).
+            for base, (sub, suffix) in list(disk.items()):
+                if sub != "new":
+                    continue
+                target = make_suffix(letters_of(suffix))
+                try:
+                    os.rename(self.dir / "new" / (base + suffix), self.dir / "cur" / (base + target))
+                except FileNotFoundError:
+                    continue  # moved or deleted by someone else: the next sync sees where
+                disk[base] = ("cur", target)
+            # No directory fsync: files are matched by base, so a move lost in a crash
+            # is simply redone.
+        changed: list[tuple[Message, str, str]] = []
+        fresh: list[str] = []
+        for base, (sub, suffix) in disk.items():
+            uid = by_base.get(base)
+            if uid is None:
+                fresh.append(base)
+            else:
+                m = self._entries[uid]
+                if m.sub != sub or m.suffix != suffix:
+                    changed.append((m, sub, suffix))
+
+        meta = self._meta_copy()
+        new_msgs = self._new_files(meta, fresh, disk)
+        updates: list[Message] = []
+        notify: list[int] = []
+        for m, sub, suffix in changed:
+            meta.highestmodseq += 1
+            updates.append(m._replace(sub=sub, suffix=suffix, modseq=meta.highestmodseq))
+            if letters_of(suffix) != m.letters:
+                notify.append(m.uid)
+        expunges = [(meta.highestmodseq + i + 1, m.uid) for i, m in enumerate(vanished)]
+        meta.highestmodseq += len(expunges)
+
+        claim: set[int] = set()
+        if meta.first_recent_uid < meta.uidnext:
+            claim = {
+                u for u in (*self._unannounced, *(m.uid for m in new_msgs))
+                if u >= meta.first_recent_uid
+            }
+            if not self.read_only:
+                meta.first_recent_uid = meta.uidnext  # the first session to see them gets them
+        assert self._meta is not None
+        if new_msgs or updates or expunges or meta.first_recent_uid != self._meta.first_recent_uid:
+            with self._commit(meta):
+                self._store.upsert([*new_msgs, *updates])
+                if expunges:
+                    self._store.delete(expunges, meta)
+        for m in new_msgs:
+            self._add(m)
+        for m in updates:
+            self._entries[m.uid] = m
+        self._pending_flags.update(u for u in notify if self._in_view(u))
+        self._forget(vanished)
+        self._recent |= claim
+
+    def _new_files(self, meta: Meta, fresh: list[str], disk: dict[str, tuple[str, str]]) -> list[Message]:
+        """Index rows for files seen for the first time, UIDs in delivery order."""
+        found: list[tuple[float, str, float, int]] = []
+        for base in fresh:
+            sub, suffix = disk[base]
+            try:
+                st = os.stat(self.dir / sub / (base + suffix))
+            except FileNotFoundError:
+                continue  # gone again already; never indexed, nothing to report
+            t = name_time(base)
+            # Delivery order: the time in the name (when the writer made it); mtime is
+            # the internal date and may be older (APPEND with a date, migrated mail).
+            order = t[0] + t[1] / 1e6 if t else st.st_mtime
+            size = imap_size(base)
+            found.append((order, base, st.st_mtime, st.st_size if size is None else size))
+        found.sort()
+        return [
+            self._new_message(meta, base, *disk[base], size, mtime, "")
+            for _o, base, mtime, size in found
+        ]
+
+    def _new_message(
+        self, meta: Meta, base: str, sub: str, suffix: str, size: int, idate: float, extra: str
+    ) -> Message:
+        uid = meta.uidnext
+        meta.uidnext += 1
+        meta.highestmodseq += 1
+        return Message(uid, base, sub, suffix, meta.highestmodseq, size, idate, extra)
+
+    def _add(self, m: Message) -> None:
+        self._entries[m.uid] = m
+        self._by_base[m.base] = m.uid
+        self._unannounced.add(m.uid)
+
+    def _forget(self, gone: Iterable[Message]) -> None:
+        for m in gone:
+            self._entries.pop(m.uid, None)
+            self._by_base.pop(m.base, None)
+            self._unannounced.discard(m.uid)
+            self._pending_flags.discard(m.uid)
+            if self._in_view(m.uid):
+                self._ghosts[m.uid] = m
+
+    def _announce(self) -> ChangeSet:
+        """Move everything pending into the view and say what changed."""
+        changes = ChangeSet(uidvalidity_changed=self._uidvalidity_changed)
+        self._uidvalidity_changed = False
+        if self._ghosts:
+            changes.expunged = sorted(self._ghosts)
+            changes.expunged_seqs = self._drop_from_view(changes.expunged)
+        changes.flags = sorted(u for u in self._pending_flags if u in self._entries and self._in_view(u))
+        self._pending_flags.clear()
+        new = sorted(u for u in self._unannounced if u in self._entries)
+        self._unannounced.clear()
+        if new:
+            if self._view and new[0] < self._view[-1]:
+                self._view = sorted({*self._view, *new})  # cannot happen: UIDs only grow
+            else:
+                self._view.extend(new)
+        changes.new = new
+        assert self._meta is not None
+        self._announced_modseq = self._meta.highestmodseq
+        self._announced_uidnext = self._meta.uidnext
+        return changes
+
+    def _drop_from_view(self, uids: list[int]) -> list[int]:
+        """Remove ``uids`` from the view; the EXPUNGE sequence numbers, descending."""
+        seqs = sorted((s for u in uids if (s := self.seq(u)) is not None), reverse=True)
+        gone = set(uids)
+        self._view = [u for u in self._view if u not in gone]
+        for u in uids:
+            self._ghosts.pop(u, None)
+            self._recent.discard(u)
+        return seqs
+
+    def _maybe_advance_modseq(self) -> None:
+        # The session reports its own changes at once; HIGHESTMODSEQ may follow only if
+        # nothing by others is still waiting below it.
+        if not (self._ghosts or self._unannounced or self._pending_flags) and self._meta:
+            self._announced_modseq = self._meta.highestmodseq
+
+    def _in_view(self, uid: int) -> bool:
+        i = bisect.bisect_left(self._view, uid)
+        return i < len(self._view) and self._view[i] == uid
+
+    def _find_file(self, base: str) -> Path | None:
+        where = self._scan().get(base)
+        return None if where is None else self.dir / where[0] / (base + where[1])
+
+    # ================================================================ flags
+
+    def _parse_flags(self, flags: Iterable[str]) -> tuple[set[str], list[str]]:
+        """System flag letters and keywords (deduplicated case-insensitively)."""
+        letters: set[str] = set()
+        kws: dict[str, str] = {}
+        for flag in flags:
+            canon = normalize_flag(flag)
+            if canon in FLAG_TO_LETTER:
+                letters.add(FLAG_TO_LETTER[canon])
+            else:
+                kws.setdefault(canon.casefold(), canon)
+        return letters, list(kws.values())
+
+    def _apply(
+        self, letters: str, extra: str, sys_letters: set[str], kws: list[str], mode: str
+    ) -> tuple[str, str]:
+        """New ``(letters, extra)`` after a STORE; unknown letters are never dropped."""
+        cur = set(letters)
+        kw_letters = {ltr for k in kws if (ltr := self._keywords.letter(k))}
+        kw_extra = [k for k in kws if self._keywords.letter(k) is None]
+        more = {e.casefold(): e for e in _split_extra(extra)}
+        if mode == "add":
+            cur |= sys_letters | kw_letters
+            for k in kw_extra:
+                more.setdefault(k.casefold(), k)
+        elif mode == "remove":
+            cur -= sys_letters | kw_letters
+            for k in kws:
+                more.pop(k.casefold(), None)
+        else:
+            # Letters nobody can name (P, or a keyword letter missing from
+            # dovecot-keywords) are not the client's to clear.
+            keep = {
+                c for c in cur
+                if (c.isupper() and c not in LETTER_TO_FLAG)
+                or (c.islower() and self._keywords.name(c) is None)
+            }
+            cur = keep | sys_letters | kw_letters
+            more = {k.casefold(): k for k in kw_extra}
+        return "".join(sorted(cur)), "\n".join(sorted(more.values(), key=str.casefold))
+
+    def _flag_names(self, m: Message) -> frozenset[str]:
+        names: set[str] = set()
+        for c in m.letters:
+            if c in LETTER_TO_FLAG:
+                names.add(LETTER_TO_FLAG[c])
+            elif c.islower() and (kw := self._keywords.name(c)) is not None:
+                names.add(kw)
+        names.update(_split_extra(m.extra))
+        return frozenset(names)
+
+    def _rename(self, m: Message, letters: str) -> None:
+        os.rename(self.dir / m.sub / m.name, self.dir / "cur" / (m.base + make_suffix(letters)))
+
+    def _link_or_copy(self, src: Path, m: Message, dst: Path) -> bool:
+        """Hard-link (or copy) ``src`` to ``dst``; False if the message is gone."""
+        for _attempt in range(2):
+            try:
+                os.link(src, dst)
+                return True
+            except FileNotFoundError:
+                found = self._find_file(m.base)  # renamed by a flag change meanwhile?
+                if found is None:
+                    return False
+                src = found
+            except OSError as exc:
+                if exc.errno not in _NO_LINK:
+                    raise
+                _copy_durably(src, dst, m.internal_date)
+                return True
+        return False
+
+
+def _copy_durably(src: Path, dst: Path, mtime: float) -> None:
+    with open(src, "rb") as fin:
+        fd = os.open(dst, _OPEN_FLAGS, FILE_MODE)
+        try:
+            with os.fdopen(fd, "wb", closefd=False) as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    os.utime(dst, (mtime, mtime))

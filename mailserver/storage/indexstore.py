@@ -1,0 +1,245 @@
+"""The on-disk index of one Maildir folder: an SQLite file, ``pymaild-index.sqlite``.
+
+Why SQLite and not a Dovecot-style text uidlist: measured on this machine with 10,000
+messages, rewriting a text uidlist atomically (tmp + fsync + rename + dir fsync) costs
+about 10 ms per change and grows with the folder (about 100 ms at 100k) - and marking one
+message \\Seen is the most common IMAP write. An SQLite commit of one changed row costs
+about 1 ms whatever the folder size; reading all rows back costs about the same as
+parsing the text file (20 vs 12 ms for 10k). SQLite's journal makes each commit atomic
+and durable (``synchronous=FULL``), so the index never needs a full rewrite.
+
+Journal mode PERSIST, not WAL: WAL commits are faster (0.4 ms) but a closing WAL
+connection unlinks ``<name>-wal`` by path, which is unsafe once a corrupt file has been
+moved aside and replaced; WAL also needs shared memory, which network file systems lack.
+Every access is serialised by the folder lock anyway, so WAL's concurrent readers would
+buy nothing.
+
+Schema (version 1):
+
+    meta(key, value)            uidvalidity, uidnext, highestmodseq, first_recent_uid,
+                                expunge_floor (modseqs <= it have left the expunge log)
+    messages(uid, base, sub, suffix, modseq, size, internal_date, extra)
+                                sub: "new"|"cur"; suffix: ":2,<letters>" or "" as on disk;
+                                extra: keywords beyond the 26 letters, one per line
+    expunged(modseq, uid)       the last EXPUNGE_LOG_MAX expunges, for QRESYNC VANISHED
+
+Invariant the readers rely on: every write of a messages row, and every expunge, takes a
+fresh modseq above the previous HIGHESTMODSEQ, so "rows with modseq > X" plus "expunges
+with modseq > X" is exactly what changed since X.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailserver.storage.maildirpp import FILE_MODE
+
+INDEX_FILE = "pymaild-index.sqlite"
+SCHEMA_VERSION = 1
+EXPUNGE_LOG_MAX = 10_000
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE messages (
+    uid INTEGER PRIMARY KEY,
+    base TEXT NOT NULL UNIQUE,
+    sub TEXT NOT NULL,
+    suffix TEXT NOT NULL,
+    modseq INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    internal_date REAL NOT NULL,
+    extra TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX messages_modseq ON messages (modseq);
+CREATE TABLE expunged (modseq INTEGER PRIMARY KEY, uid INTEGER NOT NULL);
+"""
+
+Row = tuple[int, str, str, str, int, int, float, str]
+_COLUMNS = "uid, base, sub, suffix, modseq, size, internal_date, extra"
+
+
+class CorruptIndex(Exception):
+    """The index file is not a usable pymaild index; it must be rebuilt."""
+
+
+@dataclass(slots=True)
+class Meta:
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    first_recent_uid: int
+    expunge_floor: int
+
+
+def _corrupt(exc: sqlite3.Error) -> bool:
+    # Only damage means "rebuild": a rebuild throws away every UID, so a locked database,
+    # a full disk or an I/O error must propagate instead. Plain DatabaseError is what
+    # SQLite raises for "file is not a database" and "database disk image is malformed".
+    return type(exc) is sqlite3.DatabaseError
+
+
+class IndexStore:
+    """SQLite access for one folder index. Not thread-safe: the caller serialises."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.conn: sqlite3.Connection | None = None
+        self.inode: int | None = None
+
+    # ------------------------------------------------------------ open / close
+
+    def connect(self) -> None:
+        """Open (creating an empty file with mode 0600 if missing)."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        try:
+            self.inode = os.fstat(fd).st_ino
+        finally:
+            os.close(fd)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        try:
+            conn.execute("PRAGMA journal_mode=PERSIST")
+            conn.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error as exc:
+            conn.close()
+            if _corrupt(exc):
+                raise CorruptIndex(str(exc)) from exc
+            raise
+        self.conn = conn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.close()
+        self.conn = None
+        self.inode = None
+
+    def move_aside(self, tag: str) -> Path | None:
+        """Rename a damaged file (and its journal) out of the way; returns the new path.
+
+        The journal goes too: left in place it would be replayed into the new file.
+        Only call with the folder lock held, so no other process is inside a transaction.
+        """
+        self.close()
+        target = self.path.with_name(f"{self.path.name}.corrupt-{tag}")
+        moved: Path | None = None
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(self.path, target)
+            moved = target
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(f"{self.path}-journal", f"{target}-journal")
+        return moved
+
+    # ------------------------------------------------------------ reading
+
+    def _c(self) -> sqlite3.Connection:
+        assert self.conn is not None, "index not open"
+        return self.conn
+
+    def read_meta(self) -> Meta | None:
+        """The folder's counters, or None for an empty (new) file."""
+        try:
+            tables = {r[0] for r in self._c().execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not tables:
+                return None
+            if not {"meta", "messages", "expunged"} <= tables:
+                raise CorruptIndex(f"tables missing: {sorted(tables)}")
+            values = dict(self._c().execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.Error as exc:
+            if _corrupt(exc):
+                raise CorruptIndex(str(exc)) from exc
+            raise
+        try:
+            if values["version"] != SCHEMA_VERSION:
+                raise CorruptIndex(f"schema version {values['version']}")
+            return Meta(
+                values["uidvalidity"],
+                values["uidnext"],
+                values["highestmodseq"],
+                values["first_recent_uid"],
+                values["expunge_floor"],
+            )
+        except KeyError as exc:
+            raise CorruptIndex(f"meta key {exc} missing") from exc
+
+    def all_rows(self) -> list[Row]:
+        return self._query(f"SELECT {_COLUMNS} FROM messages ORDER BY uid", ())
+
+    def rows_since(self, modseq: int) -> list[Row]:
+        return self._query(f"SELECT {_COLUMNS} FROM messages WHERE modseq > ? ORDER BY uid", (modseq,))
+
+    def expunged_since(self, modseq: int) -> list[tuple[int, int]]:
+        """``(modseq, uid)`` of logged expunges after ``modseq``, oldest first."""
+        return self._query("SELECT modseq, uid FROM expunged WHERE modseq > ? ORDER BY modseq", (modseq,))
+
+    def _query(self, sql: str, args: tuple[object, ...]) -> list:  # type: ignore[type-arg]
+        try:
+            return self._c().execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            if _corrupt(exc):
+                raise CorruptIndex(str(exc)) from exc
+            raise
+
+    # ------------------------------------------------------------ writing
+
+    @contextlib.contextmanager
+    def transaction(self):  # type: ignore[no-untyped-def]
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+        c = self._c()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            yield self
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                c.execute("ROLLBACK")
+            raise
+        try:
+            c.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                c.execute("ROLLBACK")
+            if _corrupt(exc):
+                raise CorruptIndex(str(exc)) from exc
+            raise
+
+    def create(self, uidvalidity: int) -> Meta:
+        """Lay down the schema and counters of a new, empty index (in one transaction)."""
+        meta = Meta(uidvalidity, 1, 0, 1, 0)
+        with self.transaction():
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    self._c().execute(stmt)
+            self._c().execute("INSERT INTO meta VALUES ('version', ?)", (SCHEMA_VERSION,))
+            self.set_meta(meta)
+        return meta
+
+    def set_meta(self, meta: Meta) -> None:
+        self._c().executemany(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+            [
+                ("uidvalidity", meta.uidvalidity),
+                ("uidnext", meta.uidnext),
+                ("highestmodseq", meta.highestmodseq),
+                ("first_recent_uid", meta.first_recent_uid),
+                ("expunge_floor", meta.expunge_floor),
+            ],
+        )
+
+    def upsert(self, rows: Iterable[Row]) -> None:
+        self._c().executemany(f"INSERT OR REPLACE INTO messages ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", rows)
+
+    def delete(self, expunges: list[tuple[int, int]], meta: Meta) -> None:
+        """Remove messages and log ``(modseq, uid)`` expunges; trims the log to its bound."""
+        c = self._c()
+        c.executemany("DELETE FROM messages WHERE uid = ?", [(uid,) for _m, uid in expunges])
+        c.executemany("INSERT INTO expunged (modseq, uid) VALUES (?, ?)", expunges)
+        row = c.execute(
+            "SELECT modseq FROM expunged ORDER BY modseq DESC LIMIT 1 OFFSET ?", (EXPUNGE_LOG_MAX,)
+        ).fetchone()
+        if row is not None:
+            c.execute("DELETE FROM expunged WHERE modseq <= ?", (row[0],))
+            meta.expunge_floor = max(meta.expunge_floor, row[0])

@@ -1,0 +1,109 @@
+"""The ``dovecot-keywords`` file: which Maildir letter ``a``..``z`` means which keyword.
+
+Format (Dovecot's): one ``<n> <name>`` line per keyword, ``n`` in 0..25 standing for
+the letter ``chr(ord('a') + n)``. Reading the same file Dovecot writes keeps a folder
+movable between the two servers with its keywords intact. Only 26 letters exist; the
+index keeps any further keywords itself (see :class:`~mailserver.storage.index.MailboxIndex`).
+
+Keywords match case-insensitively (RFC 3501 flags are case-insensitive); the spelling
+first registered is kept. Callers must hold the folder's index lock around
+:meth:`assign`, which rewrites the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+from mailserver.storage.maildirpp import FILE_MODE, fsync_dir
+
+log = logging.getLogger("pymaild.storage")
+
+KEYWORDS_FILE = "dovecot-keywords"
+MAX_LETTERS = 26
+
+
+class DovecotKeywords:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._names: dict[int, str] = {}  # letter index -> name
+        self._by_fold: dict[str, int] = {}
+        self._stamp: tuple[int, int, int] | None = None
+
+    def reload(self) -> None:
+        """Re-read the file if it changed (inode, size, mtime) since the last read."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            if self._stamp is not None or self._names:
+                self._names, self._by_fold, self._stamp = {}, {}, None
+            return
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if stamp == self._stamp:
+            return
+        names: dict[int, str] = {}
+        with open(self.path, encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                num, _, name = line.rstrip("\n").partition(" ")
+                # Tolerate junk lines rather than lose every keyword of the folder.
+                if num.isdigit() and int(num) < MAX_LETTERS and name:
+                    names[int(num)] = name
+        self._names = names
+        self._by_fold = {name.casefold(): n for n, name in names.items()}
+        self._stamp = stamp
+
+    def name(self, letter: str) -> str | None:
+        """The keyword of a lower-case letter, or None if the letter is unassigned."""
+        return self._names.get(ord(letter) - ord("a"))
+
+    def letter(self, keyword: str) -> str | None:
+        n = self._by_fold.get(keyword.casefold())
+        return None if n is None else chr(ord("a") + n)
+
+    def assign(self, keywords: list[str]) -> None:
+        """Give free letters to keywords that have none; rewrite the file if any got one.
+
+        Keywords left over when all 26 letters are taken stay letterless (the caller
+        stores them in the index).
+        """
+        free = (n for n in range(MAX_LETTERS) if n not in self._names)
+        added = False
+        for kw in keywords:
+            if kw.casefold() in self._by_fold:
+                continue
+            n = next(free, None)
+            if n is None:
+                break
+            self._names[n] = kw
+            self._by_fold[kw.casefold()] = n
+            added = True
+        if added:
+            self._write()
+
+    def _write(self) -> None:
+        # Atomic and durable: the letters go into message names right after this, and a
+        # letter in a name without its line here would be a keyword lost.
+        data = "".join(f"{n} {name}\n" for n, name in sorted(self._names.items())).encode(
+            "utf-8", "surrogateescape"
+        )
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        fsync_dir(self.path.parent)
+        st = os.stat(self.path)
+        self._stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        log.debug("keywords of %s: %s", self.path.parent, self._names)

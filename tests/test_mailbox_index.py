@@ -1,0 +1,450 @@
+"""MailboxIndex: the Maildir folder index under the (future) IMAP server.
+
+Real Maildirs in tmp_path, filled by the real MaildirWriter; other programs (mutt,
+Dovecot) are imitated by renaming and deleting files the way they do.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from mailserver.delivery.maildir import MaildirWriter
+from mailserver.storage.index import MailboxIndex, ReadOnlyMailbox
+from mailserver.storage.indexstore import EXPUNGE_LOG_MAX, INDEX_FILE
+from mailserver.storage.maildirpp import create_maildirpp, folder_path
+
+
+def msg(i: int) -> list[bytes]:
+    return [f"From: a@example.org\r\nSubject: message {i}\r\n\r\nbody {i}\r\n".encode()]
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    r = tmp_path / "mail" / "example.org" / "bob"
+    create_maildirpp(r, durable=False)
+    return r
+
+
+@pytest.fixture
+def writer() -> MaildirWriter:
+    return MaildirWriter(fsync=False)
+
+
+def deliver(writer: MaildirWriter, root: Path, n: int, folder: str | None = None) -> list[Path]:
+    return [writer.deliver(root, folder, msg(i)) for i in range(n)]
+
+
+def names(d: Path) -> list[str]:
+    return sorted(os.listdir(d))
+
+
+def test_uids_stable_across_restart_and_new_to_cur(root: Path, writer: MaildirWriter) -> None:
+    paths = deliver(writer, root, 5)
+    ix = MailboxIndex(root)
+    changes = ix.sync()
+    assert changes.new == [1, 2, 3, 4, 5]
+    assert len(ix) == 5 and ix.uidnext == 6 and ix.uidvalidity > 0
+    # Delivery order is UID order, and every file moved to cur/ with an empty ":2,".
+    assert names(root / "new") == []
+    assert [ix.path(u).name for u in ix.uids] == [p.name + ":2," for p in paths]
+    assert all(ix.path(u).parent == root / "cur" for u in ix.uids)
+    assert [ix.size(u) for u in ix.uids] == [p.stat().st_size for p in [ix.path(u) for u in ix.uids]]
+    assert ix.recent_count == 5
+    before = {u: ix.path(u).name for u in ix.uids}
+    uidvalidity = ix.uidvalidity
+    ix.close()
+
+    deliver(writer, root, 2)
+    again = MailboxIndex(root)  # a restart
+    assert again.sync().new == [1, 2, 3, 4, 5, 6, 7]
+    assert again.uidvalidity == uidvalidity
+    assert {u: again.path(u).name for u in [1, 2, 3, 4, 5]} == before
+    assert again.recent_count == 2  # only the new ones: the first session had claimed 1..5
+    assert not again.sync()  # warm: nothing changed
+
+
+def test_sequence_numbers(root: Path, writer: MaildirWriter) -> None:
+    deliver(writer, root, 6)
+    ix = MailboxIndex(root)
+    ix.sync()
+    ix.store_flags([2, 5], ["\\Deleted"])
+    assert ix.expunge().expunged_seqs == [5, 2]  # descending: valid in this order
+    assert list(ix.uids) == [1, 3, 4, 6]
+    assert [ix.seq(u) for u in (1, 2, 3, 4, 6)] == [1, None, 2, 3, 4]
+    assert ix.uid_at(4) == 6
+    assert list(ix.uids_between(2, 5)) == [3, 4]
+    with pytest.raises(IndexError):
+        ix.uid_at(5)
+
+
+def test_read_only_leaves_new_and_recent(root: Path, writer: MaildirWriter) -> None:
+    deliver(writer, root, 3)
+    ro = MailboxIndex(root, read_only=True)
+    assert ro.sync().new == [1, 2, 3]
+    assert len(names(root / "new")) == 3 and ro.path(1).parent.name == "new"
+    assert ro.recent_count == 3  # seen as recent, but not claimed
+    with pytest.raises(ReadOnlyMailbox):
+        ro.store_flags([1], ["\\Seen"])
+    with pytest.raises(ReadOnlyMailbox):
+        ro.expunge()
+    rw = MailboxIndex(root)
+    rw.sync()
+    assert rw.recent_count == 3 and names(root / "new") == []
+    assert MailboxIndex(root).sync().new == [1, 2, 3]
+    third = MailboxIndex(root)
+    third.sync()
+    assert third.recent_count == 0  # the first read-write session got them
+    # The read-only view learns that the files moved (no flag change to report).
+    assert not ro.sync().flags
+    assert ro.path(1).parent.name == "cur" and ro.open(1).read() == b"".join(msg(0))
+
+
+def test_external_flag_change_bumps_modseq(root: Path, writer: MaildirWriter) -> None:
+    deliver(writer, root, 3)
+    ix = MailboxIndex(root)
+    ix.sync()
+    old_modseq, highest = ix.modseq(2), ix.highestmodseq
+    p = ix.path(2)
+    os.rename(p, p.with_name(p.name + "RS"))  # mutt: replied + seen
+    changes = ix.sync()
+    assert changes.flags == [2] and not changes.new and not changes.expunged
+    assert ix.flags(2) == {"\\Answered", "\\Seen"}
+    assert ix.modseq(2) > old_modseq and ix.highestmodseq > highest
+    assert ix.changed_since(highest) == [2]
+    # Another session sees the same thing through the index.
+    other = MailboxIndex(root)
+    other.sync()
+    assert other.flags(2) == {"\\Answered", "\\Seen"} and other.modseq(2) == ix.modseq(2)
+
+
+def test_external_rename_before_store_is_not_lost(root: Path, writer: MaildirWriter) -> None:
+    deliver(writer, root, 2)
+    ix = MailboxIndex(root)
+    ix.sync()
+    p = ix.path(1)
+    os.rename(p, p.with_name(p.name + "F"))  # flagged elsewhere; we have not synced
+    assert ix.store_flags([1], ["\\Seen"]) == ([1], [])
+    assert ix.flags(1) == {"\\Seen", "\\Flagged"}
+    assert ix.path(1).name.endswith(":2,FS") and ix.path(1).exists()
+    # The same race with UNCHANGEDSINCE: the other program's change wins.
+    modseq = ix.modseq(2)
+    p = ix.path(2)
+    os.rename(p, p.with_name(p.name + "T"))
+    assert ix.store_flags([2], ["\\Seen"], unchanged_since=modseq) == ([], [2])
+    assert ix.sync().flags == [2]
+    assert ix.flags(2) == {"\\Deleted"}
+
+
+def test_external_deletion(root: Path, writer: MaildirWriter) -> None:
+    deliver(writer, root, 4)
+    ix = MailboxIndex(root)
+    ix.sync()
+    highest = ix.highestmodseq
+    os.unlink(ix.path(2))
+    os.unlink(ix.path(3))
+    changes = ix.sync()
+    assert changes.expunged == [2, 3] and changes.expunged_seqs == [3, 2]
+    assert list(ix.uids) == [1, 4]
+    assert ix.vanished_since(highest) == ([2, 3], True)
+    assert MailboxIndex(root).sync().new == [1, 4]
+
+
+def test_store_modes_and_unchangedsince(root: Path, writer: MaildirWriter) -> None:
+    deliver(writer, root, 3)
+    a, b = MailboxIndex(root), MailboxIndex(root)
+    a.sync()
+    b.sync()
+    assert a.store_flags([1, 2], ["\\Seen", "\\Flagged"], "add") == ([1, 2], [])
+    assert a.path(1).name.endswith(":2,FS")  # letters sorted, as the Maildir spec says
+    m1 = a.modseq(1)
+    assert a.store_flags([1], ["\\Seen"], "add") == ([], [])  # no change, no new modseq
+    assert a.modseq(1) == m1
+    assert a.store_flags([1], ["\\Flagged"], "remove") == ([1], [])
+    assert a.flags(1) == {"\\Seen"} and a.modseq(1) > m1
+    assert a.store_flags([2], ["\\Draft", "Work"], "replace") == ([2], [])
+    assert a.flags(2) == {"\\Draft", "Work"} and a.path(2).name.endswith(":2,Da")
+
+    # b's client knows the folder as of `known`; a then changes message 3, so b's
+    # conditional store must fail for 3 and succeed for 1.
+    b.sync()
+    known = b.highestmodseq
+    a.store_flags([3], ["\\Answered"])
+    changed, failed = b.store_flags([1, 3], ["\\Deleted"], "add", unchanged_since=known)
+    assert failed == [3] and changed == [1]
+    fresh = MailboxIndex(root)
+    fresh.sync()
+    assert fresh.flags(3) == {"\\Answered"}
+    assert fresh.flags(1) == {"\\Seen", "\\Deleted"}
+    # b is told about a's change at its next sync, not in the middle of its STORE.
+    assert b.sync().flags == [3]
+    with pytest.raises(ValueError):
+        a.store_flags([1], ["\\Recent"])
+    with pytest.raises(ValueError):
+        a.store_flags([1], ["bad word"])
+
+
+def test_expunge_and_uid_expunge(root: Path, writer: MaildirWriter) -> None:
+    deliver(writer, root, 5)
+    ix = MailboxIndex(root)
+    ix.sync()
+    highest = ix.highestmodseq
+    ix.store_flags([1, 2, 4], ["\\Deleted"])
+    paths = {u: ix.path(u) for u in (1, 2, 4)}
+    uid_exp = ix.expunge([2, 3])  # UID EXPUNGE 2:3: only the \Deleted one goes
+    assert uid_exp.expunged == [2] and uid_exp.expunged_seqs == [2]
+    assert not paths[2].exists() and paths[1].exists()
+    rest = ix.expunge()
+    assert rest.expunged == [1, 4] and rest.expunged_seqs == [3, 1]
+    assert list(ix.uids) == [3, 5] and names(root / "cur") == sorted(
+        ix.path(u).name for u in (3, 5)
+    )
+    assert ix.vanished_since(highest) == ([1, 2, 4], True)
+    other = MailboxIndex(root)
+    assert other.sync().new == [3, 5]
+
+
+def test_other_sessions_expunge_waits_for_sync(root: Path, writer: MaildirWriter) -> None:
+    deliver(writer, root, 3)
+    a, b = MailboxIndex(root), MailboxIndex(root)
+    a.sync()
+    b.sync()
+    a.store_flags([2], ["\\Deleted"])
+    a.expunge()
+    # b runs a STORE first: no sequence number may shift under it.
+    assert b.store_flags([1, 2, 3], ["\\Seen"]) == ([1, 3], [])
+    assert list(b.uids) == [1, 2, 3]
+    assert b.flags(2) == frozenset() and not b.path(2).exists()  # last known row, file gone
+    changes = b.sync()
+    assert changes.expunged == [2] and changes.expunged_seqs == [2]
+    assert list(b.uids) == [1, 3]
+    a.sync()
+    assert b.highestmodseq == a.highestmodseq
+
+
+def test_expunge_log_is_bounded(root: Path, writer: MaildirWriter, monkeypatch) -> None:
+    import mailserver.storage.indexstore as store
+
+    monkeypatch.setattr(store, "EXPUNGE_LOG_MAX", 3)
+    assert EXPUNGE_LOG_MAX >= 1000  # the real bound
+    deliver(writer, root, 6)
+    ix = MailboxIndex(root)
+    ix.sync()
+    start = ix.highestmodseq
+    ix.store_flags(list(ix.uids), ["\\Deleted"])
+    after_store = ix.highestmodseq
+    ix.expunge()
+    uids, complete = ix.vanished_since(start)
+    assert not complete  # the log no longer reaches back that far
+    uids, complete = ix.vanished_since(after_store + 3)
+    assert complete and uids == [4, 5, 6]
+
+
+def test_append_durable_with_flags_and_date(root: Path) -> None:
+    ix = MailboxIndex(root)
+    ix.sync()
+    data = b"From: me@example.org\r\nSubject: draft\r\n\r\ntext\r\n"
+    uid = ix.append(data, ["\\Seen", "\\Draft", "$Label1"], 1_000_000_000)
+    assert uid == 1
+    assert names(root / "tmp") == []
+    changes = ix.sync()
+    assert changes.new == [1]
+    p = ix.path(1)
+    assert p.parent == root / "cur" and p.name.endswith(":2,DSa")
+    assert p.read_bytes() == data and ix.size(1) == len(data)
+    assert p.stat().st_mtime == 1_000_000_000 == ix.internal_date(1)
+    assert ix.flags(1) == {"\\Seen", "\\Draft", "$Label1"}
+    assert (root / "dovecot-keywords").read_text() == "0 $Label1\n"
+    assert ix.append(b"x\r\n") == 2
+
+
+def test_copy_hard_links_and_maps_keywords(root: Path, writer: MaildirWriter) -> None:
+    deliver(writer, root, 3)
+    sent_dir = folder_path(root, "Sent")
+    # The destination already knows other keywords: letters must be translated.
+    (sent_dir / "dovecot-keywords").write_text("0 other\n1 $Junk\n")
+    src, dst = MailboxIndex(root), MailboxIndex(sent_dir)
+    src.sync()
+    dst.sync()
+    src.store_flags([2], ["\\Seen", "project"])
+    assert src.path(2).name.endswith(":2,Sa")
+    pairs = src.copy_to(dst, [3, 2, 99])
+    assert pairs == [(2, 1), (3, 2)]
+    assert dst.sync().new == [1, 2]
+    assert dst.flags(1) == {"\\Seen", "project"} and dst.path(1).name.endswith(":2,Sc")
+    assert os.stat(dst.path(1)).st_ino == os.stat(src.path(2)).st_ino  # a hard link
+    assert dst.path(2).read_bytes() == src.path(3).read_bytes()
+    assert dst.internal_date(1) == src.internal_date(2) and dst.size(1) == src.size(2)
+    assert dst.recent_count == 2
+    assert names(sent_dir / "tmp") == []
+    # MOVE = copy + store \Deleted + UID EXPUNGE.
+    src.store_flags([2, 3], ["\\Deleted"])
+    assert src.expunge([2, 3]).expunged == [2, 3]
+    assert dst.path(1).exists()
+
+
+def test_copy_falls_back_to_a_real_copy(root: Path, writer: MaildirWriter, monkeypatch) -> None:
+    import errno
+
+    deliver(writer, root, 1)
+    src, dst = MailboxIndex(root), MailboxIndex(folder_path(root, "Trash"))
+    src.sync()
+
+    def no_link(a: object, b: object) -> None:
+        raise OSError(errno.EXDEV, "cross-device link")
+
+    monkeypatch.setattr(os, "link", no_link)
+    assert src.copy_to(dst, [1]) == [(1, 1)]
+    dst.sync()
+    assert os.stat(dst.path(1)).st_ino != os.stat(src.path(1)).st_ino
+    assert dst.path(1).read_bytes() == src.path(1).read_bytes()
+    assert dst.internal_date(1) == pytest.approx(src.internal_date(1), abs=1e-3)
+
+
+def test_two_sessions_in_threads_no_lost_updates(root: Path, writer: MaildirWriter) -> None:
+    """Two index objects on one folder, each in its own thread, plus live deliveries."""
+    deliver(writer, root, 20)
+    a, b = MailboxIndex(root), MailboxIndex(root)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def session(ix: MailboxIndex, flag: str) -> None:
+        try:
+            for _ in range(15):
+                ix.sync()
+                ix.store_flags(list(ix.uids), [flag])
+        except BaseException as exc:
+            errors.append(exc)
+
+    def mta() -> None:
+        for _ in range(200):  # new files keep arriving while the sessions work
+            if stop.is_set():
+                break
+            deliver(writer, root, 1)
+            stop.wait(0.002)
+
+    threads = [threading.Thread(target=session, args=(a, "\\Seen")),
+               threading.Thread(target=session, args=(b, "kw_b"))]
+    delivery = threading.Thread(target=mta)
+    delivery.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    delivery.join()
+    assert not errors
+    check = MailboxIndex(root)
+    check.sync()
+    on_disk = names(root / "cur") + names(root / "new")
+    assert len(check) == len(on_disk) == len(set(check.uids))
+    assert list(check.uids) == list(range(1, len(on_disk) + 1))  # no duplicate, no gap
+    # Both sessions stored on the first 20 in every round: neither write was lost.
+    for uid in range(1, 21):
+        assert check.flags(uid) == {"\\Seen", "kw_b"}, uid
+    modseqs = [check.modseq(u) for u in check.uids]
+    assert len(set(modseqs)) == len(modseqs)  # every change got its own modseq
+
+
+def _process_session(root: str, flag: str, rounds: int) -> None:
+    ix = MailboxIndex(Path(root))
+    for _ in range(rounds):
+        ix.sync()
+        ix.store_flags(list(ix.uids), [flag])
+
+
+def test_two_processes_no_lost_updates(root: Path, writer: MaildirWriter) -> None:
+    deliver(writer, root, 30)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_process_session, args=(str(root), f, 10))
+             for f in ("\\Flagged", "\\Answered")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    ix = MailboxIndex(root)
+    ix.sync()
+    assert list(ix.uids) == list(range(1, 31))
+    assert all(ix.flags(u) == {"\\Flagged", "\\Answered"} for u in ix.uids)
+
+
+def test_corrupt_index_rebuilt_with_new_uidvalidity(
+    root: Path, writer: MaildirWriter, caplog: pytest.LogCaptureFixture
+) -> None:
+    deliver(writer, root, 3)
+    session = MailboxIndex(root)
+    session.sync()
+    session.store_flags([2], ["\\Seen"])
+    old = session.uidvalidity
+    session.close()
+    db = root / INDEX_FILE
+    db.write_bytes(b"this is not an SQLite database" * 100)
+    caplog.set_level(logging.INFO, logger="pymaild.storage")
+    ix = MailboxIndex(root)
+    changes = ix.sync()
+    assert ix.uidvalidity > old
+    assert changes.new == [1, 2, 3]
+    assert ix.flags(2) == {"\\Seen"}  # flags live in the file names: they survive
+    assert any("corrupt" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    assert any(p.name.startswith(INDEX_FILE + ".corrupt-") for p in root.iterdir())
+    sqlite3.connect(db).execute("SELECT count(*) FROM messages").fetchone()
+
+
+def test_missing_index_rebuilt_and_open_sessions_told(
+    root: Path, writer: MaildirWriter, caplog: pytest.LogCaptureFixture
+) -> None:
+    deliver(writer, root, 2)
+    session = MailboxIndex(root)
+    session.sync()
+    old = session.uidvalidity
+    os.unlink(root / INDEX_FILE)
+    caplog.set_level(logging.INFO, logger="pymaild.storage")
+    other = MailboxIndex(root)
+    other.sync()
+    assert other.uidvalidity > old  # even within the same second
+    assert any("missing" in r.getMessage() for r in caplog.records)
+    changes = session.sync()
+    # The view starts over under the new UIDVALIDITY; the IMAP layer must end the
+    # session's SELECT (the client resynchronises from scratch).
+    assert changes.uidvalidity_changed and changes.new == [1, 2]
+    assert session.uidvalidity == other.uidvalidity and list(session.uids) == [1, 2]
+    assert not session.sync()
+
+
+def test_dovecot_keywords_interop(root: Path, writer: MaildirWriter) -> None:
+    # A folder as Dovecot leaves it: letters a=$Junk b=work d=todo (c unused).
+    (root / "dovecot-keywords").write_text("0 $Junk\n1 work\n3 todo\n")
+    p = deliver(writer, root, 1)[0]
+    os.rename(p, root / "cur" / (p.name + ":2,PSadz"))
+    ix = MailboxIndex(root)
+    ix.sync()
+    assert ix.flags(1) == {"\\Seen", "$Junk", "todo"}  # P and unmapped z: kept, not shown
+    ix.store_flags([1], ["NewOne", "WORK"], "add")  # case-insensitive: WORK is "work"
+    assert (root / "dovecot-keywords").read_text() == "0 $Junk\n1 work\n2 NewOne\n3 todo\n"
+    assert ix.path(1).name.endswith(":2,PSabcdz")
+    assert ix.flags(1) == {"\\Seen", "$Junk", "work", "NewOne", "todo"}
+    ix.store_flags([1], ["\\Flagged"], "replace")
+    assert ix.path(1).name.endswith(":2,FPz")  # foreign letters survive a replace
+    assert set(ix.keywords()) == {"$Junk", "work", "NewOne", "todo"}
+
+
+def test_more_than_26_keywords_live_in_the_index(root: Path, writer: MaildirWriter) -> None:
+    deliver(writer, root, 1)
+    ix = MailboxIndex(root)
+    ix.sync()
+    kws = [f"kw{i:02d}" for i in range(30)]
+    ix.store_flags([1], kws)
+    assert ix.flags(1) == set(kws)
+    assert len(ix.path(1).name.split(":2,")[1]) == 26
+    again = MailboxIndex(root)
+    again.sync()
+    assert again.flags(1) == set(kws)
+    again.store_flags([1], ["kw29", "kw00"], "remove")
+    assert again.flags(1) == set(kws) - {"kw29", "kw00"}
