@@ -448,3 +448,34 @@ def test_more_than_26_keywords_live_in_the_index(root: Path, writer: MaildirWrit
     assert again.flags(1) == set(kws)
     again.store_flags([1], ["kw29", "kw00"], "remove")
     assert again.flags(1) == set(kws) - {"kw29", "kw00"}
+
+
+def test_idle_folder_skips_readdir_but_misses_nothing(
+    root: Path, writer: MaildirWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mailserver.storage.index as index_mod
+
+    deliver(writer, root, 3)
+    ix = MailboxIndex(root)
+    ix.sync()
+    scans = []
+    real_scan = MailboxIndex._scan
+    monkeypatch.setattr(MailboxIndex, "_scan", lambda self: scans.append(1) or real_scan(self))
+    real_ns = index_mod.time.time_ns
+    monkeypatch.setattr(index_mod.time, "time_ns", lambda: real_ns() + 5_000_000_000)
+    assert not ix.sync() and len(scans) == 1  # dirs a second old: stamp recorded
+    assert not ix.sync() and len(scans) == 1  # idle: two stat() calls, no readdir
+    deliver(writer, root, 1)
+    assert ix.sync().new == [4] and len(scans) == 2
+    p = ix.path(1)
+    os.rename(p, p.with_name(p.name + "S"))
+    assert ix.sync().flags == [1]
+    # Index-only changes by another session still arrive while the dirs are idle.
+    ix.sync()
+    other = MailboxIndex(root)
+    other.sync()
+    other.store_flags([2], [f"k{i}" for i in range(27)])  # 27th keyword: index only
+    ix.sync()
+    n = len(scans)
+    assert other.store_flags([2], ["k26"], "remove") == ([2], [])
+    assert ix.sync().flags == [2] and len(scans) == n

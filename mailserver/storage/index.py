@@ -121,12 +121,18 @@ class MailboxIndex:
     :meth:`sync` first (that is SELECT); lookups are in memory and need no lock.
     """
 
+    # Skip the readdir of an idle folder by its directory mtimes (see _dirs_unchanged).
+    # Set False for file systems with unreliable directory mtimes.
+    trust_dir_mtime = True
+
     def __init__(
         self, folder_dir: Path, *, read_only: bool = False, hostname: str | None = None
     ) -> None:
         self.dir = Path(folder_dir)
         self.read_only = read_only
         self._names = NameMaker(maildir_hostname(hostname))
+        # String prefixes: pathlib costs more than the rename itself in 10k-file loops.
+        self._sub = {sub: f"{self.dir}/{sub}/" for sub in ("new", "cur", "tmp")}
         self._store = IndexStore(self.dir / INDEX_FILE)
         self._keywords = DovecotKeywords(self.dir / KEYWORDS_FILE)
         self._mutex = threading.RLock()
@@ -146,6 +152,9 @@ class MailboxIndex:
         self._uidvalidity_changed = False
         self._announced_modseq = 0
         self._announced_uidnext = 1
+        self._scan_stamp: tuple[int, int] | None = None  # (new/, cur/) mtimes of a quiet scan
+        # (letters, extra) -> flag names: FETCH FLAGS of 10k messages shares a few dozen.
+        self._flags_cache: dict[tuple[str, str], frozenset[str]] = {}
 
     # ================================================================ public: state
 
@@ -302,7 +311,7 @@ class MailboxIndex:
         with self._locked():
             meta = self._meta_copy()
             if kws and mode != "remove":
-                self._keywords.assign(kws)
+                self._assign_keywords(kws)
             updates: dict[int, Message] = {}
             changed: list[int] = []
             failed: list[int] = []
@@ -310,6 +319,7 @@ class MailboxIndex:
             vanished: list[Message] = []
             disk: dict[str, tuple[str, str]] | None = None
             renamed = False
+            memo: dict[tuple[str, str], tuple[str, str]] = {}  # most messages share flags
             for uid in sorted(set(uids)):
                 m = self._entries.get(uid)
                 if m is None or not self._in_view(uid):
@@ -317,7 +327,11 @@ class MailboxIndex:
                 if unchanged_since is not None and m.modseq > unchanged_since:
                     failed.append(uid)
                     continue
-                letters, extra = self._apply(m.letters, m.extra, sys_letters, kws, mode)
+                key = (m.letters, m.extra)
+                result = memo.get(key)
+                if result is None:
+                    result = memo[key] = self._apply(m.letters, m.extra, sys_letters, kws, mode)
+                letters, extra = result
                 if letters == m.letters and extra == m.extra:
                     continue
                 if letters != m.letters:
@@ -343,8 +357,9 @@ class MailboxIndex:
                             continue
                         if letters != m.letters:
                             self._rename(m, letters)
-                    renamed = True
-                    m = m._replace(sub="cur", suffix=make_suffix(letters))
+                    if letters != m.letters:
+                        renamed = True
+                        m = m._replace(sub="cur", suffix=make_suffix(letters))
                 meta.highestmodseq += 1
                 updates[uid] = m._replace(extra=extra, modseq=meta.highestmodseq)
                 changed.append(uid)
@@ -391,7 +406,7 @@ class MailboxIndex:
             dirs: set[str] = set()
             for m in targets:
                 try:
-                    os.unlink(self.dir / m.sub / m.name)
+                    os.unlink(self._sub[m.sub] + m.name)
                     dirs.add(m.sub)
                 except FileNotFoundError:
                     if disk is None:
@@ -446,7 +461,7 @@ class MailboxIndex:
                 os.utime(tmp, (ts, ts))
             with self._locked():
                 if kws:
-                    self._keywords.assign(kws)
+                    self._assign_keywords(kws)
                 letters, extra = self._apply("", "", sys_letters, kws, "replace")
                 suffix = make_suffix(letters)
                 final = self.dir / "cur" / (base + suffix)
@@ -498,7 +513,7 @@ class MailboxIndex:
             with other._locked():
                 kws = sorted({n for _m, names, _b, _t in staged for n in names if n[0] != "\\"})
                 if kws:
-                    other._keywords.assign(kws)
+                    other._assign_keywords(kws)
                 meta = other._meta_copy()
                 rows = []
                 for m, names, base, tmp in staged:
@@ -553,8 +568,14 @@ class MailboxIndex:
             self._depth += 1
             try:
                 self._refresh()
-                self._keywords.reload()
+                if self._keywords.reload():
+                    self._flags_cache.clear()
                 yield
+            except BaseException:
+                # Files may have been renamed or removed without the index knowing:
+                # start over from the store (and the files) at the next lock.
+                self._stale = True
+                raise
             finally:
                 self._depth -= 1
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -660,6 +681,7 @@ class MailboxIndex:
         self._by_base = {m.base: uid for uid, m in entries.items()}
         self._meta = meta
         self._stale = False
+        self._scan_stamp = None  # the mirror was replaced: compare it with the files again
 
     def _incremental(self, meta: Meta) -> None:
         assert self._meta is not None
@@ -728,7 +750,28 @@ class MailboxIndex:
                     out[base] = (sub, suffix)
         return out
 
+    def _dirs_unchanged(self) -> bool:
+        """True if nothing was added, removed or renamed in new/ and cur/ since a scan.
+
+        Dovecot's trick: a directory's mtime changes with every entry change, so an idle
+        folder needs two stat() calls instead of a 10k-entry readdir. The stamp is only
+        trusted if it was a second old when that scan began, because a change within the
+        same timestamp tick as the previous one can leave the mtime as it was.
+        """
+        now = time.time_ns()
+        stamp = (os.stat(self._sub["new"]).st_mtime_ns, os.stat(self._sub["cur"]).st_mtime_ns)
+        if self.trust_dir_mtime and stamp == self._scan_stamp:
+            return True
+        quiet = max(stamp) < now - 1_000_000_000
+        self._scan_stamp = stamp if quiet else None
+        return False
+
     def _sync_disk(self) -> None:
+        if self._dirs_unchanged():
+            # The mirror already matches the files; only other sessions' index-only
+            # changes (arrived through _refresh) and \Recent remain to handle.
+            self._commit_disk_changes([], [], [])
+            return
         disk = self._scan()
         by_base = self._by_base
         if any(base not in disk for base in by_base):
@@ -743,7 +786,7 @@ class MailboxIndex:
                     continue
                 target = make_suffix(letters_of(suffix))
                 try:
-                    os.rename(self.dir / "new" / (base + suffix), self.dir / "cur" / (base + target))
+                    os.rename(self._sub["new"] + base + suffix, self._sub["cur"] + base + target)
                 except FileNotFoundError:
                     continue  # moved or deleted by someone else: the next sync sees where
                 disk[base] = ("cur", target)
@@ -760,8 +803,16 @@ class MailboxIndex:
                 if m.sub != sub or m.suffix != suffix:
                     changed.append((m, sub, suffix))
 
+        self._commit_disk_changes(self._new_files_info(fresh, disk) if fresh else [], changed, vanished)
+
+    def _commit_disk_changes(
+        self,
+        fresh: list[tuple[str, str, str, int, float]],
+        changed: list[tuple[Message, str, str]],
+        vanished: list[Message],
+    ) -> None:
         meta = self._meta_copy()
-        new_msgs = self._new_files(meta, fresh, disk)
+        new_msgs = [self._new_message(meta, *info, "") for info in fresh]
         updates: list[Message] = []
         notify: list[int] = []
         for m, sub, suffix in changed:
@@ -794,13 +845,16 @@ class MailboxIndex:
         self._forget(vanished)
         self._recent |= claim
 
-    def _new_files(self, meta: Meta, fresh: list[str], disk: dict[str, tuple[str, str]]) -> list[Message]:
-        """Index rows for files seen for the first time, UIDs in delivery order."""
+    def _new_files_info(
+        self, fresh: list[str], disk: dict[str, tuple[str, str]]
+    ) -> list[tuple[str, str, str, int, float]]:
+        """``(base, sub, suffix, size, mtime)`` of files seen for the first time, in
+        delivery order (the order their UIDs must follow)."""
         found: list[tuple[float, str, float, int]] = []
         for base in fresh:
             sub, suffix = disk[base]
             try:
-                st = os.stat(self.dir / sub / (base + suffix))
+                st = os.stat(self._sub[sub] + base + suffix)
             except FileNotFoundError:
                 continue  # gone again already; never indexed, nothing to report
             t = name_time(base)
@@ -810,10 +864,7 @@ class MailboxIndex:
             size = imap_size(base)
             found.append((order, base, st.st_mtime, st.st_size if size is None else size))
         found.sort()
-        return [
-            self._new_message(meta, base, *disk[base], size, mtime, "")
-            for _o, base, mtime, size in found
-        ]
+        return [(base, *disk[base], size, mtime) for _o, base, mtime, size in found]
 
     def _new_message(
         self, meta: Meta, base: str, sub: str, suffix: str, size: int, idate: float, extra: str
@@ -925,7 +976,16 @@ class MailboxIndex:
             more = {k.casefold(): k for k in kw_extra}
         return "".join(sorted(cur)), "\n".join(sorted(more.values(), key=str.casefold))
 
+    def _assign_keywords(self, kws: list[str]) -> None:
+        # A letter given out may already sit, unnamed, in some file name.
+        if self._keywords.assign(kws):
+            self._flags_cache.clear()
+
     def _flag_names(self, m: Message) -> frozenset[str]:
+        key = (m.letters, m.extra)
+        cached = self._flags_cache.get(key)
+        if cached is not None:
+            return cached
         names: set[str] = set()
         for c in m.letters:
             if c in LETTER_TO_FLAG:
@@ -933,10 +993,13 @@ class MailboxIndex:
             elif c.islower() and (kw := self._keywords.name(c)) is not None:
                 names.add(kw)
         names.update(_split_extra(m.extra))
-        return frozenset(names)
+        if len(self._flags_cache) > 4096:
+            self._flags_cache.clear()
+        out = self._flags_cache[key] = frozenset(names)
+        return out
 
     def _rename(self, m: Message, letters: str) -> None:
-        os.rename(self.dir / m.sub / m.name, self.dir / "cur" / (m.base + make_suffix(letters)))
+        os.rename(self._sub[m.sub] + m.name, self._sub["cur"] + m.base + make_suffix(letters))
 
     def _link_or_copy(self, src: Path, m: Message, dst: Path) -> bool:
         """Hard-link (or copy) ``src`` to ``dst``; False if the message is gone."""

@@ -32,17 +32,18 @@ class DovecotKeywords:
         self._by_fold: dict[str, int] = {}
         self._stamp: tuple[int, int, int] | None = None
 
-    def reload(self) -> None:
-        """Re-read the file if it changed (inode, size, mtime) since the last read."""
+    def reload(self) -> bool:
+        """Re-read the file if it changed (inode, size, mtime); True if it was re-read."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
             if self._stamp is not None or self._names:
                 self._names, self._by_fold, self._stamp = {}, {}, None
-            return
+                return True
+            return False
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         if stamp == self._stamp:
-            return
+            return False
         names: dict[int, str] = {}
         with open(self.path, encoding="utf-8", errors="surrogateescape") as f:
             for line in f:
@@ -53,6 +54,7 @@ class DovecotKeywords:
         self._names = names
         self._by_fold = {name.casefold(): n for n, name in names.items()}
         self._stamp = stamp
+        return True
 
     def name(self, letter: str) -> str | None:
         """The keyword of a lower-case letter, or None if the letter is unassigned."""
@@ -62,11 +64,11 @@ class DovecotKeywords:
         n = self._by_fold.get(keyword.casefold())
         return None if n is None else chr(ord("a") + n)
 
-    def assign(self, keywords: list[str]) -> None:
+    def assign(self, keywords: list[str]) -> bool:
         """Give free letters to keywords that have none; rewrite the file if any got one.
 
         Keywords left over when all 26 letters are taken stay letterless (the caller
-        stores them in the index).
+        stores them in the index). True if any letter was given out.
         """
         free = (n for n in range(MAX_LETTERS) if n not in self._names)
         added = False
@@ -81,6 +83,7 @@ class DovecotKeywords:
             added = True
         if added:
             self._write()
+        return added
 
     def _write(self) -> None:
         # Atomic and durable: the letters go into message names right after this, and a
