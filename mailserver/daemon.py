@@ -343,6 +343,7 @@ class Daemon:
             self.parts.queue.wake()
             task = asyncio.get_running_loop().create_task(self._reload_config())
             self._tasks.append(task)
+            task.add_done_callback(lambda done: self._tasks.remove(done) if done in self._tasks else None)
 
     async def _reload_config(self) -> None:
         """Re-read the config: DKIM selectors apply at once, the rest needs a restart.

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from mailserver.config import Config
+from mailserver.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -163,14 +164,6 @@ def parse_private_key(data: bytes, where: str) -> PrivateKey:
 # ---------------------------------------------------------------------------- file I/O
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_tmp(directory: Path, final_name: str, data: bytes, mode: int) -> Path:
     # Dot-prefixed and not ending in .key/.dns, so a leftover from a crash is never loaded.
     tmp = directory / f".{final_name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
@@ -203,7 +196,7 @@ def _create_exclusive(path: Path, data: bytes, mode: int) -> bool:
             os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return created
 
 
@@ -213,7 +206,7 @@ def _replace_atomic(path: Path, data: bytes, mode: int) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _match_owner(cfg: Config, path: Path) -> None:
@@ -236,7 +229,7 @@ def _ensure_dir(cfg: Config) -> None:
     except FileExistsError:
         return
     _match_owner(cfg, d)
-    _fsync_dir(d.parent)
+    fsync_dir(d.parent)
 
 
 def _load_file(path: Path, domain: str, selector: str, created: bool = False) -> DKIMKey:

@@ -13,7 +13,6 @@ import contextlib
 import datetime
 import ipaddress
 import logging
-import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .fsutil import write_file_atomic
 
 log = logging.getLogger("pymaild.tls")
 
@@ -86,26 +87,6 @@ def generate_self_signed(hostname: str, cert_path: Path, key_path: Path, days: i
     )
     write_file_atomic(key_path, key_pem, mode=0o600)
     write_file_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
-
-
-def write_file_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """tmp + fsync + rename + directory fsync: the file is either old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def server_context(cert_path: Path, key_path: Path, min_version: str = "1.2") -> ssl.SSLContext:

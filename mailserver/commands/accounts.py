@@ -10,10 +10,14 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+from collections.abc import Callable
+from typing import TypeVar
 
 from ..auth.store import AccountError, AccountStore
 from ..config import Config
 from . import CommandError
+
+T = TypeVar("T")
 
 
 def _store(cfg: Config) -> AccountStore:
@@ -22,6 +26,14 @@ def _store(cfg: Config) -> AccountStore:
         return AccountStore.in_state_dir(cfg.state_path)
     except OSError as exc:
         raise CommandError(f"{cfg.state_dir}: {exc.strerror or exc}") from None
+
+
+def _do(cfg: Config, action: Callable[[AccountStore], T]) -> T:
+    """Run one store operation; its AccountError becomes the command's one-line error."""
+    try:
+        return action(_store(cfg))
+    except AccountError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _check_domain(cfg: Config, address: str) -> None:
@@ -59,29 +71,20 @@ def _create(args: argparse.Namespace, cfg: Config) -> int:
             print(f"mailbox ready for {args.address.lower()} ({path})")
             return 0
     password = read_password(args)
-    try:
-        account = _store(cfg).create_account(args.address, password)
-    except AccountError as exc:
-        raise CommandError(str(exc)) from None
+    account = _do(cfg, lambda store: store.create_account(args.address, password))
     print(f"created {account.address} (mailbox {_store(cfg).maildir_path(account.address)})")
     return 0
 
 
 def _password(args: argparse.Namespace, cfg: Config) -> int:
     password = read_password(args)
-    try:
-        _store(cfg).set_password(args.address, password)
-    except AccountError as exc:
-        raise CommandError(str(exc)) from None
+    _do(cfg, lambda store: store.set_password(args.address, password))
     print(f"password changed for {args.address.lower()}")
     return 0
 
 
 def _remove(args: argparse.Namespace, cfg: Config) -> int:
-    try:
-        _store(cfg).remove_account(args.address, purge_mail=args.purge_mail)
-    except AccountError as exc:
-        raise CommandError(str(exc)) from None
+    _do(cfg, lambda store: store.remove_account(args.address, purge_mail=args.purge_mail))
     kept = "" if args.purge_mail else " (its mail stays on disk; --purge-mail deletes it)"
     print(f"removed {args.address.lower()}{kept}")
     return 0
@@ -95,19 +98,13 @@ def _list(args: argparse.Namespace, cfg: Config) -> int:
 
 def _alias_add(args: argparse.Namespace, cfg: Config) -> int:
     _check_domain(cfg, args.alias)
-    try:
-        _store(cfg).add_alias(args.alias, args.target)
-    except AccountError as exc:
-        raise CommandError(str(exc)) from None
+    _do(cfg, lambda store: store.add_alias(args.alias, args.target))
     print(f"alias {args.alias.lower()} -> {args.target.lower()}")
     return 0
 
 
 def _alias_remove(args: argparse.Namespace, cfg: Config) -> int:
-    try:
-        _store(cfg).remove_alias(args.alias, args.target)
-    except AccountError as exc:
-        raise CommandError(str(exc)) from None
+    _do(cfg, lambda store: store.remove_alias(args.alias, args.target))
     print(f"removed alias {args.alias.lower()}")
     return 0
 
@@ -121,10 +118,7 @@ def _alias_list(args: argparse.Namespace, cfg: Config) -> int:
 def _catch_all_set(args: argparse.Namespace, cfg: Config) -> int:
     if not cfg.is_local_domain(args.domain):
         raise CommandError(f"{args.domain} is not in local_domains of {cfg.path}")
-    try:
-        _store(cfg).set_catch_all(args.domain, None if args.target == "none" else args.target)
-    except AccountError as exc:
-        raise CommandError(str(exc)) from None
+    _do(cfg, lambda store: store.set_catch_all(args.domain, None if args.target == "none" else args.target))
     print(f"catch-all for {args.domain.lower()}: {args.target}")
     return 0
 
@@ -136,19 +130,13 @@ def _catch_all_list(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _sender_allow(args: argparse.Namespace, cfg: Config) -> int:
-    try:
-        _store(cfg).allow_sender(args.account, args.address)
-    except AccountError as exc:
-        raise CommandError(str(exc)) from None
+    _do(cfg, lambda store: store.allow_sender(args.account, args.address))
     print(f"{args.account.lower()} may now send as {args.address.lower()}")
     return 0
 
 
 def _sender_deny(args: argparse.Namespace, cfg: Config) -> int:
-    try:
-        _store(cfg).deny_sender(args.account, args.address)
-    except AccountError as exc:
-        raise CommandError(str(exc)) from None
+    _do(cfg, lambda store: store.deny_sender(args.account, args.address))
     print(f"{args.account.lower()} may no longer send as {args.address.lower()}")
     return 0
 

@@ -10,19 +10,12 @@ was running shares the next one.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from mailserver.fsutil import fsync_dir
 
 
 @dataclass
@@ -36,7 +29,7 @@ class _DirState:
 class DirectorySync:
     """``sync(path)``: returns once an fsync of ``path`` that began after the call has returned."""
 
-    def __init__(self, fsync: Callable[[Path], None] = _fsync_dir) -> None:
+    def __init__(self, fsync: Callable[[Path], None] = fsync_dir) -> None:
         self._fsync = fsync
         self._lock = threading.Lock()
         self._dirs: dict[Path, _DirState] = {}

@@ -22,16 +22,15 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import re
 import ssl
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from mailserver.dns.resolver import DNSTempError, Resolver
+from mailserver.fsutil import write_file_atomic
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +335,7 @@ class MTASTS:
         self._memory[domain] = entry
         record = {"domain": domain, "fetched_at": entry.fetched_at, **asdict(entry.policy)}
         try:
-            await asyncio.to_thread(_write_atomic, self._path(domain), json.dumps(record, indent=1))
+            await asyncio.to_thread(_write_json, self._path(domain), json.dumps(record, indent=1))
         except OSError as exc:
             # The in-memory copy still protects this process; say why restarts won't.
             log.error("MTA-STS cache %s not written: %s", self._path(domain), exc)
@@ -344,26 +343,6 @@ class MTASTS:
 
 def _using(policy: Policy | None) -> str:
     return f"using cached policy id {policy.id}" if policy else "no cached policy"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
@@ -426,3 +405,7 @@ async def _read_chunked(reader: asyncio.StreamReader, cap: int) -> bytes:
         body += await reader.readexactly(size)
         if await reader.readuntil(b"\n") not in (b"\r\n", b"\n"):
             raise PolicyError("chunk not followed by CRLF")
+
+
+def _write_json(path: Path, text: str) -> None:
+    write_file_atomic(path, text.encode("utf-8"), mode=0o600)

@@ -45,6 +45,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from mailserver.fsutil import fsync_dir
+
 log = logging.getLogger("pymaild.queue")
 
 DATA_SUFFIX = ".eml"
@@ -208,14 +210,6 @@ def state_path(directory: Path, queue_id: str) -> Path:
 
 
 # ---------------------------------------------------------------------------- writes
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def ensure_dir(directory: Path) -> None:

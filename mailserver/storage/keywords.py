@@ -12,12 +12,12 @@ first registered is kept. Callers must hold the folder's index lock around
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from pathlib import Path
 
-from mailserver.storage.maildirpp import FILE_MODE, fsync_dir
+from mailserver.fsutil import write_file_atomic
+from mailserver.storage.maildirpp import FILE_MODE
 
 log = logging.getLogger("pymaild.storage")
 
@@ -91,22 +91,7 @@ class DovecotKeywords:
         data = "".join(f"{n} {name}\n" for n, name in sorted(self._names.items())).encode(
             "utf-8", "surrogateescape"
         )
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
-        try:
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        fsync_dir(self.path.parent)
+        write_file_atomic(self.path, data, FILE_MODE)
         st = os.stat(self.path)
         self._stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         log.debug("keywords of %s: %s", self.path.parent, self._names)

@@ -20,6 +20,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from mailserver.fsutil import fsync_dir  # re-exported: callers import it from here
+
 # Special-use folders every new mailbox gets (RFC 6154 names, as Thunderbird expects).
 DEFAULT_FOLDERS: tuple[str, ...] = ("Sent", "Drafts", "Trash", "Junk", "Archive")
 
@@ -62,15 +64,6 @@ def _flatten(folder: str) -> str:
     if len(flat.encode("utf-8", "surrogateescape")) > _MAX_FOLDER_BYTES:
         raise ValueError(f"folder name {folder!r} is too long")
     return flat
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so entries created or renamed in it survive a crash."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def make_dirs(path: Path, *, durable: bool = True) -> bool:
