@@ -912,14 +912,13 @@ def _big_mailbox(n: int) -> list[Candidate]:
         "OR FLAGGED LARGER 4000 SINCE 1-Mar-2020 MODSEQ 10",
     ],
 )
-def test_cheap_programs_over_100k_candidates_are_fast(program: str) -> None:
+def test_cheap_programs_over_100k_candidates_agree_with_matches(program: str) -> None:
+    # Speed is measured in bench/ (not here); this checks the precompiled fast paths give
+    # exactly what evaluating every candidate on its own gives.
     cands = _big_mailbox(100_000)
     key = P(program)
-    best = float("inf")
-    for _ in range(5):
-        context = SearchContext(max_seq=len(cands), max_uid=cands[-1].uid, tz=UTC)
-        start = time.perf_counter()
-        result = search(key, cands, context)
-        best = min(best, time.perf_counter() - start)
+    context = SearchContext(max_seq=len(cands), max_uid=cands[-1].uid, tz=UTC)
+    result = search(key, cands, context)
     assert result  # something matched
-    assert best < 0.1, f"{program}: {best * 1000:.1f} ms"
+    slow = SearchContext(max_seq=len(cands), max_uid=cands[-1].uid, tz=UTC)
+    assert [c.uid for c in result] == [c.uid for c in cands if matches(key, c, slow)]
