@@ -1,0 +1,219 @@
+"""FETCH rendering, run in a worker thread: index rows + cache + message files -> responses.
+
+What each item costs decides what is read: FLAGS, UID, RFC822.SIZE, INTERNALDATE and MODSEQ
+come from the index alone; ENVELOPE and header sections (what a client's header sync asks
+for) come from the per-folder :class:`~mailserver.storage.fetchcache.FetchCache`, filled
+from the first 16 KiB of each file on a miss; BODY/BODYSTRUCTURE are cached too; only real
+content (``BODY[]``, ``BODY[TEXT]``, parts) reads the whole file.
+
+Messages written by other programs may use bare LF line ends (Dovecot, mutt): they are
+served with CRLF, which is what ``RFC822.SIZE`` (the ``,W=`` size) promises.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mailserver.storage.fetchcache import CacheEntry, FetchCache, entry_for
+from mailserver.storage.index import MailboxIndex
+
+from . import format as fmt
+from . import mime
+from .fetch import Attribute, FetchItem, Section
+
+log = logging.getLogger("pymaild.imap")
+
+_HEADER_READ = 16 * 1024
+_HEADER_MAX = 256 * 1024
+_HEADER_TEXTS = ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT")
+
+
+@dataclass(frozen=True, slots=True)
+class FetchPlan:
+    items: tuple[FetchItem, ...]
+    need_header: bool
+    need_structure: bool
+    need_full: bool
+
+    @classmethod
+    def of(cls, items: Sequence[FetchItem]) -> FetchPlan:
+        header = structure = full = False
+        for item in items:
+            if isinstance(item, Attribute):
+                if item.name in ("ENVELOPE", "RFC822.HEADER"):
+                    header = True
+                elif item.name in ("BODY", "BODYSTRUCTURE"):
+                    structure = True
+                elif item.name in ("RFC822", "RFC822.TEXT"):
+                    full = True
+            elif not item.section.part and item.section.text in _HEADER_TEXTS:
+                header = True
+            else:
+                full = True
+        return cls(tuple(items), header, structure, full)
+
+
+def to_crlf(data: bytes) -> bytes:
+    """Bare LF line ends -> CRLF (files from Dovecot/mutt); CRLF files are returned as is."""
+    nl = data.find(b"\n")
+    if nl < 0 or (nl > 0 and data[nl - 1] == 0x0D):
+        return data
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def read_header(index: MailboxIndex, uid: int) -> bytes:
+    with index.open(uid) as f:
+        data = f.read(_HEADER_READ)
+        while b"\n\r\n" not in data and b"\n\n" not in data and len(data) < _HEADER_MAX:
+            more = f.read(_HEADER_READ)
+            if not more:
+                break
+            data += more
+    return mime.split_header(to_crlf(data))[0]
+
+
+def read_message(index: MailboxIndex, uid: int) -> bytes:
+    with index.open(uid) as f:
+        return to_crlf(f.read())
+
+
+def _internaldate(ts: float) -> _dt.datetime:
+    return _dt.datetime.fromtimestamp(ts).astimezone()
+
+
+class Renderer:
+    """Renders ``* n FETCH`` responses for one FETCH command (in a worker thread)."""
+
+    def __init__(self, index: MailboxIndex, cache: FetchCache | None, plan: FetchPlan, *,
+                 with_uid: bool, with_modseq: bool, force_flags: frozenset[int] = frozenset()) -> None:
+        self.index = index
+        self.cache = cache
+        self.plan = plan
+        self.with_uid = with_uid
+        self.with_modseq = with_modseq
+        self.force_flags = force_flags  # UIDs whose \Seen was just set: FLAGS must be sent
+        self.missing: list[int] = []  # files gone (expunged by another program)
+
+    def render(self, uids: Sequence[int]) -> list[bytes]:
+        index, plan = self.index, self.plan
+        entries: dict[str, CacheEntry] = {}
+        bases: dict[int, str] = {}
+        if (plan.need_header or plan.need_structure) and self.cache is not None:
+            for uid in uids:
+                bases[uid] = index.message(uid).base
+            try:
+                entries = self.cache.get_many(list(bases.values()))
+            except Exception:  # a cache never fails a FETCH
+                log.exception("fetch cache read failed in %s", index.dir)
+                entries = {}
+        fresh: dict[str, CacheEntry] = {}
+        out: list[bytes] = []
+        for uid in uids:
+            seq = index.seq(uid)
+            if seq is None:
+                continue
+            try:
+                out.append(self._one(uid, seq, bases.get(uid), entries, fresh))
+            except FileNotFoundError:
+                self.missing.append(uid)
+        if fresh and self.cache is not None:
+            try:
+                self.cache.put_many(fresh)
+            except Exception:
+                log.exception("fetch cache write failed in %s", index.dir)
+        return out
+
+    def _one(self, uid: int, seq: int, base: str | None, entries: dict[str, CacheEntry],
+             fresh: dict[str, CacheEntry]) -> bytes:
+        index, plan = self.index, self.plan
+        full: bytes | None = None
+        entry = entries.get(base) if base is not None else None
+        if plan.need_full:
+            full = read_message(index, uid)
+        if (plan.need_header or plan.need_structure) and (
+                entry is None or (plan.need_structure and entry.bodystructure is None)):
+            if plan.need_structure and full is None:
+                full = read_message(index, uid)
+            if full is not None:
+                entry = entry_for(full, structure=plan.need_structure)
+            else:
+                entry = entry_for(read_header(index, uid), structure=False)
+            if base is not None:
+                fresh[base] = entry
+        items: list[tuple[str, fmt.Value]] = []
+        names: set[str] = set()
+        if self.with_uid:
+            items.append(("UID", uid))
+            names.add("UID")
+        for item in plan.items:
+            name = item.response_name()
+            if name in names:
+                continue
+            names.add(name)
+            items.append((name, self._value(item, uid, entry, full)))
+        if "FLAGS" not in names and uid in self.force_flags:
+            items.append(("FLAGS", self._flags(uid)))
+        if self.with_modseq and "MODSEQ" not in names:
+            items.append(("MODSEQ", fmt.Raw(b"(%d)" % index.modseq(uid))))
+        return fmt.fetch_response(seq, items)
+
+    def _flags(self, uid: int) -> fmt.Value:
+        flags = self.index.flags(uid)
+        if self.index.is_recent(uid):
+            flags = flags | {"\\Recent"}
+        return fmt.Raw(fmt.flags(sorted(flags)))
+
+    def _value(self, item: FetchItem, uid: int, entry: CacheEntry | None, full: bytes | None) -> fmt.Value:
+        index = self.index
+        if isinstance(item, Attribute):
+            name = item.name
+            if name == "FLAGS":
+                return self._flags(uid)
+            if name == "UID":
+                return uid
+            if name == "RFC822.SIZE":
+                return index.size(uid)
+            if name == "INTERNALDATE":
+                return _internaldate(index.internal_date(uid))
+            if name == "MODSEQ":
+                return fmt.Raw(b"(%d)" % index.modseq(uid))
+            if name == "ENVELOPE":
+                assert entry is not None
+                if entry.envelope is not None:
+                    return fmt.Raw(entry.envelope)
+                return mime.envelope(entry.header)
+            if name == "BODYSTRUCTURE":
+                assert entry is not None and entry.bodystructure is not None
+                return fmt.Raw(entry.bodystructure)
+            if name == "BODY":
+                assert entry is not None and entry.body is not None
+                return fmt.Raw(entry.body)
+            if name == "RFC822":
+                assert full is not None
+                return full
+            if name == "RFC822.HEADER":
+                assert entry is not None
+                return entry.header
+            if name == "RFC822.TEXT":
+                assert full is not None
+                return mime.split_header(full)[1]
+            raise ValueError(f"unexpected fetch attribute {name}")
+        section = item.section
+        if not section.part and section.text in _HEADER_TEXTS and entry is not None and full is None:
+            data = _header_section(entry.header, section)
+        else:
+            assert full is not None
+            data = mime.section_bytes(full, section)
+        if item.partial is not None:
+            origin, length = item.partial
+            data = data[origin:origin + length]
+        return data
+
+
+def _header_section(header: bytes, section: Section) -> bytes:
+    if section.text == "HEADER":
+        return header
+    return mime.header_fields(header, section.fields, exclude=section.text == "HEADER.FIELDS.NOT")

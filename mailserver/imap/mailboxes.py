@@ -1,0 +1,274 @@
+"""One account's mailbox tree as IMAP sees it: names, LIST, CREATE/DELETE/RENAME, subscriptions.
+
+IMAP names use ``.`` as the hierarchy delimiter, as Dovecot's Maildir++ layout does, so a
+name maps to a directory one to one: ``Archive.2024`` is ``<root>/.Archive.2024``. Names
+are kept exactly as on the wire (modified UTF-7, which is also how Dovecot stores them), so
+a store is shared with Dovecot, mbsync and mutt unchanged. Everything here blocks (file
+system); the session calls it from a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailserver.fsutil import write_file_atomic
+from mailserver.storage.maildirpp import (
+    DEFAULT_FOLDERS,
+    SUBSCRIPTIONS_FILE,
+    ensure_maildir,
+    folder_path,
+    fsync_dir,
+)
+
+from .errors import MailboxNameError
+from .utf7 import decode_mailbox_name
+
+DELIMITER = "."
+SPECIAL_USE = {name: "\\" + name for name in DEFAULT_FOLDERS}  # "Sent" -> "\Sent", ...
+MAX_NAME_BYTES = 200
+MAX_DEPTH = 16
+_TRASH_PREFIX = "..deleted-"  # names starting ".." are never listed (not a valid folder)
+
+
+class MailboxError(Exception):
+    """A mailbox operation refused: ``code`` is the IMAP response code (NONEXISTENT,
+    ALREADYEXISTS, CANNOT, INUSE...) and the message the text of the tagged NO."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxInfo:
+    name: str  # wire name (INBOX in upper case)
+    attributes: tuple[str, ...]  # \HasChildren/\HasNoChildren, \Noselect, special use
+    subscribed: bool
+    selectable: bool
+
+
+def check_name(name: str) -> str:
+    """Validate a client-supplied mailbox name; returns it (``INBOX`` in canonical case).
+
+    Refuses what could escape the account's Maildir or that another Maildir program could
+    not read back: ``/``, NUL and control characters, empty levels or ``..``, a leading or
+    trailing delimiter, invalid modified UTF-7, wildcards, overlong or too deep names.
+    """
+    if name.upper() == "INBOX":
+        return "INBOX"
+    if not name:
+        raise MailboxError("empty mailbox name", "CANNOT")
+    if "/" in name or "\\" in name:
+        raise MailboxError(f"mailbox names use {DELIMITER!r} as hierarchy delimiter; '/' is not allowed",
+                           "CANNOT")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise MailboxError("mailbox name contains control characters", "CANNOT")
+    if "*" in name or "%" in name:
+        raise MailboxError("mailbox names cannot contain * or %", "CANNOT")
+    if name.startswith(DELIMITER) or name.endswith(DELIMITER) or DELIMITER * 2 in name:
+        raise MailboxError("mailbox name has an empty hierarchy level", "CANNOT")
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES or name.count(DELIMITER) >= MAX_DEPTH:
+        raise MailboxError("mailbox name is too long", "CANNOT")
+    try:
+        decode_mailbox_name(name)
+    except MailboxNameError as exc:
+        raise MailboxError(f"invalid mailbox name: {exc}", "CANNOT") from None
+    if name.upper().startswith("INBOX" + DELIMITER):
+        name = "INBOX" + name[5:]  # INBOX.x: children of INBOX, canonical prefix
+    return name
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    """LIST pattern: ``*`` matches anything, ``%`` anything but the delimiter."""
+    out = []
+    for ch in pattern:
+        if ch == "*":
+            out.append(".*")
+        elif ch == "%":
+            out.append(f"[^{re.escape(DELIMITER)}]*")
+        else:
+            out.append(re.escape(ch))
+    return re.compile("".join(out), re.DOTALL)
+
+
+def pattern_matches(reference: str, pattern: str, name: str) -> bool:
+    full = pattern if pattern.upper().startswith("INBOX") and not reference else reference + pattern
+    if full.upper() == "INBOX" or full.upper().startswith("INBOX" + DELIMITER):
+        full = "INBOX" + full[5:]
+    return _pattern_regex(full).fullmatch(name) is not None
+
+
+class MailboxTree:
+    """The Maildir++ mailbox of one account at ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    # ---------------------------------------------------------------- lookups
+
+    def path(self, name: str) -> Path:
+        name = check_name(name)
+        try:
+            return folder_path(self.root, None if name == "INBOX" else name)
+        except ValueError as exc:
+            raise MailboxError(str(exc), "CANNOT") from None
+
+    def exists(self, name: str) -> bool:
+        return (self.path(name) / "cur").is_dir()
+
+    def names(self) -> list[str]:
+        """Every selectable mailbox, INBOX first, then by name."""
+        found = []
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.root):
+                n = entry.name
+                if len(n) < 2 or not n.startswith(".") or n.startswith(".."):
+                    continue
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+                name = n[1:]
+                try:
+                    if check_name(name) != name:
+                        continue
+                except MailboxError:
+                    continue  # something another program made that we cannot name safely
+                if os.path.isdir(os.path.join(entry.path, "cur")):
+                    found.append(name)
+        return ["INBOX", *sorted(found)]
+
+    def subscriptions(self) -> list[str]:
+        try:
+            text = (self.root / SUBSCRIPTIONS_FILE).read_text("utf-8", errors="replace")
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in text.splitlines():
+            line = line.strip()
+            # Dovecot 2.3's format starts with "V\t2" and writes "\t"-separated lines.
+            if not line or line.startswith("V\t"):
+                continue
+            out.append(line.split("\t")[-1])
+        return list(dict.fromkeys(out))
+
+    def list(self) -> list[MailboxInfo]:
+        """Every mailbox plus the parents missing from disk (as \\Noselect), sorted."""
+        names = self.names()
+        selectable = set(names)
+        subscribed = set(self.subscriptions())
+        everything = set(names)
+        for name in names:
+            parts = name.split(DELIMITER)
+            for i in range(1, len(parts)):
+                everything.add(DELIMITER.join(parts[:i]))
+        children = {n.rsplit(DELIMITER, 1)[0] for n in everything if DELIMITER in n}
+        out = []
+        for name in sorted(everything, key=lambda n: (n != "INBOX", n)):
+            attrs = ["\\HasChildren" if name in children else "\\HasNoChildren"]
+            if name not in selectable:
+                attrs.insert(0, "\\Noselect")
+                attrs.insert(0, "\\NonExistent")
+            if name in SPECIAL_USE:
+                attrs.append(SPECIAL_USE[name])
+            out.append(MailboxInfo(name, tuple(attrs), name in subscribed, name in selectable))
+        return out
+
+    # ---------------------------------------------------------------- changes
+
+    def create(self, name: str) -> None:
+        name = check_name(name)
+        if name == "INBOX":
+            raise MailboxError("INBOX always exists", "ALREADYEXISTS")
+        if self.exists(name):
+            raise MailboxError("mailbox already exists", "ALREADYEXISTS")
+        # Parents are created too, so every level is selectable (RFC 3501 6.3.3).
+        parts = name.split(DELIMITER)
+        for i in range(1, len(parts) + 1):
+            level = DELIMITER.join(parts[:i])
+            if level.upper() == "INBOX":
+                continue
+            ensure_maildir(self.path(level), is_folder=True)
+
+    def delete(self, name: str) -> None:
+        name = check_name(name)
+        if name == "INBOX":
+            raise MailboxError("INBOX cannot be deleted", "CANNOT")
+        path = self.path(name)
+        if not (path / "cur").is_dir():
+            raise MailboxError("no such mailbox", "NONEXISTENT")
+        prefix = name + DELIMITER
+        if any(n.startswith(prefix) for n in self.names()):
+            # Dovecot's rule: keeps RFC 3501's \Noselect-parent state out of the store.
+            raise MailboxError("mailbox has children, delete them first", "INUSE")
+        # Rename away first (atomic: the folder is gone for every reader at once), then
+        # remove the files at leisure.
+        trash = self.root / f"{_TRASH_PREFIX}{secrets.token_hex(6)}"
+        os.rename(path, trash)
+        fsync_dir(self.root)
+        shutil.rmtree(trash, ignore_errors=True)
+        self._set_subscriptions([s for s in self.subscriptions() if s != name])
+
+    def rename(self, old: str, new: str) -> None:
+        old, new = check_name(old), check_name(new)
+        if new == "INBOX":
+            raise MailboxError("cannot rename to INBOX", "ALREADYEXISTS")
+        if self.exists(new):
+            raise MailboxError("target mailbox already exists", "ALREADYEXISTS")
+        if new.startswith(old + DELIMITER):
+            raise MailboxError("cannot rename a mailbox into itself", "CANNOT")
+        if old == "INBOX":
+            self._rename_inbox(new)
+            return
+        if not self.exists(old):
+            raise MailboxError("no such mailbox", "NONEXISTENT")
+        parent = new.rsplit(DELIMITER, 1)[0] if DELIMITER in new else None
+        if parent and not self.exists(parent) and parent != "INBOX":
+            self.create(parent)
+        moves = [(n, new + n[len(old):]) for n in self.names() if n == old or n.startswith(old + DELIMITER)]
+        for src, dst in moves:
+            os.rename(self.path(src), self.path(dst))
+        fsync_dir(self.root)
+        renamed = {src: dst for src, dst in moves}
+        self._set_subscriptions([renamed.get(s, s) for s in self.subscriptions()])
+
+    def _rename_inbox(self, new: str) -> None:
+        """RFC 3501 6.3.5: move every INBOX message to a new mailbox; INBOX stays, empty."""
+        self.create(new)
+        target = self.path(new)
+        moved = False
+        for sub in ("cur", "new"):
+            src_dir = self.root / sub
+            with contextlib.suppress(FileNotFoundError):
+                for entry in os.scandir(src_dir):
+                    if entry.is_file():
+                        os.rename(entry.path, target / "cur" / _cur_name(entry.name, sub))
+                        moved = True
+        if moved:
+            fsync_dir(target / "cur")
+            fsync_dir(self.root / "cur")
+            fsync_dir(self.root / "new")
+
+    def subscribe(self, name: str) -> None:
+        name = check_name(name)
+        subs = self.subscriptions()
+        if name not in subs:
+            self._set_subscriptions([*subs, name])
+
+    def unsubscribe(self, name: str) -> None:
+        name = check_name(name)
+        subs = self.subscriptions()
+        if name not in subs:
+            raise MailboxError("not subscribed", "NONEXISTENT")
+        self._set_subscriptions([s for s in subs if s != name])
+
+    def _set_subscriptions(self, names: list[str]) -> None:
+        write_file_atomic(self.root / SUBSCRIPTIONS_FILE, "".join(f"{n}\n" for n in names).encode())
+
+
+def _cur_name(name: str, sub: str) -> str:
+    return name if sub == "cur" or ":2," in name else name + ":2,"

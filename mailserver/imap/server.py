@@ -1,0 +1,313 @@
+"""asyncio transport for IMAP: sockets, TLS (implicit and STARTTLS), timeouts, limits, IDLE.
+
+Bytes go into the sans-I/O framer (``framing.IMAPConnection``); its events go to the
+session (``session.IMAPSession``); the session's answer (``Action``) tells this module
+what to do with the framer next. Nothing here knows IMAP commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import socket
+import ssl
+import typing
+from collections.abc import Callable
+
+from mailserver.smtp.server import ConnectionLimiter
+
+from . import format as fmt
+from .backend import IMAPBackend
+from .framing import (
+    NEED_DATA,
+    PAUSED,
+    AuthResponse,
+    CommandError,
+    CommandReceived,
+    ConnectionClosed,
+    ContinuationRequest,
+    IdleDone,
+    IMAPConnection,
+)
+from .session import Action, IMAPSession, Output
+
+log = logging.getLogger("pymaild.imap")
+
+_MAX_BUFFERED = 256 * 1024  # pause reading above this much unparsed input
+_HIGH_WATER = 256 * 1024  # FETCH output: wait for the client to read above this
+
+
+class IMAPEndpoint:
+    """The IMAP service with its listeners (143 with STARTTLS, 993 with implicit TLS)."""
+
+    def __init__(self, backend: IMAPBackend, *, tls_context: Callable[[], ssl.SSLContext] | None) -> None:
+        self.backend = backend
+        self.tls_context = tls_context
+        limits = backend.limits
+        self.limiter = ConnectionLimiter(limits.max_connections, limits.max_connections_per_ip)
+        self.sessions: set[_IMAPProtocol] = set()
+        self.servers: list[asyncio.base_events.Server] = []
+        self.draining = False
+
+    async def listen(self, host: str, port: int, *, implicit_tls: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        ssl_ctx = self.tls_context() if implicit_tls and self.tls_context else None
+        server = await loop.create_server(
+            lambda: _IMAPProtocol(self, implicit_tls),
+            host, port, ssl=ssl_ctx,
+            ssl_handshake_timeout=self.backend.limits.tls_handshake_timeout if ssl_ctx else None,
+            reuse_address=True, backlog=512,
+        )
+        self.servers.append(server)
+        self.backend.hub.start()
+        log.info("listening imap%s on %s port %d", "s" if ssl_ctx else "", host, port)
+
+    @property
+    def sockets(self) -> list[tuple[str, int]]:
+        return [s.getsockname()[:2] for srv in self.servers for s in srv.sockets]
+
+    async def drain(self) -> None:
+        """Stop accepting; every session gets ``* BYE`` once its current command is done."""
+        self.draining = True
+        for server in self.servers:
+            server.close()
+        for session in list(self.sessions):
+            session.shutdown()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.backend.limits.drain_timeout
+        while self.sessions and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for session in list(self.sessions):
+            session.abort()
+        await self.backend.hub.stop()
+
+
+class _IMAPProtocol(asyncio.Protocol, Output):
+    def __init__(self, endpoint: IMAPEndpoint, implicit_tls: bool) -> None:
+        self.endpoint = endpoint
+        self.implicit_tls = implicit_tls
+        self.transport: asyncio.Transport | None = None
+        self.conn = IMAPConnection(endpoint.backend.limits.framing())
+        self.session: IMAPSession | None = None
+        self._data = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._paused = False
+        self._shutting_down = False
+        self._admitted_ip: str | None = None
+        self.id = secrets.token_hex(6)
+
+    # ---------------------------------------------------------------- Output
+
+    def write(self, data: bytes) -> None:
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.transport.get_write_buffer_size() > _HIGH_WATER:
+            self._writable.clear()
+            await self._writable.wait()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # ---------------------------------------------------------------- asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = typing.cast(asyncio.Transport, transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername") or ("?", 0)
+        ip = str(peer[0])
+        endpoint = self.endpoint
+        backend = endpoint.backend
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Thunderbird never logs out and NATs drop flows silently: let the kernel find
+            # dead peers so their sessions are reaped.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        refusal = "Service shutting down" if endpoint.draining else endpoint.limiter.acquire(ip)
+        if refusal is not None:
+            log.warning("refused connection listener=imap client=%s reason=%r", ip, refusal)
+            transport.write(fmt.untagged_status("BYE", f"{refusal}, try again later"))
+            transport.close()
+            self._closed = True
+            return
+        self._admitted_ip = ip
+        endpoint.sessions.add(self)
+        listener = "imaps" if self.implicit_tls else "imap"
+        backend.metrics.inc("connections_total", listener=listener)
+        self.session = IMAPSession(backend, self, client_ip=ip, listener=listener, tls=self.implicit_tls,
+                                   starttls_available=endpoint.tls_context is not None, session_id=self.id)
+        log.info("connect session=%s listener=%s client=%s:%s", self.id, listener, ip, peer[1])
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        self.conn.receive_data(data)
+        self._data.set()
+        if self.conn.buffered > _MAX_BUFFERED and not self._paused and self.transport is not None:
+            self.transport.pause_reading()
+            self._paused = True
+
+    def eof_received(self) -> bool | None:
+        self._closed = True
+        self._data.set()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._data.set()
+        self._writable.set()
+        if self._admitted_ip is not None:
+            self.endpoint.limiter.release(self._admitted_ip)
+            self._admitted_ip = None
+            self.endpoint.sessions.discard(self)
+            if self.session is not None:
+                user = self.session.user
+                self.session.close()
+                log.info("disconnect session=%s user=%s", self.id, user or "-")
+            if self._task is not None and not self._task.done():
+                self._task.cancel()
+
+    # ---------------------------------------------------------------- control
+
+    def shutdown(self) -> None:
+        self._shutting_down = True
+        self._data.set()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self._closed:
+            self.write(fmt.untagged_status("BYE", "server shutting down"))
+            self.transport.close()
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _wait_input(self) -> None:
+        """Until bytes arrive (or the connection ends). The caller cleared ``_data`` right
+        after the framer said NEED_DATA, with no await in between, so no wakeup is lost."""
+        if self._paused and self.transport is not None:
+            self.transport.resume_reading()
+            self._paused = False
+        if self._closed or self._shutting_down:
+            return
+        await self._data.wait()
+
+    # ---------------------------------------------------------------- session loop
+
+    async def _run(self) -> None:
+        assert self.session is not None and self.transport is not None
+        session, conn = self.session, self.conn
+        limits = self.endpoint.backend.limits
+        try:
+            self.write(session.greeting())
+            while not self._closed:
+                if self._shutting_down and not session.idling:
+                    self.write(fmt.untagged_status("BYE", "server shutting down"))
+                    break
+                event = conn.next_event()
+                if event is NEED_DATA:
+                    self._data.clear()
+                    if session.idling:
+                        if not await session.idle_wait(self._wait_input):
+                            self.write(fmt.untagged_status("BYE", "autologout: idle for too long"))
+                            break
+                        if self._shutting_down:
+                            self.write(fmt.untagged_status("BYE", "server shutting down"))
+                            break
+                        continue
+                    timeout = limits.idle_timeout if session.user else limits.login_timeout
+                    try:
+                        await asyncio.wait_for(self._wait_input(), timeout)
+                    except TimeoutError:
+                        log.info("timeout session=%s client=%s", self.id, session.client_ip)
+                        self.write(fmt.untagged_status("BYE", "autologout: idle for too long"))
+                        break
+                    continue
+                if event is PAUSED:  # we always tell the framer what to do before looping
+                    raise RuntimeError("IMAP framer paused without an answer")
+                if isinstance(event, ContinuationRequest):
+                    self.write(fmt.continuation("Ready for literal data"))
+                    continue
+                if isinstance(event, CommandError):
+                    self.write(event.error.response())
+                    session.errors += 1
+                    if session.errors > limits.max_errors:
+                        self.write(fmt.untagged_status("BYE", "too many errors"))
+                        break
+                    continue
+                if isinstance(event, ConnectionClosed):
+                    self.write(fmt.untagged_status("BYE", event.reason))
+                    break
+                if isinstance(event, IdleDone):
+                    session.idle_done(event.tag)
+                    await session.report_if_dirty()
+                    continue
+                if isinstance(event, AuthResponse):
+                    action = await session.auth_response(event.tag, event.data)
+                    if not await self._apply(action):
+                        break
+                    continue
+                assert isinstance(event, CommandReceived)
+                cmd = event.command
+                action = await session.execute(cmd)
+                if not await self._apply(action):
+                    break
+                if action in (Action.NONE, Action.RESUME):
+                    await session.after_command(cmd)
+                await self.drain()
+        except asyncio.CancelledError:
+            return
+        except Exception:
+            log.exception("session=%s internal error", self.id)
+            self.write(fmt.untagged_status("BYE", "internal server error"))
+        finally:
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.close()
+
+    async def _apply(self, action: Action) -> bool:
+        """Tell the framer what the session answered; False: close the connection."""
+        conn = self.conn
+        if action is Action.RESUME:
+            conn.resume()
+        elif action is Action.CONTINUE_AUTH:
+            conn.continue_authenticate()
+        elif action is Action.IDLE:
+            conn.start_idle()
+        elif action is Action.STARTTLS:
+            return await self._start_tls()
+        elif action is Action.CLOSE:
+            return False
+        return True
+
+    async def _start_tls(self) -> bool:
+        assert self.transport is not None and self.session is not None
+        factory = self.endpoint.tls_context
+        if factory is None:
+            return False
+        loop = asyncio.get_running_loop()
+        try:
+            new_transport = await loop.start_tls(
+                self.transport, self, factory(), server_side=True,
+                ssl_handshake_timeout=self.endpoint.backend.limits.tls_handshake_timeout)
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            log.info("starttls failed session=%s client=%s error=%s", self.id, self.session.client_ip, exc)
+            return False
+        if new_transport is None:
+            return False
+        self.transport = new_transport
+        # Plaintext pipelined after STARTTLS is thrown away (CVE-2011-0411 class).
+        self.conn.tls_established()
+        self.session.tls_started()
+        return True

@@ -1,0 +1,1054 @@
+"""One IMAP session: the state machine of RFC 3501/9051 over parsed commands.
+
+The transport (``server.py``) feeds parsed commands in and tells the framer what the
+session answered (``Action``); everything that touches the disk (the Maildir index,
+mailbox tree, message files) runs in worker threads, so a 100,000-message FETCH never
+stalls other sessions. Untagged updates follow RFC 3501 7.4.1: changes made by others
+are reported only after commands that allow it (never in the middle of a FETCH, STORE or
+SEARCH by sequence number, because EXPUNGE would shift the numbers the client is using).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailserver.storage.fetchcache import FetchCache
+from mailserver.storage.index import ChangeSet, MailboxIndex, ReadOnlyMailbox
+from mailserver.storage.indexstore import CorruptIndex
+
+from . import format as fmt
+from . import searcheval
+from .backend import AuthResult, IMAPBackend, loggable
+from .commands import (
+    Append,
+    Authenticate,
+    Command,
+    Copy,
+    Enable,
+    Fetch,
+    Id,
+    List,
+    Login,
+    Lsub,
+    MailboxCommand,
+    Rename,
+    Search,
+    Select,
+    SimpleCommand,
+    Status,
+    Store,
+    UidExpunge,
+)
+from .fetch import Attribute, BodySection
+from .fetcher import FetchPlan, Renderer, read_header, read_message
+from .mailboxes import DELIMITER, MailboxError, MailboxTree, pattern_matches
+from .search import uses_modseq
+from .seqset import SequenceSet
+
+log = logging.getLogger("pymaild.imap")
+
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+_FETCH_CHUNK = 500
+_STATUS_CACHE = 8
+
+
+class State(enum.Enum):
+    NOT_AUTHENTICATED = "not authenticated"
+    AUTHENTICATED = "authenticated"
+    SELECTED = "selected"
+    LOGOUT = "logout"
+
+
+class Action(enum.Enum):
+    """What the transport must do with the framer after a command."""
+
+    NONE = "none"  # answered; read the next command
+    RESUME = "resume"  # a pausing command (AUTHENTICATE/IDLE/STARTTLS) was answered: resume
+    CONTINUE_AUTH = "continue-auth"  # a "+" challenge was sent
+    IDLE = "idle"  # "+ idling" was sent
+    STARTTLS = "starttls"  # tagged OK sent: start the TLS handshake now
+    CLOSE = "close"  # BYE sent (LOGOUT, fatal error): close the connection
+
+
+class Output:
+    """The transport side the session writes to."""
+
+    def write(self, data: bytes) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    async def drain(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class Refused(Exception):
+    """A command refused with a tagged NO (or BAD)."""
+
+    def __init__(self, text: str, code: str | None = None, status: str = "NO") -> None:
+        super().__init__(text)
+        self.text = text
+        self.code = code
+        self.status = status
+
+
+@dataclass
+class Selected:
+    name: str
+    index: MailboxIndex
+    cache: FetchCache
+    hub_key: str
+    readonly: bool
+
+
+class IMAPSession:
+    def __init__(self, backend: IMAPBackend, out: Output, *, client_ip: str, listener: str, tls: bool,
+                 starttls_available: bool, session_id: str = "") -> None:
+        self.backend = backend
+        self.out = out
+        self.client_ip = client_ip
+        self.listener = listener
+        self.tls = tls
+        self.starttls_available = starttls_available
+        self.id = session_id
+        self.state = State.NOT_AUTHENTICATED
+        self.user: str | None = None
+        self.tree: MailboxTree | None = None
+        self.selected: Selected | None = None
+        self.enabled: set[str] = set()
+        self.condstore = False  # a CONDSTORE-enabling command was seen (RFC 7162 3.1)
+        self.idling = False
+        self._idle_tag = ""
+        self._dirty = False
+        self._wake: asyncio.Event | None = None
+        self._auth_tag = ""
+        self._status_indexes: OrderedDict[Path, MailboxIndex] = OrderedDict()
+        self.errors = 0
+        self.last_activity = time.monotonic()
+
+    # ================================================================ capabilities
+
+    def capabilities(self) -> list[str]:
+        caps = ["IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE"]
+        if self.state is State.NOT_AUTHENTICATED:
+            if self.starttls_available and not self.tls:
+                caps.append("STARTTLS")
+            if self.tls:
+                caps.append("AUTH=PLAIN")
+            else:
+                caps.append("LOGINDISABLED")
+            return caps
+        return [
+            *caps, "NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE", "LIST-EXTENDED",
+            "LIST-STATUS", "CONDSTORE", "QRESYNC", "ESEARCH", "STATUS=SIZE",
+            f"APPENDLIMIT={self.backend.limits.max_append_size}",
+        ]
+
+    # ================================================================ entry points
+
+    def greeting(self) -> bytes:
+        return fmt.untagged_status("OK", f"{self.backend.hostname} pymaild IMAP ready",
+                                   code=fmt.code_capability(self.capabilities()))
+
+    async def execute(self, cmd: Command) -> Action:
+        """Run one command; every response (untagged and tagged) is written to ``out``."""
+        self.last_activity = time.monotonic()
+        handler = _HANDLERS.get(cmd.name)
+        if handler is None:
+            self.out.write(fmt.tagged(cmd.tag, "BAD", f"{cmd.name} is not supported"))
+            return Action.NONE
+        if self.state.name not in handler[1]:
+            return self._wrong_state(cmd)
+        try:
+            action = await handler[0](self, cmd)
+        except Refused as exc:
+            self.out.write(fmt.tagged(cmd.tag, exc.status, exc.text, code=exc.code))
+            return Action.RESUME if cmd.name in ("AUTHENTICATE", "IDLE", "STARTTLS") else Action.NONE
+        except MailboxError as exc:
+            self.out.write(fmt.tagged(cmd.tag, "NO", str(exc), code=exc.code))
+            return Action.NONE
+        except ReadOnlyMailbox:
+            self.out.write(fmt.tagged(cmd.tag, "NO", "mailbox is read-only (EXAMINE)", code="READ-ONLY"))
+            return Action.NONE
+        return action or Action.NONE
+
+    def _wrong_state(self, cmd: Command) -> Action:
+        resume = cmd.name in ("AUTHENTICATE", "IDLE", "STARTTLS")
+        if self.state is State.NOT_AUTHENTICATED:
+            text = f"{cmd.name} is not allowed before logging in"
+        elif self.state is State.AUTHENTICATED and cmd.name in _SELECTED_ONLY:
+            text = f"{cmd.name} needs a selected mailbox (SELECT first)"
+        else:
+            text = f"{cmd.name} is not allowed now"
+        self.out.write(fmt.tagged(cmd.tag, "BAD", text))
+        return Action.RESUME if resume else Action.NONE
+
+    async def after_command(self, cmd: Command) -> None:
+        """Report changes by others when the RFC allows it (not after sequence-number FETCH,
+        STORE, SEARCH, COPY, MOVE: EXPUNGE would renumber what the client is working on)."""
+        if self.state is not State.SELECTED or not self._dirty:
+            return
+        if cmd.name in ("FETCH", "STORE", "SEARCH", "COPY", "MOVE") and not getattr(cmd, "uid", True):
+            return
+        await self._report_changes()
+
+    async def report_if_dirty(self) -> None:
+        if self.state is State.SELECTED and self._dirty:
+            await self._report_changes()
+
+    def mailbox_changed(self) -> None:
+        """Hub callback: someone else changed the selected folder."""
+        self._dirty = True
+        if self._wake is not None:
+            self._wake.set()
+
+    def close(self) -> None:
+        self._deselect()
+        for index in self._status_indexes.values():
+            with contextlib.suppress(Exception):
+                index.close()
+        self._status_indexes.clear()
+        if self.user is not None:
+            self.backend.release_session(self.user)
+            self.user = None
+        self.state = State.LOGOUT
+
+    # ================================================================ helpers
+
+    async def _thread(self, fn: Callable[..., object], *args: object) -> object:
+        return await asyncio.to_thread(fn, *args)
+
+    def _ok(self, tag: str, text: str, code: str | None = None) -> None:
+        self.out.write(fmt.tagged(tag, "OK", text, code=code))
+
+    def _untagged(self, data: bytes) -> None:
+        self.out.write(data)
+
+    def _sel(self) -> Selected:
+        assert self.selected is not None
+        return self.selected
+
+    def _tree(self) -> MailboxTree:
+        assert self.tree is not None
+        return self.tree
+
+    def _resolve(self, seqset: SequenceSet, uid: bool) -> list[int]:
+        """UIDs (ascending) that a sequence set names in the current view."""
+        if seqset.saved:
+            raise Refused("$ (SEARCHRES) is not supported", status="BAD")
+        index = self._sel().index
+        view = index.uids
+        if uid:
+            largest = view[-1] if view else 0
+            out: list[int] = []
+            for lo, hi in seqset.resolve(largest):
+                out.extend(index.uids_between(lo, hi))
+            return out
+        n = len(view)
+        spans = seqset.resolve(n)
+        if spans and spans[-1][1] > n:
+            raise Refused(f"message sequence number out of range (mailbox has {n})", status="BAD")
+        return [view[s - 1] for lo, hi in spans for s in range(lo, hi + 1)]
+
+    async def _report_changes(self) -> None:
+        sel = self.selected
+        if sel is None:
+            return
+        self._dirty = False
+        try:
+            changes = await asyncio.to_thread(sel.index.sync)
+        except (FileNotFoundError, CorruptIndex) as exc:
+            log.warning("session=%s mailbox %s is gone: %s", self.id, sel.name, exc)
+            self._bye_and_deselect("the selected mailbox was deleted or renamed")
+            return
+        self._write_changes(changes)
+
+    def _bye_and_deselect(self, reason: str) -> None:
+        self._deselect()
+        self.state = State.AUTHENTICATED
+        self.out.write(fmt.untagged_status("OK", reason, code="CLOSED"))
+
+    def _write_changes(self, changes: ChangeSet) -> None:
+        sel = self._sel()
+        index = sel.index
+        if changes.uidvalidity_changed:
+            self._bye_and_deselect("the mailbox index was rebuilt; select it again")
+            return
+        parts: list[bytes] = []
+        if changes.expunged:
+            if "QRESYNC" in self.enabled:
+                parts.append(fmt.vanished(changes.expunged))
+            else:
+                parts.extend(fmt.expunge(s) for s in changes.expunged_seqs)
+        if changes.new or changes.expunged:
+            parts.append(fmt.exists(len(index)))
+            if changes.new:
+                parts.append(fmt.recent(index.recent_count))
+        for uid in changes.flags:
+            seq = index.seq(uid)
+            if seq is not None:
+                parts.append(self._flags_fetch(seq, uid))
+        if parts:
+            self.out.write(b"".join(parts))
+
+    def _flags_fetch(self, seq: int, uid: int) -> bytes:
+        index = self._sel().index
+        flags = index.flags(uid) | ({"\\Recent"} if index.is_recent(uid) else set())
+        items: list[tuple[str, fmt.Value]] = [("UID", uid), ("FLAGS", fmt.Raw(fmt.flags(sorted(flags))))]
+        if self.condstore:
+            items.append(("MODSEQ", fmt.Raw(b"(%d)" % index.modseq(uid))))
+        return fmt.fetch_response(seq, items)
+
+    def _deselect(self) -> None:
+        sel = self.selected
+        if sel is None:
+            return
+        self.selected = None
+        self.backend.hub.unregister(sel.hub_key, self)
+        # Closing takes a lock and may wait on the disk: never on the event loop.
+        loop = asyncio.get_event_loop()
+
+        def close() -> None:
+            sel.index.close()
+            sel.cache.close()
+
+        if loop.is_running():
+            loop.run_in_executor(None, close)
+        else:
+            close()
+
+    def _notify_others(self, paths: Sequence[Path]) -> None:
+        self.backend.hub.changed(paths, origin=self)
+
+    async def _other_index(self, path: Path) -> MailboxIndex:
+        """A read-write index of a folder that is not (necessarily) the selected one, for
+        STATUS, APPEND and COPY; a few are kept open per session (opening costs a load)."""
+        sel = self.selected
+        if sel is not None and sel.index.dir == path:
+            return sel.index
+        index = self._status_indexes.pop(path, None)
+        if index is None:
+            index = MailboxIndex(path, hostname=self.backend.hostname)
+        self._status_indexes[path] = index
+        while len(self._status_indexes) > _STATUS_CACHE:
+            _p, old = self._status_indexes.popitem(last=False)
+            await asyncio.to_thread(old.close)
+        return index
+
+    # ================================================================ any state
+
+    async def _capability(self, cmd: Command) -> Action:
+        self._untagged(fmt.capability(self.capabilities()))
+        self._ok(cmd.tag, "CAPABILITY completed")
+        return Action.NONE
+
+    async def _noop(self, cmd: Command) -> Action:
+        if self.state is State.SELECTED:
+            await self._report_changes()
+        self._ok(cmd.tag, f"{cmd.name} completed")
+        return Action.NONE
+
+    async def _logout(self, cmd: Command) -> Action:
+        self._untagged(fmt.untagged_status("BYE", f"{self.backend.hostname} logging out"))
+        self._ok(cmd.tag, "LOGOUT completed")
+        self.close()
+        return Action.CLOSE
+
+    async def _id(self, cmd: Command) -> Action:
+        assert isinstance(cmd, Id)
+        if cmd.params:
+            shown = " ".join(f"{k}={v}" for k, v in cmd.params[:6] if k.lower() in ("name", "version"))
+            log.info("id session=%s client=%s %s", self.id, self.client_ip, loggable(shown)[:120])
+        self._untagged(fmt.untagged(b"ID", fmt.format_value(["name", "pymaild", "vendor", "pymaild"])))
+        self._ok(cmd.tag, "ID completed")
+        return Action.NONE
+
+    async def _enable(self, cmd: Command) -> Action:
+        assert isinstance(cmd, Enable)
+        done = []
+        for cap in cmd.capabilities:
+            # RFC 5161: what we do not support is ignored, not refused (mutt sends UTF8=ACCEPT).
+            if cap in ("CONDSTORE", "QRESYNC") and cap not in self.enabled:
+                self.enabled.add(cap)
+                done.append(cap)
+                if cap == "QRESYNC":
+                    self.enabled.add("CONDSTORE")
+                self.condstore = True
+        self._untagged(b"* ENABLED" + b"".join(b" " + c.encode() for c in done) + b"\r\n")
+        self._ok(cmd.tag, "ENABLE completed")
+        return Action.NONE
+
+    # ================================================================ not authenticated
+
+    async def _starttls(self, cmd: Command) -> Action:
+        if self.tls or not self.starttls_available:
+            raise Refused("TLS is already active" if self.tls else "STARTTLS is not available", status="BAD")
+        self._ok(cmd.tag, "Begin TLS negotiation now")
+        return Action.STARTTLS
+
+    def tls_started(self) -> None:
+        self.tls = True
+
+    async def _login(self, cmd: Command) -> Action:
+        assert isinstance(cmd, Login)
+        if not self.tls:
+            raise Refused("Log in only after STARTTLS, so the password is never sent in clear text",
+                          code="PRIVACYREQUIRED")
+        return await self._check_credentials(cmd.tag, cmd.username, cmd.password)
+
+    async def _authenticate(self, cmd: Command) -> Action:
+        assert isinstance(cmd, Authenticate)
+        if not self.tls:
+            raise Refused("Log in only after STARTTLS, so the password is never sent in clear text",
+                          code="PRIVACYREQUIRED")
+        if cmd.mechanism != "PLAIN":
+            raise Refused(f"mechanism {cmd.mechanism[:20]} is not supported (use PLAIN)", code="CANNOT")
+        if cmd.initial_response is None:
+            self._auth_tag = cmd.tag
+            self.out.write(b"+ \r\n")
+            return Action.CONTINUE_AUTH
+        await self._plain(cmd.tag, cmd.initial_response)
+        return Action.RESUME
+
+    async def auth_response(self, tag: str, data: bytes | None) -> Action:
+        """The client's answer to the ``+`` challenge (None: it cancelled with ``*``)."""
+        if data is None:
+            self.out.write(fmt.tagged(tag, "BAD", "authentication cancelled"))
+            return Action.NONE  # the framer already reads commands again
+        await self._plain(tag, data)
+        return Action.RESUME
+
+    async def _plain(self, tag: str, data: bytes) -> None:
+        parts = data.split(b"\x00")
+        if len(parts) != 3:
+            self.out.write(fmt.tagged(tag, "BAD", "malformed PLAIN response"))
+            return
+        try:
+            authzid, user, password = (p.decode("utf-8") for p in parts)
+        except UnicodeDecodeError:
+            self.out.write(fmt.tagged(tag, "BAD", "PLAIN response is not UTF-8"))
+            return
+        if authzid and authzid.strip().lower() != user.strip().lower():
+            # mbsync sends authzid == login name: fine. Acting as someone else: never.
+            self.backend.throttle.failure(self.client_ip, user.strip().lower())
+            self.out.write(fmt.tagged(tag, "NO", "authorization identity must be the login name",
+                                      code="AUTHORIZATIONFAILED"))
+            return
+        try:
+            await self._check_credentials(tag, user, password)
+        except Refused as exc:
+            self.out.write(fmt.tagged(tag, exc.status, exc.text, code=exc.code))
+
+    async def _check_credentials(self, tag: str, user: str, password: str) -> Action:
+        backend = self.backend
+        result = await backend.authenticate(self.client_ip, user, password, self.listener)
+        if result is AuthResult.THROTTLED:
+            raise Refused("too many failed logins, try again later", code="UNAVAILABLE")
+        if result is AuthResult.INVALID:
+            await asyncio.sleep(0.5)  # slow down guessing a little more, per connection
+            raise Refused("invalid user name or password", code="AUTHENTICATIONFAILED")
+        user = user.strip().lower()
+        if not backend.acquire_session(user):
+            log.warning("session limit session=%s client=%s user=%s", self.id, self.client_ip, loggable(user))
+            raise Refused(f"too many sessions for {user} (limit {backend.limits.max_sessions_per_user})",
+                          code="LIMIT")
+        self.user = user
+        try:
+            root = await asyncio.to_thread(backend.mailbox_root, user)
+        except OSError as exc:
+            backend.release_session(user)
+            self.user = None
+            log.error("session=%s cannot open the mailbox of %s: %s", self.id, user, exc)
+            raise Refused("your mailbox cannot be opened right now", code="UNAVAILABLE") from None
+        self.tree = MailboxTree(root)
+        self.state = State.AUTHENTICATED
+        log.info("login session=%s client=%s user=%s", self.id, self.client_ip, user)
+        self._ok(tag, "Logged in", code=fmt.code_capability(self.capabilities()))
+        return Action.NONE
+
+    # ================================================================ authenticated
+
+    async def _namespace(self, cmd: Command) -> Action:
+        self._untagged(b'* NAMESPACE (("" "' + DELIMITER.encode() + b'")) NIL NIL\r\n')
+        self._ok(cmd.tag, "NAMESPACE completed")
+        return Action.NONE
+
+    async def _select(self, cmd: Command) -> Action:
+        assert isinstance(cmd, Select)
+        if cmd.qresync is not None and "QRESYNC" not in self.enabled:
+            raise Refused("QRESYNC must be enabled first (ENABLE QRESYNC)", status="BAD")
+        if self.selected is not None:
+            self._deselect()
+            self.state = State.AUTHENTICATED
+            if "QRESYNC" in self.enabled:
+                self._untagged(fmt.untagged_status("OK", "previous mailbox closed", code="CLOSED"))
+        tree = self._tree()
+        path = tree.path(cmd.mailbox)
+        name = "INBOX" if cmd.mailbox.upper() == "INBOX" else cmd.mailbox
+        if not await asyncio.to_thread(tree.exists, name):
+            raise Refused("no such mailbox", code="NONEXISTENT")
+        if cmd.condstore or cmd.qresync:
+            self.condstore = True
+
+        def open_index() -> tuple[MailboxIndex, FetchCache, list[str], int | None]:
+            index = MailboxIndex(path, read_only=cmd.readonly, hostname=self.backend.hostname)
+            try:
+                index.sync()
+                first_unseen = None
+                for seq, uid in enumerate(index.uids, 1):
+                    if "S" not in index.message(uid).letters:
+                        first_unseen = seq
+                        break
+                return index, FetchCache(path), index.keywords(), first_unseen
+            except BaseException:
+                index.close()
+                raise
+
+        index, cache, keywords, first_unseen = await asyncio.to_thread(open_index)
+        key = self.backend.hub.register(path, self)
+        self.selected = Selected(name, index, cache, key, cmd.readonly)
+        self.state = State.SELECTED
+        self._dirty = False
+        flags = [*SYSTEM_FLAGS, *keywords]
+        out = [
+            fmt.flags_response(flags),
+            fmt.untagged_status("OK", "Flags permitted", code=fmt.code_permanentflags(
+                [] if cmd.readonly else [*flags, "\\*"])),
+            fmt.exists(len(index)),
+            fmt.recent(index.recent_count),
+        ]
+        if first_unseen is not None:
+            out.append(fmt.untagged_status("OK", "First unseen", code=fmt.code_unseen(first_unseen)))
+        out += [
+            fmt.untagged_status("OK", "UIDs valid", code=fmt.code_uidvalidity(index.uidvalidity)),
+            fmt.untagged_status("OK", "Predicted next UID", code=fmt.code_uidnext(index.uidnext)),
+            fmt.untagged_status("OK", "Highest", code=fmt.code_highestmodseq(index.highestmodseq)),
+        ]
+        self.out.write(b"".join(out))
+        if cmd.qresync is not None and cmd.qresync.uidvalidity == index.uidvalidity:
+            await self._qresync_replay(cmd.qresync.modseq, cmd.qresync.known_uids)
+        code = "READ-ONLY" if cmd.readonly else "READ-WRITE"
+        self._ok(cmd.tag, f"{cmd.name} completed", code=code)
+        return Action.NONE
+
+    async def _qresync_replay(self, modseq: int, known: SequenceSet | None) -> None:
+        """RFC 7162 3.2.5: what changed since the client's modseq, as VANISHED + FETCH."""
+        sel = self._sel()
+        index = sel.index
+        vanished, complete = await asyncio.to_thread(index.vanished_since, modseq)
+        if not complete and known is not None:
+            # The expunge log does not reach back far enough: every known UID not in the
+            # mailbox is reported (the client's list bounds it).
+            present = set(index.uids)
+            largest = index.uidnext - 1
+            vanished = sorted({u for lo, hi in known.resolve(largest) for u in range(lo, hi + 1)
+                               if u not in present} | set(vanished)) if largest else vanished
+        if known is not None:
+            keep = set()
+            largest = max(index.uidnext - 1, 1)
+            for lo, hi in known.resolve(largest):
+                keep.update(u for u in vanished if lo <= u <= hi)
+            vanished = sorted(keep)
+        if vanished:
+            self._untagged(fmt.vanished(vanished, earlier=True))
+        changed = index.changed_since(modseq)
+        if known is not None:
+            changed = [u for u in changed if known.contains(u, max(index.uidnext - 1, 1))]
+        for uid in changed:
+            seq = index.seq(uid)
+            if seq is not None:
+                self._untagged(self._flags_fetch(seq, uid))
+
+    async def _create(self, cmd: Command) -> Action:
+        assert isinstance(cmd, MailboxCommand)
+        await asyncio.to_thread(self._tree().create, cmd.mailbox)
+        self._ok(cmd.tag, "CREATE completed")
+        return Action.NONE
+
+    async def _delete(self, cmd: Command) -> Action:
+        assert isinstance(cmd, MailboxCommand)
+        tree = self._tree()
+        path = tree.path(cmd.mailbox)
+        if self.selected is not None and self.selected.index.dir == path:
+            self._deselect()
+            self.state = State.AUTHENTICATED
+        await self._forget_index(path)
+        await asyncio.to_thread(tree.delete, cmd.mailbox)
+        self.backend.hub.changed([path])
+        self._ok(cmd.tag, "DELETE completed")
+        return Action.NONE
+
+    async def _forget_index(self, path: Path) -> None:
+        index = self._status_indexes.pop(path, None)
+        if index is not None:
+            await asyncio.to_thread(index.close)
+
+    async def _rename(self, cmd: Command) -> Action:
+        assert isinstance(cmd, Rename)
+        tree = self._tree()
+        old = tree.path(cmd.old)
+        tree.path(cmd.new)  # validate the new name first
+        if self.selected is not None and self.selected.index.dir == old and cmd.old.upper() != "INBOX":
+            self._deselect()
+            self.state = State.AUTHENTICATED
+        for path in list(self._status_indexes):
+            if path == old or path.name.startswith(old.name + "."):
+                await self._forget_index(path)
+        await asyncio.to_thread(tree.rename, cmd.old, cmd.new)
+        self.backend.hub.changed([old])
+        self._ok(cmd.tag, "RENAME completed")
+        return Action.NONE
+
+    async def _subscribe(self, cmd: Command) -> Action:
+        assert isinstance(cmd, MailboxCommand)
+        tree = self._tree()
+        if cmd.name == "SUBSCRIBE":
+            await asyncio.to_thread(tree.subscribe, cmd.mailbox)
+        else:
+            await asyncio.to_thread(tree.unsubscribe, cmd.mailbox)
+        self._ok(cmd.tag, f"{cmd.name} completed")
+        return Action.NONE
+
+    async def _list(self, cmd: Command) -> Action:
+        assert isinstance(cmd, List | Lsub)
+        tree = self._tree()
+        lsub = isinstance(cmd, Lsub)
+        patterns = (cmd.pattern,) if isinstance(cmd, Lsub) else cmd.patterns
+        selection = frozenset() if isinstance(cmd, Lsub) else cmd.selection
+        returns = frozenset() if isinstance(cmd, Lsub) else cmd.returns
+        if not lsub and len(patterns) == 1 and patterns[0] == "":
+            # RFC 3501 6.3.8: the hierarchy delimiter and root name.
+            self._untagged(fmt.list_response(["\\Noselect"], DELIMITER, ""))
+            self._ok(cmd.tag, "LIST completed")
+            return Action.NONE
+        infos = await asyncio.to_thread(tree.list)
+        subscribed_only = lsub or "SUBSCRIBED" in selection
+        special_only = "SPECIAL-USE" in selection
+        subscribed_names = set(await asyncio.to_thread(tree.subscriptions)) if subscribed_only else set()
+        status_rows: list[bytes] = []
+        out: list[bytes] = []
+        seen_names = set()
+        for info in infos:
+            if not any(pattern_matches(cmd.reference, p, info.name) for p in patterns):
+                continue
+            if subscribed_only and info.name not in subscribed_names:
+                continue
+            attrs = list(info.attributes)
+            if lsub or not (selection or returns):  # \NonExistent is LIST-EXTENDED's
+                attrs = [a for a in attrs if a != "\\NonExistent"]
+            if special_only and not any(a in ("\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive")
+                                        for a in attrs):
+                continue
+            if lsub:
+                attrs = [a for a in attrs if a in ("\\Noselect",)]
+            elif ("SUBSCRIBED" in selection or "SUBSCRIBED" in returns) and info.subscribed:
+                attrs.append("\\Subscribed")
+            seen_names.add(info.name)
+            out.append(fmt.list_response(attrs, DELIMITER, info.name, command="LSUB" if lsub else "LIST"))
+            if not lsub and "STATUS" in returns and info.selectable:
+                status_rows.append(await self._status_line(info.name, cmd.status_items))
+        if subscribed_only:
+            # Subscribed names that no longer exist are still listed (RFC 3501 6.3.9).
+            for name in sorted(subscribed_names - seen_names):
+                if any(pattern_matches(cmd.reference, p, name) for p in patterns):
+                    attrs = ["\\Noselect"] if lsub else ["\\NonExistent", "\\Subscribed"]
+                    out.append(fmt.list_response(attrs, DELIMITER, name, command="LSUB" if lsub else "LIST"))
+        self.out.write(b"".join(out))
+        if status_rows:
+            self.out.write(b"".join(status_rows))
+        self._ok(cmd.tag, f"{'LSUB' if lsub else 'LIST'} completed")
+        return Action.NONE
+
+    async def _status(self, cmd: Command) -> Action:
+        assert isinstance(cmd, Status)
+        tree = self._tree()
+        name = "INBOX" if cmd.mailbox.upper() == "INBOX" else cmd.mailbox
+        if not await asyncio.to_thread(tree.exists, name):
+            raise Refused("no such mailbox", code="NONEXISTENT")
+        self._untagged(await self._status_line(name, cmd.items))
+        self._ok(cmd.tag, "STATUS completed")
+        return Action.NONE
+
+    async def _status_line(self, name: str, items: Sequence[str]) -> bytes:
+        path = self._tree().path(name)
+        sel = self.selected
+        if sel is not None and sel.index.dir == path:
+            index = sel.index
+            live = False
+        else:
+            index = await self._other_index(path)
+            live = True
+        if "HIGHESTMODSEQ" in items:
+            self.condstore = True
+
+        def compute() -> list[tuple[str, int]]:
+            if live:
+                index.sync()
+            values: list[tuple[str, int]] = []
+            for item in items:
+                if item == "MESSAGES":
+                    values.append((item, len(index)))
+                elif item == "RECENT":
+                    values.append((item, index.recent_count))
+                elif item == "UIDNEXT":
+                    values.append((item, index.uidnext))
+                elif item == "UIDVALIDITY":
+                    values.append((item, index.uidvalidity))
+                elif item == "UNSEEN":
+                    values.append((item, sum(1 for u in index.uids if "S" not in index.message(u).letters)))
+                elif item == "DELETED":
+                    values.append((item, sum(1 for u in index.uids if "T" in index.message(u).letters)))
+                elif item == "SIZE":
+                    values.append((item, sum(index.message(u).size for u in index.uids)))
+                elif item == "HIGHESTMODSEQ":
+                    values.append((item, index.highestmodseq))
+                elif item == "APPENDLIMIT":
+                    values.append((item, self.backend.limits.max_append_size))
+            return values
+
+        values = await asyncio.to_thread(compute)
+        return fmt.status_response(name, values)
+
+    async def _append(self, cmd: Command) -> Action:
+        assert isinstance(cmd, Append)
+        tree = self._tree()
+        name = "INBOX" if cmd.mailbox.upper() == "INBOX" else cmd.mailbox
+        path = tree.path(name)
+        if not await asyncio.to_thread(tree.exists, name):
+            raise Refused("no such mailbox", code="TRYCREATE")
+        if not cmd.message:
+            raise Refused("an empty message cannot be appended")
+        flags = [f for f in cmd.flags if f.upper() != "\\RECENT"]
+        index = await self._other_index(path)
+
+        def append() -> tuple[int, int]:
+            if index is not (self.selected.index if self.selected else None):
+                index.sync()
+            return index.uidvalidity, index.append(cmd.message, flags, cmd.date_time)
+
+        uidvalidity, uid = await asyncio.to_thread(append)
+        self._notify_others([path])
+        if self.selected is not None and self.selected.index is index:
+            self._dirty = True
+            await self._report_changes()
+        self._ok(cmd.tag, "APPEND completed", code=fmt.code_appenduid(uidvalidity, uid))
+        return Action.NONE
+
+    # ================================================================ selected
+
+    async def _check(self, cmd: Command) -> Action:
+        await self._report_changes()
+        self._ok(cmd.tag, "CHECK completed")
+        return Action.NONE
+
+    async def _close(self, cmd: Command) -> Action:
+        sel = self._sel()
+        if not sel.readonly:
+            changes = await asyncio.to_thread(sel.index.expunge)
+            if changes.expunged:
+                self._notify_others([sel.index.dir])
+        self._deselect()
+        self.state = State.AUTHENTICATED
+        self._ok(cmd.tag, f"{cmd.name} completed")
+        return Action.NONE
+
+    async def _unselect(self, cmd: Command) -> Action:
+        self._deselect()
+        self.state = State.AUTHENTICATED
+        self._ok(cmd.tag, "UNSELECT completed")
+        return Action.NONE
+
+    async def _expunge(self, cmd: Command) -> Action:
+        sel = self._sel()
+        if sel.readonly:
+            raise ReadOnlyMailbox()
+        uids = self._resolve(cmd.sequence_set, True) if isinstance(cmd, UidExpunge) else None
+        # Report others' changes first so sequence numbers in our EXPUNGEs are right.
+        if self._dirty:
+            await self._report_changes()
+        changes = await asyncio.to_thread(sel.index.expunge, uids)
+        self._write_changes(ChangeSet(expunged=changes.expunged, expunged_seqs=changes.expunged_seqs))
+        if changes.expunged:
+            self._notify_others([sel.index.dir])
+        code = fmt.code_highestmodseq(sel.index.highestmodseq) if self.condstore else None
+        self._ok(cmd.tag, "EXPUNGE completed", code=code)
+        return Action.NONE
+
+    async def _search(self, cmd: Command) -> Action:
+        assert isinstance(cmd, Search)
+        sel = self._sel()
+        index = sel.index
+        if uses_modseq(cmd.criteria):
+            self.condstore = True
+
+        def run() -> list[searcheval.Candidate]:
+            view = index.uids
+            cands = []
+            for seq, uid in enumerate(view, 1):
+                m = index.message(uid)
+                cands.append(searcheval.Candidate(seq, uid, index.flags(uid), index.is_recent(uid), m.size,
+                                                  m.internal_date, m.modseq))
+            ctx = searcheval.SearchContext(max_seq=len(view), max_uid=view[-1] if view else 0)
+
+            def load(c: searcheval.Candidate, need: str) -> tuple[bytes | None, bytes | None]:
+                try:
+                    if need == "full":
+                        return None, read_message(index, c.uid)
+                    return read_header(index, c.uid), None
+                except FileNotFoundError:
+                    return b"", b""
+
+            return searcheval.search(cmd.criteria, cands, ctx, load)
+
+        found = await asyncio.to_thread(run)
+        numbers = [c.uid if cmd.uid else c.seq for c in found]
+        modseq = max((c.modseq for c in found), default=0) if uses_modseq(cmd.criteria) else None
+        if cmd.returns is not None:
+            self._untagged(self._esearch(cmd, numbers, modseq))
+        else:
+            self._untagged(fmt.search_response(numbers, modseq=modseq or None))
+        self._ok(cmd.tag, "SEARCH completed")
+        return Action.NONE
+
+    def _esearch(self, cmd: Search, numbers: list[int], modseq: int | None) -> bytes:
+        opts = cmd.returns or ("ALL",)
+        if "SAVE" in opts:
+            raise Refused("SEARCH RETURN (SAVE) is not supported", status="BAD")
+        out = b"* ESEARCH (TAG " + fmt.quoted(cmd.tag) + b")"
+        if cmd.uid:
+            out += b" UID"
+        if numbers:
+            if "MIN" in opts:
+                out += b" MIN %d" % min(numbers)
+            if "MAX" in opts:
+                out += b" MAX %d" % max(numbers)
+            if "ALL" in opts:
+                out += b" ALL " + str(SequenceSet.from_numbers(numbers)).encode()
+        if "COUNT" in opts:
+            out += b" COUNT %d" % len(numbers)
+        if modseq:
+            out += b" MODSEQ %d" % modseq
+        return out + b"\r\n"
+
+    async def _fetch(self, cmd: Command) -> Action:
+        assert isinstance(cmd, Fetch)
+        sel = self._sel()
+        index = sel.index
+        if any(isinstance(i, BodySection) and i.binary for i in cmd.items):
+            raise Refused("BINARY is not supported", status="BAD")
+        if cmd.vanished and ("QRESYNC" not in self.enabled or not cmd.uid or cmd.changedsince is None):
+            raise Refused("VANISHED needs QRESYNC enabled, UID FETCH and CHANGEDSINCE", status="BAD")
+        uids = self._resolve(cmd.sequence_set, cmd.uid)
+        with_modseq = False
+        asks_modseq = any(isinstance(i, Attribute) and i.name == "MODSEQ" for i in cmd.items)
+        if cmd.changedsince is not None or asks_modseq:
+            self.condstore = True
+            with_modseq = True
+        if cmd.changedsince is not None:
+            since = cmd.changedsince
+            if cmd.vanished:
+                gone, _complete = await asyncio.to_thread(index.vanished_since, since)
+                wanted = [u for u in gone if cmd.sequence_set.contains(u, max(index.uidnext - 1, 1))]
+                if wanted:
+                    self._untagged(fmt.vanished(wanted, earlier=True))
+            uids = [u for u in uids if index.modseq(u) > since]
+        force: frozenset[int] = frozenset()
+        if not sel.readonly and any(
+                (isinstance(i, BodySection) and i.sets_seen)
+                or (isinstance(i, Attribute) and i.name in ("RFC822", "RFC822.TEXT")) for i in cmd.items):
+            unseen = [u for u in uids if "\\Seen" not in index.flags(u)]
+            if unseen:
+                changed, _failed = await asyncio.to_thread(index.store_flags, unseen, ["\\Seen"], "add")
+                force = frozenset(changed)
+                if changed:
+                    self._notify_others([index.dir])
+        plan = FetchPlan.of(cmd.items)
+        renderer = Renderer(index, sel.cache, plan, with_uid=cmd.uid, with_modseq=with_modseq,
+                            force_flags=force)
+        for start in range(0, len(uids), _FETCH_CHUNK):
+            chunk = uids[start:start + _FETCH_CHUNK]
+            responses = await asyncio.to_thread(renderer.render, chunk)
+            self.out.write(b"".join(responses))
+            await self.out.drain()
+        if renderer.missing:
+            raise Refused("some of the requested messages no longer exist", code="EXPUNGEISSUED")
+        self._ok(cmd.tag, "FETCH completed")
+        return Action.NONE
+
+    async def _store(self, cmd: Command) -> Action:
+        assert isinstance(cmd, Store)
+        sel = self._sel()
+        index = sel.index
+        if sel.readonly:
+            raise ReadOnlyMailbox()
+        uids = self._resolve(cmd.sequence_set, cmd.uid)
+        flags = [f for f in cmd.flags if f.upper() != "\\RECENT"]
+        mode = {"+": "add", "-": "remove"}.get(cmd.mode, "replace")
+        if cmd.unchangedsince is not None:
+            self.condstore = True
+        changed, failed = await asyncio.to_thread(
+            index.store_flags, uids, flags, mode, cmd.unchangedsince)  # type: ignore[arg-type]
+        if changed:
+            self._notify_others([index.dir])
+        changed_set = set(changed)
+        failed_set = set(failed)
+        out = []
+        for uid in uids:
+            seq = index.seq(uid)
+            if seq is None or uid in failed_set:
+                continue
+            if cmd.silent:
+                if self.condstore and uid in changed_set:
+                    out.append(fmt.fetch_response(seq, [("UID", uid), ("MODSEQ", fmt.Raw(
+                        b"(%d)" % index.modseq(uid)))]))
+                continue
+            out.append(self._flags_fetch(seq, uid))
+        if out:
+            self.out.write(b"".join(out))
+        if failed:
+            numbers = failed if cmd.uid else [s for u in failed if (s := index.seq(u)) is not None]
+            self._ok(cmd.tag, "Conditional STORE failed for some messages", code=fmt.code_modified(numbers))
+        else:
+            self._ok(cmd.tag, "STORE completed")
+        return Action.NONE
+
+    async def _copy(self, cmd: Command) -> Action:
+        assert isinstance(cmd, Copy)
+        sel = self._sel()
+        move = cmd.name == "MOVE"
+        if move and sel.readonly:
+            raise ReadOnlyMailbox()
+        tree = self._tree()
+        name = "INBOX" if cmd.mailbox.upper() == "INBOX" else cmd.mailbox
+        dest_path = tree.path(name)
+        if not await asyncio.to_thread(tree.exists, name):
+            raise Refused("no such mailbox", code="TRYCREATE")
+        uids = self._resolve(cmd.sequence_set, cmd.uid)
+        dest = await self._other_index(dest_path)
+        source = sel.index
+
+        def copy() -> tuple[int, list[tuple[int, int]]]:
+            if dest is not source:
+                dest.sync()
+            return dest.uidvalidity, source.copy_to(dest, uids)
+
+        uidvalidity, pairs = await asyncio.to_thread(copy)
+        if pairs:
+            self._notify_others([dest_path])
+        code = None
+        if pairs:
+            code = fmt.code_copyuid(uidvalidity, [s for s, _d in pairs], [d for _s, d in pairs])
+        if dest is source:
+            self._dirty = True
+        if not move:
+            if dest is source:
+                await self._report_changes()
+            self._ok(cmd.tag, "COPY completed", code=code)
+            return Action.NONE
+        if code is not None:
+            self._untagged(fmt.untagged_status("OK", "Moved", code=code))
+        moved = [s for s, _d in pairs]
+
+        def expunge_moved() -> ChangeSet:
+            source.store_flags(moved, ["\\Deleted"], "add")
+            return source.expunge(moved)
+
+        if self._dirty and cmd.uid:
+            await self._report_changes()
+        changes = await asyncio.to_thread(expunge_moved) if moved else ChangeSet()
+        self._write_changes(ChangeSet(expunged=changes.expunged, expunged_seqs=changes.expunged_seqs))
+        if changes.expunged:
+            self._notify_others([source.dir])
+        self._ok(cmd.tag, "MOVE completed")
+        return Action.NONE
+
+    # ================================================================ IDLE
+
+    async def _idle(self, cmd: Command) -> Action:
+        self._idle_tag = cmd.tag
+        self.idling = True
+        self.out.write(b"+ idling\r\n")
+        if self.state is State.SELECTED and self._dirty:
+            await self._report_changes()
+        return Action.IDLE
+
+    async def idle_wait(self, input_ready: Callable[[], Awaitable[None]]) -> bool:
+        """While in IDLE: push changes as they happen and a keepalive every ``idle_keepalive``
+        until ``input_ready`` returns (the client sent DONE or anything else): True. False
+        when the client stayed silent past ``idle_timeout`` (the caller logs it out)."""
+        self._wake = asyncio.Event()
+        limits = self.backend.limits
+        reader = asyncio.ensure_future(input_ready())
+        try:
+            while True:
+                waker = asyncio.ensure_future(self._wake.wait())
+                done, _ = await asyncio.wait({reader, waker}, timeout=limits.idle_keepalive,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                waker.cancel()
+                if reader in done:
+                    return True
+                if waker in done:
+                    self._wake.clear()
+                    if self.state is State.SELECTED and self._dirty:
+                        await self._report_changes()
+                        await self.out.drain()
+                    continue
+                if time.monotonic() - self.last_activity > limits.idle_timeout:
+                    return False
+                self.out.write(b"* OK Still here\r\n")
+        finally:
+            self._wake = None
+            if not reader.done():
+                reader.cancel()
+
+    def idle_done(self, tag: str) -> None:
+        self.idling = False
+        self.last_activity = time.monotonic()
+        self._ok(tag, "IDLE terminated")
+
+
+Handler = Callable[[IMAPSession, Command], Awaitable[Action]]
+_ANY = ("NOT_AUTHENTICATED", "AUTHENTICATED", "SELECTED")
+_AUTH = ("AUTHENTICATED", "SELECTED")
+_SEL = ("SELECTED",)
+_SELECTED_ONLY = {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE"}
+_HANDLERS: dict[str, tuple[Handler, tuple[str, ...]]] = {
+    "CAPABILITY": (IMAPSession._capability, _ANY),
+    "NOOP": (IMAPSession._noop, _ANY),
+    "LOGOUT": (IMAPSession._logout, _ANY),
+    "ID": (IMAPSession._id, _ANY),
+    "ENABLE": (IMAPSession._enable, _AUTH),
+    "STARTTLS": (IMAPSession._starttls, ("NOT_AUTHENTICATED",)),
+    "LOGIN": (IMAPSession._login, ("NOT_AUTHENTICATED",)),
+    "AUTHENTICATE": (IMAPSession._authenticate, ("NOT_AUTHENTICATED",)),
+    "NAMESPACE": (IMAPSession._namespace, _AUTH),
+    "SELECT": (IMAPSession._select, _AUTH),
+    "EXAMINE": (IMAPSession._select, _AUTH),
+    "CREATE": (IMAPSession._create, _AUTH),
+    "DELETE": (IMAPSession._delete, _AUTH),
+    "RENAME": (IMAPSession._rename, _AUTH),
+    "SUBSCRIBE": (IMAPSession._subscribe, _AUTH),
+    "UNSUBSCRIBE": (IMAPSession._subscribe, _AUTH),
+    "LIST": (IMAPSession._list, _AUTH),
+    "LSUB": (IMAPSession._list, _AUTH),
+    "STATUS": (IMAPSession._status, _AUTH),
+    "APPEND": (IMAPSession._append, _AUTH),
+    "IDLE": (IMAPSession._idle, _AUTH),
+    "CHECK": (IMAPSession._check, _SEL),
+    "CLOSE": (IMAPSession._close, _SEL),
+    "UNSELECT": (IMAPSession._unselect, _SEL),
+    "EXPUNGE": (IMAPSession._expunge, _SEL),
+    "SEARCH": (IMAPSession._search, _SEL),
+    "FETCH": (IMAPSession._fetch, _SEL),
+    "STORE": (IMAPSession._store, _SEL),
+    "COPY": (IMAPSession._copy, _SEL),
+    "MOVE": (IMAPSession._copy, _SEL),
+}
+
+__all__ = ["Action", "IMAPSession", "Output", "SimpleCommand", "State"]

@@ -1,0 +1,497 @@
+"""IMAP end to end: a real pymaild process, real TLS, imaplib and raw sockets."""
+
+from __future__ import annotations
+
+import base64
+import imaplib
+import re
+import socket
+import time
+
+import pytest
+
+from tests.support.imap import PASSWORD, RawIMAP, client_ctx, imap_daemon, login, new_account, smtp_deliver
+
+
+@pytest.fixture(scope="module")
+def imapd(ca, tmp_path_factory):
+    d = imap_daemon(tmp_path_factory.mktemp("imapd"), ca, imap={"max_append_size": "1M"})
+    yield d
+    d.stop()
+
+
+def _ok(resp):
+    typ, data = resp
+    assert typ == "OK", data
+    return data
+
+
+# ---------------------------------------------------------------- TLS and login
+
+
+def test_plain_143_advertises_logindisabled_and_refuses_login(imapd):
+    raw = RawIMAP(imapd.imap_port)
+    assert raw.greeting.startswith(b"* OK [CAPABILITY ")
+    caps = raw.cmd(b"a", b"CAPABILITY")[0]
+    assert b"STARTTLS" in caps and b"LOGINDISABLED" in caps and b"AUTH=" not in caps
+    user = new_account(imapd)
+    reply = raw.cmd(b"b", f"LOGIN {user} {PASSWORD}".encode())[-1]
+    assert reply.startswith(b"b NO [PRIVACYREQUIRED]") and b"STARTTLS" in reply
+    token = base64.b64encode(f"\0{user}\0{PASSWORD}".encode())
+    assert raw.cmd(b"c", b"AUTHENTICATE PLAIN " + token)[-1].startswith(b"c NO [PRIVACYREQUIRED]")
+    assert raw.cmd(b"d", b"SELECT INBOX")[-1].startswith(b"d BAD")
+    raw.close()
+
+
+def test_starttls_then_login(imapd, ca):
+    user = new_account(imapd)
+    raw = RawIMAP(imapd.imap_port)
+    raw.starttls(client_ctx(ca))
+    caps = raw.cmd(b"a", b"CAPABILITY")[0]
+    assert b"AUTH=PLAIN" in caps and b"STARTTLS" not in caps and b"LOGINDISABLED" not in caps
+    reply = raw.cmd(b"b", f'LOGIN "{user}" "{PASSWORD}"'.encode())[-1]
+    assert reply.startswith(b"b OK [CAPABILITY IMAP4rev1") and b"IDLE" in reply and b"MOVE" in reply
+    raw.close()
+
+
+def test_starttls_injection_is_discarded(imapd, ca):
+    raw = RawIMAP(imapd.imap_port)
+    raw.send(b"S1 STARTTLS\r\nX1 CAPABILITY\r\n")  # the second command must never be answered
+    assert raw.readline().startswith(b"S1 OK")
+    raw.sock = client_ctx(ca).wrap_socket(raw.sock)
+    raw.buf = b""
+    lines = raw.cmd(b"X2", b"NOOP")
+    assert all(not line.startswith(b"X1") for line in lines) and b"CAPABILITY" not in b"".join(lines)
+    raw.close()
+
+
+def test_imaplib_starttls_login(imapd, ca):
+    user = new_account(imapd)
+    m = imaplib.IMAP4("127.0.0.1", imapd.imap_port, timeout=10)
+    m.starttls(ssl_context=client_ctx(ca))
+    _ok(m.login(user, PASSWORD))
+    _ok(m.select("INBOX"))
+    m.logout()
+
+
+def test_authenticate_plain_inline_two_step_and_authzid(imapd, ca):
+    user = new_account(imapd)
+    ctx = client_ctx(ca)
+    # SASL-IR inline, authzid = login name (mbsync does this)
+    raw = RawIMAP(imapd.imaps_port, tls=ctx)
+    token = base64.b64encode(f"{user}\0{user}\0{PASSWORD}".encode())
+    assert raw.cmd(b"a", b"AUTHENTICATE PLAIN " + token)[-1].startswith(b"a OK")
+    raw.close()
+    # two steps
+    raw = RawIMAP(imapd.imaps_port, tls=ctx)
+    raw.send(b"a AUTHENTICATE PLAIN\r\n")
+    assert raw.readline().startswith(b"+")
+    raw.send(base64.b64encode(f"\0{user}\0{PASSWORD}".encode()) + b"\r\n")
+    assert raw.read_until_tagged(b"a")[-1].startswith(b"a OK")
+    raw.close()
+    # a different authzid is refused
+    raw = RawIMAP(imapd.imaps_port, tls=ctx)
+    token = base64.b64encode(f"postmaster@example.test\0{user}\0{PASSWORD}".encode())
+    assert raw.cmd(b"a", b"AUTHENTICATE PLAIN " + token)[-1].startswith(b"a NO")
+    # cancelled exchange
+    raw.send(b"b AUTHENTICATE PLAIN\r\n")
+    assert raw.readline().startswith(b"+")
+    raw.send(b"*\r\n")
+    assert raw.read_until_tagged(b"b")[-1].startswith(b"b BAD")
+    assert raw.cmd(b"c", b"NOOP")[-1].startswith(b"c OK")
+    raw.close()
+
+
+def test_wrong_password(imapd, ca):
+    user = new_account(imapd)
+    m = imaplib.IMAP4_SSL("127.0.0.1", imapd.imaps_port, ssl_context=client_ctx(ca), timeout=10)
+    with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+        m.login(user, "wrong-password")
+    with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+        m.login("nobody@example.test", "wrong-password")
+    assert "auth failed client=127.0.0.1 user=" + user in imapd.wait_log("auth failed client=127.0.0.1 user=" + user)
+
+
+# ---------------------------------------------------------------- the Thunderbird flow
+
+
+def test_thunderbird_first_connect(imapd, ca):
+    """What Thunderbird does on first connect, in its order."""
+    user = new_account(imapd)
+    smtp_deliver(imapd, user, "first")
+    smtp_deliver(imapd, user, "second")
+    raw = RawIMAP(imapd.imaps_port, tls=client_ctx(ca))
+    caps = raw.cmd(b"1", b"CAPABILITY")[0]
+    for cap in (b"IDLE", b"ID", b"ENABLE", b"LITERAL+", b"SASL-IR", b"AUTH=PLAIN", b"IMAP4rev1"):
+        assert cap in caps
+    assert raw.cmd(b"2", b'ID ("name" "Thunderbird" "version" "128.0")')[0].startswith(b"* ID (")
+    token = base64.b64encode(f"\0{user}\0{PASSWORD}".encode())
+    caps = raw.cmd(b"3", b"AUTHENTICATE PLAIN " + token)[-1]
+    assert caps.startswith(b"3 OK [CAPABILITY ")  # the post-login list, so clients need not ask
+    for cap in (b"IDLE", b"UIDPLUS", b"MOVE", b"SPECIAL-USE", b"CONDSTORE", b"QRESYNC", b"NAMESPACE",
+                b"UNSELECT", b"CHILDREN", b"ESEARCH", b"APPENDLIMIT=1048576"):
+        assert cap in caps
+    assert raw.cmd(b"4", b"NAMESPACE")[0] == b'* NAMESPACE (("" ".")) NIL NIL\r\n'
+    assert raw.cmd(b"5", b"ENABLE CONDSTORE")[0].startswith(b"* ENABLED CONDSTORE")
+    listing = b"".join(raw.cmd(b"6", b'LIST (SPECIAL-USE) "" "*"'))
+    for name, attr in ((b"Sent", b"\\Sent"), (b"Drafts", b"\\Drafts"), (b"Trash", b"\\Trash"),
+                       (b"Junk", b"\\Junk"), (b"Archive", b"\\Archive")):
+        assert re.search(rb"\* LIST \([^)]*" + re.escape(attr) + rb"[^)]*\) \".\" " + name + rb"\r\n", listing)
+    assert b"INBOX" not in listing  # not special-use
+    listing = b"".join(raw.cmd(b"7", b'LIST "" "*"'))
+    assert b'* LIST (\\HasNoChildren) "." INBOX\r\n' in listing
+    sel = b"".join(raw.cmd(b"8", b"SELECT INBOX (CONDSTORE)"))
+    assert b"* 2 EXISTS" in sel and b"[UIDVALIDITY " in sel and b"[HIGHESTMODSEQ " in sel
+    assert b"[PERMANENTFLAGS (" in sel and b"8 OK [READ-WRITE]" in sel
+    fetch = raw.cmd(b"9", b"UID FETCH 1:* (UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (From To Cc Subject "
+                          b"Date Message-ID References In-Reply-To Content-Type)])")
+    assert len(fetch) == 3 and fetch[-1].startswith(b"9 OK")
+    assert b"Subject: first" in fetch[0] and b"Subject: second" in fetch[1]
+    assert b"\\Seen" not in fetch[0]  # PEEK
+    assert b"Received:" not in fetch[0]
+    # IDLE, then new mail must arrive within a second
+    raw.send(b"10 IDLE\r\n")
+    assert raw.readline().startswith(b"+ ")
+    started = time.monotonic()
+    smtp_deliver(imapd, user, "third")
+    line = raw.readline()
+    assert line == b"* 3 EXISTS\r\n" and time.monotonic() - started < 1.5
+    raw.send(b"DONE\r\n")
+    assert raw.read_until_tagged(b"10")[-1].startswith(b"10 OK")
+    # move the first to Trash, mark the second read, append to Sent
+    moved = b"".join(raw.cmd(b"11", b"UID MOVE 1 Trash"))
+    assert b"[COPYUID " in moved and b"* 1 EXPUNGE" in moved and b"11 OK" in moved
+    stored = b"".join(raw.cmd(b"12", b"UID STORE 2 +FLAGS (\\Seen)"))
+    assert re.search(rb"\* 1 FETCH \(UID 2 FLAGS \((\\Recent )?\\Seen\) MODSEQ \(\d+\)\)", stored), stored
+    msg = b"From: " + user.encode() + b"\r\nTo: x@elsewhere.example\r\nSubject: sent\r\n\r\nhi\r\n"
+    raw.send(b"13 APPEND Sent (\\Seen) {%d}\r\n" % len(msg))
+    assert raw.readline().startswith(b"+")
+    raw.send(msg + b"\r\n")
+    appended = raw.read_until_tagged(b"13")[-1]
+    assert re.match(rb"13 OK \[APPENDUID \d+ 1\]", appended), appended
+    status = raw.cmd(b"14", b"STATUS Trash (MESSAGES UNSEEN UIDNEXT)")[0]
+    assert status.startswith(b"* STATUS Trash (MESSAGES 1 UNSEEN 1 UIDNEXT 2)")
+    assert raw.cmd(b"15", b"LOGOUT")[0].startswith(b"* BYE")
+    raw.close()
+
+
+# ---------------------------------------------------------------- commands
+
+
+def test_fetch_items(imapd, ca):
+    user = new_account(imapd)
+    m = login(imapd, ca, user)
+    body = (b"From: \"Ann Example\" <ann@example.org>\r\nTo: a@example.test, b@example.test\r\n"
+            b"Subject: =?utf-8?q?caf=C3=A9?=\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n"
+            b"Message-ID: <m1@example.org>\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n"
+            b"--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nhello world\r\n"
+            b"--b1\r\nContent-Type: application/pdf; name=x.pdf\r\nContent-Disposition: attachment; "
+            b"filename=x.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nAAAA\r\n--b1--\r\n")
+    _ok(m.append("INBOX", "(\\Flagged)", imaplib.Time2Internaldate(1700000000), body))
+    _ok(m.select("INBOX"))
+    data = _ok(m.fetch("1", "(FLAGS INTERNALDATE RFC822.SIZE ENVELOPE)"))
+    text = data[0] if isinstance(data[0], bytes) else data[0][0]
+    assert b"\\Flagged" in text and b"RFC822.SIZE %d" % len(body) in text
+    assert b'(("Ann Example" NIL "ann" "example.org"))' in text
+    assert b'"<m1@example.org>"' in text
+    data = _ok(m.fetch("1", "(BODYSTRUCTURE)"))
+    assert b'("TEXT" "PLAIN" ("CHARSET" "utf-8")' in data[0] and b'"MIXED"' in data[0]
+    data = _ok(m.fetch("1", "(BODY.PEEK[1] BODY.PEEK[2.MIME] BODY.PEEK[HEADER.FIELDS (SUBJECT)])"))
+    flat = b"".join(x if isinstance(x, bytes) else b"".join(x) for x in data)
+    assert b"hello world" in flat and b"filename=x.pdf" in flat and b"Subject: =?utf-8?q?caf=C3=A9?=" in flat
+    data = _ok(m.fetch("1", "(BODY.PEEK[]<0.40>)"))
+    assert data[0][0].endswith(b"BODY[]<0> {40}") and data[0][1] == body[:40]
+    # a non-PEEK fetch sets \Seen and reports it
+    data = _ok(m.fetch("1", "(BODY[TEXT])"))
+    assert b"\\Seen" in b"".join(x if isinstance(x, bytes) else x[0] for x in data[1:])
+    data = _ok(m.fetch("1", "(RFC822)"))
+    assert data[0][1] == body
+    m.logout()
+
+
+def test_search(imapd, ca):
+    user = new_account(imapd)
+    m = login(imapd, ca, user)
+    for i, (subj, text) in enumerate([("alpha", "one"), ("beta", "two café"), ("gamma", "three")]):
+        msg = f"From: a{i}@example.org\r\nSubject: {subj}\r\nDate: Mon, {20 + i} Nov 2026 10:00:00 +0000\r\n"
+        msg += f"Content-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n"
+        _ok(m.append("INBOX", "(\\Seen)" if i == 0 else None, None, msg.encode()))
+    _ok(m.select("INBOX"))
+    assert _ok(m.search(None, "UNSEEN")) == [b"2 3"]
+    assert _ok(m.search(None, "SUBJECT", "beta")) == [b"2"]
+    assert _ok(m.search(None, "OR", "SUBJECT", "alpha", "FROM", "a2@")) == [b"1 3"]
+    assert _ok(m.search(None, "NOT", "(UNSEEN FROM a1)")) == [b"1 3"]
+    assert _ok(m.search(None, "SENTSINCE", "21-Nov-2026")) == [b"2 3"]
+    assert _ok(m.uid("SEARCH", "BODY", "three")) == [b"3"]
+    m.logout()
+
+
+def test_search_utf8_literal(imapd, ca):
+    user = new_account(imapd)
+    m = login(imapd, ca, user)
+    _ok(m.append("INBOX", None, None, "Subject: s\r\nContent-Type: text/plain; charset=utf-8\r\n\r\ncafé au lait\r\n"
+                 .encode()))
+    _ok(m.select("INBOX"))
+    m.literal = "café".encode()
+    assert _ok(m.search("UTF-8", "BODY")) == [b"1"]
+    m.logout()
+
+
+def test_mailbox_management(imapd, ca):
+    user = new_account(imapd)
+    m = login(imapd, ca, user)
+    _ok(m.create("Projects.2026"))
+    names = b"".join(_ok(m.list()))
+    assert b'(\\HasChildren) "." Projects' in names and b'(\\HasNoChildren) "." Projects.2026' in names
+    _ok(m.rename("Projects", "Work"))
+    names = b"".join(_ok(m.list()))
+    assert b"Work.2026" in names and b"Projects" not in names
+    typ, data = m.delete("Work")
+    assert typ == "NO"  # has children
+    _ok(m.delete("Work.2026"))
+    _ok(m.delete("Work"))
+    _ok(m.subscribe("Sent"))
+    _ok(m.create("&ZeVnLIqe-"))  # modified UTF-7 (Japanese)
+    assert b"&ZeVnLIqe-" in b"".join(_ok(m.list()))
+    assert m.create("INBOX")[0] == "NO"
+    assert m.delete("INBOX")[0] == "NO"
+    # INBOX rename moves its mail, INBOX stays
+    _ok(m.append("INBOX", None, None, b"Subject: x\r\n\r\nx\r\n"))
+    _ok(m.rename("INBOX", "Old"))
+    assert _ok(m.status("INBOX", "(MESSAGES)"))[0].endswith(b"(MESSAGES 0)")
+    assert _ok(m.status("Old", "(MESSAGES)"))[0].endswith(b"(MESSAGES 1)")
+    subs = b"".join(_ok(m.lsub()))
+    assert b"Sent" in subs
+    m.logout()
+
+
+@pytest.mark.parametrize("name", ["../bob", "a/b", "a..b", ".hidden", "x.", "&Jjo", "&AGE-", "a*b"])
+def test_bad_mailbox_names(imapd, ca, name):
+    user = new_account(imapd)
+    m = login(imapd, ca, user)
+    assert m.create(f'"{name}"')[0] == "NO"
+    assert m.select(f'"{name}"')[0] == "NO"
+    m.logout()
+
+
+def test_nul_in_mailbox_name(imapd, ca):
+    user = new_account(imapd)
+    raw = RawIMAP(imapd.imaps_port, tls=client_ctx(ca))
+    raw.cmd(b"a", f"LOGIN {user} {PASSWORD}".encode())
+    raw.send(b"b CREATE {3}\r\n")
+    line = raw.readline()
+    if line.startswith(b"+"):
+        raw.send(b"a\0b\r\n")
+        line = raw.read_until_tagged(b"b")[-1]
+    assert line.startswith((b"b NO", b"b BAD"))
+    assert raw.cmd(b"c", b"NOOP")[-1].startswith(b"c OK")
+    raw.close()
+
+
+def test_cannot_reach_another_users_mail(imapd, ca):
+    alice, bob = new_account(imapd), new_account(imapd)
+    smtp_deliver(imapd, bob, "secret")
+    m = login(imapd, ca, alice)
+    for name in ("../" + bob.split("@")[0], f"../../example.test/{bob.split('@')[0]}", "..", "INBOX/.."):
+        assert m.select(f'"{name}"')[0] == "NO"
+    names = b"".join(_ok(m.list('""', "*")))
+    assert bob.split("@")[0].encode() not in names
+    m.logout()
+
+
+def test_bad_input(imapd, ca):
+    user = new_account(imapd)
+    raw = RawIMAP(imapd.imaps_port, tls=client_ctx(ca))
+    assert raw.cmd(b"a", b"FROB")[-1].startswith(b"a BAD")
+    assert raw.cmd(b"b", b"FETCH 1 FLAGS")[-1].startswith(b"b BAD")  # not authenticated
+    raw.cmd(b"c", f"LOGIN {user} {PASSWORD}".encode())
+    assert raw.cmd(b"d", b"FETCH 1 FLAGS")[-1].startswith(b"d BAD")  # nothing selected
+    raw.cmd(b"e", b"SELECT INBOX")
+    assert raw.cmd(b"f", b"FETCH 1:x FLAGS")[-1].startswith(b"f BAD")
+    assert raw.cmd(b"g", b"FETCH 1 (FLAGS")[-1].startswith(b"g BAD")
+    assert raw.cmd(b"h", b"FETCH 5 FLAGS")[-1].startswith(b"h BAD")  # empty mailbox
+    assert raw.cmd(b"i", b"SEARCH ((((FLAGGED)")[-1].startswith(b"i BAD")
+    # a literal above max_append_size (1M): NO [TOOBIG] before a byte of it is sent
+    raw.send(b"j APPEND INBOX {2000000}\r\n")
+    assert raw.readline().startswith(b"j NO [TOOBIG]")
+    # LITERAL+ too big: BAD, the octets are discarded, the session goes on
+    raw.send(b"k APPEND INBOX {1100000+}\r\n" + b"x" * 1100000 + b"\r\n")
+    assert raw.read_until_tagged(b"k")[-1].startswith(b"k BAD [TOOBIG]")
+    raw.send(b"l NOOP " + b"x" * 70000 + b"\r\n")  # overlong line
+    assert raw.read_until_tagged(b"l")[-1].startswith(b"l BAD")
+    raw.send(b"m NOOP\nn NOOP\r\n")  # bare LF
+    lines = raw.read_until_tagged(b"n")
+    assert any(line.startswith(b"m BAD") or line.startswith(b"* BAD") for line in lines)
+    assert raw.cmd(b"o", b"UID FETCH 1:* FLAGS")[-1].startswith(b"o OK")  # empty mailbox: OK
+    assert raw.cmd(b"p", b"NOOP")[-1].startswith(b"p OK")
+    raw.close()
+
+
+def test_enable_unknown_is_ignored_and_list_root(imapd, ca):
+    user = new_account(imapd)
+    raw = RawIMAP(imapd.imaps_port, tls=client_ctx(ca))
+    raw.cmd(b"a", f"LOGIN {user} {PASSWORD}".encode())
+    lines = raw.cmd(b"b", b"ENABLE UTF8=ACCEPT")
+    assert lines[0] == b"* ENABLED\r\n" and lines[-1].startswith(b"b OK")
+    lines = raw.cmd(b"c", b'LIST "" ""')
+    assert lines[0] == b'* LIST (\\Noselect) "." ""\r\n'
+    raw.close()
+
+
+def test_examine_is_read_only(imapd, ca):
+    user = new_account(imapd)
+    smtp_deliver(imapd, user)
+    m = login(imapd, ca, user)
+    typ, _ = m.select("INBOX", readonly=True)
+    assert typ == "OK"
+    assert m.store("1", "+FLAGS", "\\Seen")[0] == "NO"
+    m.fetch("1", "(BODY[])")
+    m.close()
+    m.select("INBOX")
+    assert b"\\Seen" not in _ok(m.fetch("1", "(FLAGS)"))[0]
+    m.logout()
+
+
+def test_uidplus_copy_expunge_and_condstore(imapd, ca):
+    user = new_account(imapd)
+    for i in range(5):
+        smtp_deliver(imapd, user, f"m{i}")
+    raw = RawIMAP(imapd.imaps_port, tls=client_ctx(ca))
+    raw.cmd(b"a", f"LOGIN {user} {PASSWORD}".encode())
+    sel = b"".join(raw.cmd(b"b", b"SELECT INBOX (CONDSTORE)"))
+    modseq = int(re.search(rb"HIGHESTMODSEQ (\d+)", sel).group(1))
+    copied = raw.cmd(b"c", b"UID COPY 2:4 Archive")[-1]
+    assert re.match(rb"c OK \[COPYUID \d+ 2:4 1:3\]", copied), copied
+    raw.cmd(b"d", b"UID STORE 1,3 +FLAGS.SILENT (\\Deleted)")
+    out = b"".join(raw.cmd(b"e", b"UID FETCH 1:* (FLAGS) (CHANGEDSINCE %d)" % modseq))
+    assert out.count(b"* ") == 2 and b"MODSEQ" in out
+    # UNCHANGEDSINCE fails for a message changed since
+    out = raw.cmd(b"f", b"UID STORE 1 (UNCHANGEDSINCE %d) +FLAGS (\\Flagged)" % modseq)[-1]
+    assert out.startswith(b"f OK [MODIFIED 1]"), out
+    out = b"".join(raw.cmd(b"g", b"UID EXPUNGE 3"))
+    assert b"* 3 EXPUNGE" in out and b"* 1 EXPUNGE" not in out
+    out = b"".join(raw.cmd(b"h", b"EXPUNGE"))
+    assert b"* 1 EXPUNGE" in out
+    assert raw.cmd(b"i", b"SEARCH ALL")[0] == b"* SEARCH 1 2 3\r\n"
+    esearch = raw.cmd(b"j", b"UID SEARCH RETURN (MIN MAX COUNT) ALL")[0]
+    assert esearch == b'* ESEARCH (TAG "j") UID MIN 2 MAX 5 COUNT 3\r\n'
+    raw.close()
+
+
+def test_qresync(imapd, ca):
+    user = new_account(imapd)
+    for i in range(4):
+        smtp_deliver(imapd, user, f"m{i}")
+    raw = RawIMAP(imapd.imaps_port, tls=client_ctx(ca))
+    raw.cmd(b"a", f"LOGIN {user} {PASSWORD}".encode())
+    raw.cmd(b"b", b"ENABLE QRESYNC")
+    sel = b"".join(raw.cmd(b"c", b"SELECT INBOX"))
+    validity = int(re.search(rb"UIDVALIDITY (\d+)", sel).group(1))
+    modseq = int(re.search(rb"HIGHESTMODSEQ (\d+)", sel).group(1))
+    raw.cmd(b"d", b"UID STORE 2 +FLAGS (\\Seen)")
+    out = b"".join(raw.cmd(b"e", b"UID STORE 3 +FLAGS (\\Deleted)") + raw.cmd(b"f", b"EXPUNGE"))
+    assert b"* VANISHED 3" in out
+    raw.cmd(b"g", b"UNSELECT")
+    out = b"".join(raw.cmd(b"h", b"SELECT INBOX (QRESYNC (%d %d 1:4))" % (validity, modseq)))
+    assert b"* VANISHED (EARLIER) 3" in out
+    assert re.search(rb"\* 2 FETCH \(UID 2 FLAGS \(\\Seen\) MODSEQ", out), out
+    raw.close()
+
+
+# ---------------------------------------------------------------- concurrency
+
+
+def test_two_sessions_see_each_others_changes(imapd, ca):
+    user = new_account(imapd)
+    for i in range(3):
+        smtp_deliver(imapd, user, f"m{i}")
+    a = RawIMAP(imapd.imaps_port, tls=client_ctx(ca))
+    b = RawIMAP(imapd.imaps_port, tls=client_ctx(ca))
+    for c in (a, b):
+        c.cmd(b"l", f"LOGIN {user} {PASSWORD}".encode())
+        c.cmd(b"s", b"SELECT INBOX")
+    a.cmd(b"a1", b"STORE 2 +FLAGS (\\Flagged)")
+    out = b"".join(b.cmd(b"b1", b"NOOP"))
+    assert re.search(rb"\* 2 FETCH \(UID \d+ FLAGS \(\\Flagged\)\)", out), out
+    # b IDLEs; a expunges message 1 and appends: b hears both at once
+    b.send(b"b2 IDLE\r\n")
+    assert b.readline().startswith(b"+")
+    a.cmd(b"a2", b"STORE 1 +FLAGS (\\Deleted)")
+    a.cmd(b"a3", b"EXPUNGE")
+    seen = b""
+    deadline = time.monotonic() + 3
+    while b"* 1 EXPUNGE" not in seen and time.monotonic() < deadline:
+        seen += b.readline()
+    assert b"* 1 EXPUNGE" in seen and b"* 2 EXISTS" in seen + b.readline()
+    b.send(b"DONE\r\n")
+    b.read_until_tagged(b"b2")
+    # FETCH by sequence number must not be disturbed by a's expunge until b asks (NOOP)
+    a.cmd(b"a4", b"STORE 1 +FLAGS (\\Deleted)")
+    a.cmd(b"a5", b"EXPUNGE")
+    out = b"".join(b.cmd(b"b3", b"FETCH 1:2 (UID)"))
+    assert b"EXPUNGE" not in out and b"* 2 FETCH" in out
+    out = b"".join(b.cmd(b"b4", b"NOOP"))
+    assert b"* 1 EXPUNGE" in out
+    a.close()
+    b.close()
+
+
+def test_twenty_sessions_per_user(imapd, ca):
+    user = new_account(imapd)
+    sessions = [login(imapd, ca, user) for _ in range(20)]
+    for m in sessions:
+        _ok(m.select("INBOX"))
+    for m in sessions:
+        m.logout()
+
+
+def test_session_limit_and_dead_sessions_are_reaped(ca, tmp_path):
+    d = imap_daemon(tmp_path / "d", ca, imap={"max_sessions_per_user": 3, "login_timeout": "1s"})
+    try:
+        user = new_account(d)
+        socks = [login(d, ca, user) for _ in range(3)]
+        with pytest.raises(imaplib.IMAP4.error, match="LIMIT"):
+            login(d, ca, user)
+        # a client that vanishes without LOGOUT frees its slot
+        socks[0].sock.shutdown(socket.SHUT_RDWR)
+        socks[0].sock.close()
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                login(d, ca, user).logout()
+                break
+            except imaplib.IMAP4.error:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        # the login timeout closes a silent unauthenticated connection
+        raw = RawIMAP(d.imaps_port, tls=client_ctx(ca))
+        assert raw.readline().startswith(b"* BYE")
+    finally:
+        d.stop()
+
+
+def test_uids_survive_restart(ca, tmp_path):
+    d = imap_daemon(tmp_path / "d", ca)
+    try:
+        user = new_account(d)
+        for i in range(3):
+            smtp_deliver(d, user, f"m{i}")
+        m = login(d, ca, user)
+        m.select("INBOX")
+        before = _ok(m.fetch("1:*", "(UID FLAGS)"))
+        validity = _ok(m.status("INBOX", "(UIDVALIDITY)"))
+        m.store("2", "+FLAGS", "\\Answered")
+        m.logout()
+        d.stop()
+        d.start()
+        m = login(d, ca, user)
+        m.select("INBOX")
+        after = _ok(m.fetch("1:*", "(UID)"))
+        assert [re.search(rb"UID (\d+)", x).group(1) for x in before] == \
+               [re.search(rb"UID (\d+)", x).group(1) for x in after]
+        assert _ok(m.status("INBOX", "(UIDVALIDITY)")) == validity
+        assert b"\\Answered" in _ok(m.fetch("2", "(FLAGS)"))[0]
+        m.logout()
+    finally:
+        d.stop()
