@@ -236,6 +236,22 @@ class SubmissionConfig:
 
 
 @dataclass(frozen=True)
+class IMAPConfig:
+    """Ports 143/993. Failed logins share [submission]'s limits: one password, one throttle."""
+
+    max_line_length: int = field(default=65536, metadata=_parser(_positive_int))
+    max_append_size: int = field(default=64 * 1024**2, metadata=_parser(parse_size))
+    login_timeout: float = field(default=120.0, metadata=_parser(_positive_duration))
+    idle_timeout: float = field(default=1800.0, metadata=_parser(_positive_duration))  # RFC 3501: >= 30m
+    idle_keepalive: float = field(default=120.0, metadata=_parser(_positive_duration))
+    poll_interval: float = field(default=1.0, metadata=_parser(_positive_duration))
+    max_connections: int = field(default=5000, metadata=_parser(_positive_int))
+    max_connections_per_ip: int = field(default=100, metadata=_parser(_positive_int))
+    max_sessions_per_user: int = field(default=50, metadata=_parser(_positive_int))
+    max_errors: int = field(default=50, metadata=_parser(_positive_int))
+
+
+@dataclass(frozen=True)
 class QueueConfig:
     """The outbound queue in state_dir/queue."""
 
@@ -326,6 +342,7 @@ class Config:
     listen: ListenConfig = field(default_factory=ListenConfig)
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+    imap: IMAPConfig = field(default_factory=IMAPConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     accounts: AccountsConfig = field(default_factory=AccountsConfig)
     checks: ChecksConfig = field(default_factory=ChecksConfig)

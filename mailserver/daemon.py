@@ -31,6 +31,9 @@ from .delivery.results import DeliveryResult
 from .dkim_keys import DKIMKey, ensure_keys
 from .dns.records import first_start_banner
 from .dns.resolver import Resolver
+from .imap.backend import IMAPBackend, IMAPLimits
+from .imap.hub import MailboxHub
+from .imap.server import IMAPEndpoint
 from .metrics import Metrics, MetricsServer
 from .pipeline import trace
 from .smtp import protocol as p
@@ -61,17 +64,21 @@ class Components:
     dkim_keys: list[DKIMKey]
     submission_handler: SubmissionHandler
     metrics: Metrics
+    imap: IMAPEndpoint
 
-    def listeners(self, cfg: Config) -> list[tuple[str, SMTPEndpoint, tuple[str, int], bool]]:
-        """(config key, endpoint, address, implicit TLS) for every SMTP listener."""
+    def listeners(self, cfg: Config) -> list[tuple[str, SMTPEndpoint | IMAPEndpoint, tuple[str, int], bool]]:
+        """(config key, endpoint, address, implicit TLS) for every mail listener."""
+        out: list[tuple[str, SMTPEndpoint | IMAPEndpoint, tuple[str, int], bool]]
         out = [("smtp", self.mx, addr, False) for addr in cfg.listen.smtp]
         out += [("submission", self.submission, addr, False) for addr in cfg.listen.submission]
         out += [("submissions", self.submission, addr, True) for addr in cfg.listen.submissions]
+        out += [("imap", self.imap, addr, False) for addr in cfg.listen.imap]
+        out += [("imaps", self.imap, addr, True) for addr in cfg.listen.imaps]
         return out
 
     @property
-    def endpoints(self) -> list[SMTPEndpoint]:
-        return [self.mx, self.submission]
+    def endpoints(self) -> list[SMTPEndpoint | IMAPEndpoint]:
+        return [self.mx, self.submission, self.imap]
 
 
 def make_checker(cfg: Config, resolver: Resolver) -> Checker | None:
@@ -191,8 +198,26 @@ def build(cfg: Config) -> Components:
                               tls_context=tls.listener_context, metrics=metrics)
     metrics.gauge("queue_messages", lambda: len(queue.list()))
     metrics.gauge("queue_oldest_age_seconds", lambda: _oldest_age(queue))
+    imap = build_imap(cfg, store, passwords, throttle, tls, metrics)
+    # New mail reaches IDLEing clients at once, not at the next poll.
+    writer.listeners.append(lambda folders: imap.backend.hub.changed(folders))
     return Components(tls, store, resolver, writer, passwords, mx, submission, queue, keys,
-                      submission_handler, metrics)
+                      submission_handler, metrics, imap)
+
+
+def build_imap(cfg: Config, store: AccountStore, passwords: PasswordChecker, throttle: AuthThrottle,
+               tls: TLSManager, metrics: Metrics) -> IMAPEndpoint:
+    c = cfg.imap
+    limits = IMAPLimits(
+        max_line_length=c.max_line_length, max_append_size=c.max_append_size,
+        login_timeout=c.login_timeout, idle_timeout=c.idle_timeout, idle_keepalive=c.idle_keepalive,
+        max_connections=c.max_connections, max_connections_per_ip=c.max_connections_per_ip,
+        max_sessions_per_user=c.max_sessions_per_user, max_errors=c.max_errors,
+    )
+    backend = IMAPBackend(hostname=cfg.hostname, store=store, passwords=passwords, throttle=throttle,
+                          limits=limits, hub=MailboxHub(c.poll_interval), metrics=metrics)
+    metrics.gauge("imap_sessions", lambda: sum(backend.sessions_per_user.values()))
+    return IMAPEndpoint(backend, tls_context=tls.listener_context)
 
 
 def _oldest_age(queue: Queue) -> float:
@@ -293,9 +318,6 @@ class Daemon:
             await self.parts.queue.open()
         except Exception as exc:  # another daemon holds the queue lock, unreadable directory
             raise StartupError(f"{cfg.queue_dir}: {exc}") from None
-        for kind in ("imap", "imaps"):
-            if getattr(cfg.listen, kind):
-                log.warning("listen.%s is configured but this version does not serve it yet; ignored", kind)
         for kind, endpoint, (host, port), implicit_tls in self.parts.listeners(cfg):
             try:
                 await endpoint.listen(host, port, implicit_tls=implicit_tls)
@@ -377,7 +399,7 @@ class Daemon:
 
     async def stop(self) -> None:
         sdnotify.notify("STOPPING=1")
-        log.info("shutting down: draining SMTP sessions")
+        log.info("shutting down: draining SMTP and IMAP sessions")
         if self.parts is not None:
             # Stop taking mail first, then stop the queue: nothing accepted is left behind
             # half-done (queued messages are on disk and resume at the next start).

@@ -39,6 +39,7 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
 GAUGES: dict[str, str] = {
     "queue_messages": "Messages in the outbound queue.",
     "queue_oldest_age_seconds": "Age of the oldest message in the outbound queue (0 if empty).",
+    "imap_sessions": "Logged-in IMAP sessions.",
 }
 
 LabelKey = tuple[str, ...]

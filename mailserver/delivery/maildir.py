@@ -26,7 +26,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mailserver.delivery.groupsync import DirectorySync
@@ -80,6 +80,9 @@ class MaildirWriter:
         # Looked up at call time, so tests can inject failures into fsync_dir.
         self._dir_sync = DirectorySync(lambda path: fsync_dir(path))
         self._lock = threading.Lock()
+        # Called on the event loop with the folder directories after each async delivery
+        # (the IMAP hub: IDLEing clients hear of new mail at once).
+        self.listeners: list[Callable[[list[Path]], None]] = []
 
     def unique_name(self, size: int) -> str:
         """A fresh file name for a message of ``size`` bytes (without ``:2,`` flags)."""
@@ -167,19 +170,31 @@ class MaildirWriter:
         half-done rename cannot be stopped safely); the sender then retries and the
         message may arrive twice, which is the right side to err on.
         """
-        return await asyncio.to_thread(self.deliver, maildir_root, folder, chunks)
+        path = await asyncio.to_thread(self.deliver, maildir_root, folder, chunks)
+        self._announce([path])
+        return path
 
     async def deliver_many_async(
         self, targets: Sequence[tuple[Path, str | None]], chunks: Sequence[Chunk]
     ) -> list[Path]:
         """:meth:`deliver_many` in a worker thread."""
-        return await asyncio.to_thread(self.deliver_many, targets, chunks)
+        paths = await asyncio.to_thread(self.deliver_many, targets, chunks)
+        self._announce(paths)
+        return paths
 
     async def deliver_batch_async(
         self, items: Sequence[tuple[Path, str | None, Sequence[Chunk]]]
     ) -> list[Path]:
         """:meth:`deliver_batch` in a worker thread."""
-        return await asyncio.to_thread(self.deliver_batch, items)
+        paths = await asyncio.to_thread(self.deliver_batch, items)
+        self._announce(paths)
+        return paths
+
+    def _announce(self, paths: Sequence[Path]) -> None:
+        if self.listeners:
+            folders = list(dict.fromkeys(p.parent.parent for p in paths))  # <folder>/new/<file>
+            for listener in self.listeners:
+                listener(folders)
 
     # ------------------------------------------------------------------ internals
 
