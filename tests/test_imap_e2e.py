@@ -109,7 +109,8 @@ def test_wrong_password(imapd, ca):
         m.login(user, "wrong-password")
     with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
         m.login("nobody@example.test", "wrong-password")
-    assert "auth failed client=127.0.0.1 user=" + user in imapd.wait_log("auth failed client=127.0.0.1 user=" + user)
+    line = "auth failed client=127.0.0.1 user=" + user
+    assert line in imapd.wait_log(line)
 
 
 # ---------------------------------------------------------------- the Thunderbird flow
@@ -136,7 +137,8 @@ def test_thunderbird_first_connect(imapd, ca):
     listing = b"".join(raw.cmd(b"6", b'LIST (SPECIAL-USE) "" "*"'))
     for name, attr in ((b"Sent", b"\\Sent"), (b"Drafts", b"\\Drafts"), (b"Trash", b"\\Trash"),
                        (b"Junk", b"\\Junk"), (b"Archive", b"\\Archive")):
-        assert re.search(rb"\* LIST \([^)]*" + re.escape(attr) + rb"[^)]*\) \".\" " + name + rb"\r\n", listing)
+        pattern = rb"\* LIST \([^)]*" + re.escape(attr) + rb"[^)]*\) \".\" " + name + rb"\r\n"
+        assert re.search(pattern, listing)
     assert b"INBOX" not in listing  # not special-use
     listing = b"".join(raw.cmd(b"7", b'LIST "" "*"'))
     assert b'* LIST (\\HasNoChildren) "." INBOX\r\n' in listing
@@ -230,8 +232,8 @@ def test_search(imapd, ca):
 def test_search_utf8_literal(imapd, ca):
     user = new_account(imapd)
     m = login(imapd, ca, user)
-    _ok(m.append("INBOX", None, None, "Subject: s\r\nContent-Type: text/plain; charset=utf-8\r\n\r\ncafé au lait\r\n"
-                 .encode()))
+    text = "Subject: s\r\nContent-Type: text/plain; charset=utf-8\r\n\r\ncafé au lait\r\n"
+    _ok(m.append("INBOX", None, None, text.encode()))
     _ok(m.select("INBOX"))
     m.literal = "café".encode()
     assert _ok(m.search("UTF-8", "BODY")) == [b"1"]
@@ -247,7 +249,7 @@ def test_mailbox_management(imapd, ca):
     _ok(m.rename("Projects", "Work"))
     names = b"".join(_ok(m.list()))
     assert b"Work.2026" in names and b"Projects" not in names
-    typ, data = m.delete("Work")
+    typ, _data = m.delete("Work")
     assert typ == "NO"  # has children
     _ok(m.delete("Work.2026"))
     _ok(m.delete("Work"))
@@ -493,5 +495,145 @@ def test_uids_survive_restart(ca, tmp_path):
         assert _ok(m.status("INBOX", "(UIDVALIDITY)")) == validity
         assert b"\\Answered" in _ok(m.fetch("2", "(FLAGS)"))[0]
         m.logout()
+    finally:
+        d.stop()
+
+
+def test_literal_plus_append_and_internaldate(imapd, ca):
+    user = new_account(imapd)
+    raw = RawIMAP(imapd.imaps_port, tls=client_ctx(ca))
+    raw.cmd(b"a", f"LOGIN {user} {PASSWORD}".encode())
+    msg = b"Subject: lp\r\n\r\nliteral plus\r\n"
+    raw.send(b'b APPEND Drafts (\\Draft $Label1) "01-Jan-2020 10:00:00 +0100" {%d+}\r\n' % len(msg)
+             + msg + b"\r\n")
+    assert raw.read_until_tagged(b"b")[-1].startswith(b"b OK [APPENDUID ")
+    raw.cmd(b"c", b"SELECT Drafts")
+    out = b"".join(raw.cmd(b"d", b"FETCH 1 (FLAGS INTERNALDATE)"))
+    assert b"\\Draft" in out and b"$Label1" in out and b'INTERNALDATE "01-Jan-2020' in out
+    assert raw.cmd(b"e", b"APPEND Nowhere {1+}\r\nx")[-1].startswith(b"e NO [TRYCREATE]")
+    raw.close()
+
+
+def test_imapclient_session(imapd, ca):
+    imapclient = pytest.importorskip("imapclient")
+    user = new_account(imapd)
+    smtp_deliver(imapd, user, "via imapclient", "line one\r\nline two\r\n")
+    with imapclient.IMAPClient("127.0.0.1", port=imapd.imaps_port, ssl=True, ssl_context=client_ctx(ca),
+                               timeout=10) as c:
+        c.login(user, PASSWORD)
+        assert c.find_special_folder(b"\\Sent") == "Sent"
+        assert c.find_special_folder(b"\\Trash") == "Trash"
+        info = c.select_folder("INBOX")
+        assert info[b"EXISTS"] == 1 and info[b"UIDVALIDITY"] > 0
+        uids = c.search(["SUBJECT", "imapclient"])
+        assert len(uids) == 1
+        data = c.fetch(uids, ["ENVELOPE", "BODYSTRUCTURE", "RFC822.SIZE", "FLAGS"])[uids[0]]
+        assert data[b"ENVELOPE"].subject == b"via imapclient"
+        assert data[b"BODYSTRUCTURE"][0] == b"TEXT"
+        c.add_flags(uids, [imapclient.FLAGGED])
+        assert imapclient.FLAGGED in c.get_flags(uids)[uids[0]]
+        c.move(uids, "Archive")
+        assert c.folder_status("Archive", ["MESSAGES"])[b"MESSAGES"] == 1
+        assert c.select_folder("INBOX")[b"EXISTS"] == 0
+        c.create_folder("Lists.python")
+        assert ("Lists.python" in [f[2] for f in c.list_folders()])
+        c.idle()
+        smtp_deliver(imapd, user, "during idle")
+        responses = c.idle_check(timeout=5)
+        c.idle_done()
+        assert (1, b"EXISTS") in responses
+
+
+def test_expunge_racing_appends_loses_nothing(imapd, ca):
+    """One session appends while another expunges: every surviving message keeps its UID
+    and nothing appended is lost or numbered twice."""
+    import threading
+
+    user = new_account(imapd)
+    a = login(imapd, ca, user)
+    for i in range(10):
+        a.append("INBOX", "(\\Deleted)" if i % 2 else None, None, f"Subject: old {i}\r\n\r\nx\r\n".encode())
+    appended: list[int] = []
+
+    def appender() -> None:
+        c = login(imapd, ca, user)
+        for i in range(40):
+            _typ, data = c.append("INBOX", None, None, f"Subject: new {i}\r\n\r\nx\r\n".encode())
+            appended.append(int(re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1)))
+        c.logout()
+
+    t = threading.Thread(target=appender)
+    a.select("INBOX")
+    t.start()
+    for _ in range(10):
+        a.expunge()
+        a.store("1:*", "+FLAGS", "\\Flagged")
+    t.join()
+    a.noop()
+    uids = [int(x) for x in _ok(a.uid("SEARCH", "ALL"))[0].split()]
+    assert len(appended) == 40 and len(set(appended)) == 40
+    assert set(appended) <= set(uids)
+    assert len(uids) == 45 and uids == sorted(uids)
+    subjects = _ok(a.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])"))
+    assert sum(1 for x in subjects if isinstance(x, tuple)) == 45
+    a.logout()
+
+
+def test_deleting_a_selected_mailbox_closes_it_for_others(imapd, ca):
+    user = new_account(imapd)
+    a, b = login(imapd, ca, user), login(imapd, ca, user)
+    _ok(a.create("Temp"))
+    _ok(a.append("Temp", None, None, b"Subject: t\r\n\r\nt\r\n"))
+    _ok(b.select("Temp"))
+    _ok(a.delete("Temp"))
+    typ, _data = b.noop()
+    assert typ == "OK"
+    with pytest.raises(imaplib.IMAP4.error, match="SELECT first"):  # no longer selected
+        b.fetch("1", "(FLAGS)")
+    _ok(b.select("INBOX"))
+    a.logout()
+    b.logout()
+
+
+def test_idle_keepalive_and_autologout(ca, tmp_path):
+    d = imap_daemon(tmp_path / "d", ca, imap={"idle_timeout": "3s", "idle_keepalive": "1s"})
+    try:
+        user = new_account(d)
+        raw = RawIMAP(d.imaps_port, tls=client_ctx(ca))
+        raw.cmd(b"a", f"LOGIN {user} {PASSWORD}".encode())
+        raw.cmd(b"b", b"SELECT INBOX")
+        raw.send(b"c IDLE\r\n")
+        assert raw.readline().startswith(b"+")
+        assert raw.readline() == b"* OK Still here\r\n"
+        # re-arming: DONE + IDLE again resets the autologout clock
+        time.sleep(1.5)
+        raw.send(b"DONE\r\n")
+        raw.read_until_tagged(b"c")
+        raw.send(b"d IDLE\r\n")
+        assert raw.readline().startswith(b"+")
+        started = time.monotonic()
+        lines = []
+        while not lines or not lines[-1].startswith(b"* BYE"):
+            line = raw.readline()
+            assert line, lines
+            lines.append(line)
+        assert 2.0 < time.monotonic() - started < 6 and b"autologout" in lines[-1]
+        raw.close()
+    finally:
+        d.stop()
+
+
+def test_failed_logins_are_throttled(ca, tmp_path):
+    d = imap_daemon(tmp_path / "d", ca, submission={"max_auth_failures_per_ip": 3})
+    try:
+        user = new_account(d)
+        raw = RawIMAP(d.imaps_port, tls=client_ctx(ca))
+        for i in range(3):
+            assert raw.cmd(b"a%d" % i, f"LOGIN {user} wrong{i}".encode())[-1].startswith(
+                b"a%d NO [AUTHENTICATIONFAILED]" % i)
+        # now even the right password is refused from this address
+        assert raw.cmd(b"b", f"LOGIN {user} {PASSWORD}".encode())[-1].startswith(b"b NO [UNAVAILABLE]")
+        assert "auth throttled client=127.0.0.1" in d.wait_log("auth throttled client=127.0.0.1")
+        raw.close()
     finally:
         d.stop()

@@ -327,14 +327,16 @@ class IMAPSession:
         self.backend.hub.changed(paths, origin=self)
 
     async def _other_index(self, path: Path) -> MailboxIndex:
-        """A read-write index of a folder that is not (necessarily) the selected one, for
+        """An index of a folder that is not (necessarily) the selected one, for
         STATUS, APPEND and COPY; a few are kept open per session (opening costs a load)."""
         sel = self.selected
         if sel is not None and sel.index.dir == path:
             return sel.index
         index = self._status_indexes.pop(path, None)
         if index is None:
-            index = MailboxIndex(path, hostname=self.backend.hostname)
+            # Read-only view: STATUS must not claim \Recent or move new/ to cur/ (the
+            # session that SELECTs the folder does); APPEND and COPY into it still work.
+            index = MailboxIndex(path, read_only=True, hostname=self.backend.hostname)
         self._status_indexes[path] = index
         while len(self._status_indexes) > _STATUS_CACHE:
             _p, old = self._status_indexes.popitem(last=False)
