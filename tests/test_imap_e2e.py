@@ -637,3 +637,17 @@ def test_failed_logins_are_throttled(ca, tmp_path):
         raw.close()
     finally:
         d.stop()
+
+
+def test_list_extended_and_list_status(imapd, ca):
+    user = new_account(imapd)
+    smtp_deliver(imapd, user)
+    raw = RawIMAP(imapd.imaps_port, tls=client_ctx(ca))
+    raw.cmd(b"a", f"LOGIN {user} {PASSWORD}".encode())
+    lines = raw.cmd(b"b", b'LIST "" "*" RETURN (SUBSCRIBED CHILDREN STATUS (MESSAGES UNSEEN))')
+    assert lines[0].startswith(b'* LIST (\\HasNoChildren) "." INBOX')
+    assert lines[1] == b"* STATUS INBOX (MESSAGES 1 UNSEEN 1)\r\n"
+    assert any(line.startswith(b'* LIST (\\HasNoChildren \\Sent \\Subscribed) "." Sent') for line in lines)
+    lines = raw.cmd(b"c", b'LIST (SUBSCRIBED) "" "*"')
+    assert all(b"\\Subscribed" in line for line in lines[:-1]) and len(lines) == 6
+    raw.close()

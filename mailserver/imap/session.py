@@ -221,9 +221,6 @@ class IMAPSession:
 
     # ================================================================ helpers
 
-    async def _thread(self, fn: Callable[..., object], *args: object) -> object:
-        return await asyncio.to_thread(fn, *args)
-
     def _ok(self, tag: str, text: str, code: str | None = None) -> None:
         self.out.write(fmt.tagged(tag, "OK", text, code=code))
 
@@ -633,7 +630,6 @@ class IMAPSession:
         subscribed_only = lsub or "SUBSCRIBED" in selection
         special_only = "SPECIAL-USE" in selection
         subscribed_names = set(await asyncio.to_thread(tree.subscriptions)) if subscribed_only else set()
-        status_rows: list[bytes] = []
         out: list[bytes] = []
         seen_names = set()
         for info in infos:
@@ -654,7 +650,8 @@ class IMAPSession:
             seen_names.add(info.name)
             out.append(fmt.list_response(attrs, DELIMITER, info.name, command="LSUB" if lsub else "LIST"))
             if not lsub and "STATUS" in returns and info.selectable:
-                status_rows.append(await self._status_line(info.name, cmd.status_items))
+                # RFC 5819: each STATUS follows its LIST line.
+                out.append(await self._status_line(info.name, cmd.status_items))
         if subscribed_only:
             # Subscribed names that no longer exist are still listed (RFC 3501 6.3.9).
             for name in sorted(subscribed_names - seen_names):
@@ -662,8 +659,6 @@ class IMAPSession:
                     attrs = ["\\Noselect"] if lsub else ["\\NonExistent", "\\Subscribed"]
                     out.append(fmt.list_response(attrs, DELIMITER, name, command="LSUB" if lsub else "LIST"))
         self.out.write(b"".join(out))
-        if status_rows:
-            self.out.write(b"".join(status_rows))
         self._ok(cmd.tag, f"{'LSUB' if lsub else 'LIST'} completed")
         return Action.NONE
 
