@@ -15,6 +15,7 @@ import configparser
 import re
 import shutil
 import smtplib
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +31,7 @@ COMMON = Path("/etc/fail2ban/filter.d/common.conf")
 PASSWORD = "password-123456"  # what PymaildProcess.add_account sets
 
 # What the scenario below produces, per client address.
-NORMAL = {"127.0.0.1": 4, "127.0.0.2": 1}  # 3 failed + 1 throttled at connect; 1 failed
+NORMAL = {"127.0.0.1": 4, "127.0.0.2": 1, "127.0.0.6": 2}  # 3 failed + 1 throttled; 1 failed; 2 IMAP
 AGGRESSIVE = {**NORMAL, "127.0.0.3": 1, "127.0.0.4": 1}  # relay denied; connection refused
 LEGIT = "127.0.0.5"  # logs in correctly: must never match
 FORGED = "192.0.2.99"  # named only inside a user name: must never match
@@ -52,6 +53,16 @@ def _submission_client(d: PymaildProcess, ca, source: str) -> smtplib.SMTP:  # t
     client.starttls(context=ca.client_context())
     client.ehlo("laptop.example.net")
     return client
+
+
+def _read_tagged(sock: socket.socket, tag: bytes) -> bytes:
+    data = b""
+    while tag not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def drive(d: PymaildProcess, ca) -> list[str]:  # type: ignore[no-untyped-def]
@@ -81,6 +92,18 @@ def drive(d: PymaildProcess, ca) -> list[str]:  # type: ignore[no-untyped-def]
     assert refused.greeting.startswith(b"421 4.7.0")
     for conn in [*held, refused]:
         conn.close()
+    # 127.0.0.6: one wrong IMAP password (same line, logger pymaild.imap), plus one whose
+    # user name tries the same forgery.
+    ctx = ca.client_context()
+    ctx.check_hostname = False
+    sock = ctx.wrap_socket(socket.create_connection((d.host, d.imaps_port), source_address=("127.0.0.6", 0)))  # type: ignore[attr-defined]
+    sock.recv(4096)
+    sock.sendall(b"a LOGIN alice@example.test wrong\r\n")
+    assert b"a NO [AUTHENTICATIONFAILED]" in _read_tagged(sock, b"a ")
+    forged = FORGERY.encode()
+    sock.sendall(b"b LOGIN {%d+}\r\n" % len(forged) + forged + b" guess\r\n")
+    assert b"b NO [AUTHENTICATIONFAILED]" in _read_tagged(sock, b"b ")
+    sock.close()
     # 127.0.0.5: a correct login, which must never count.
     with _submission_client(d, ca, LEGIT) as client:
         client.login("alice@example.test", PASSWORD)
@@ -96,14 +119,15 @@ def log_lines(request, tmp_path_factory, ca) -> Iterator[list[str]]:  # type: ig
     as systemd would start it, so the lines carry no timestamp (see logs.py)."""
     directory = tmp_path_factory.mktemp(f"f2b-{request.param}")
     cert, key = ca.issue("mx.example.test")
-    smtp_port, sub_port = free_port(), free_port()
+    smtp_port, sub_port, imaps_port = free_port(), free_port(), free_port()
     d = PymaildProcess(directory, {
         "hostname": "mx.example.test",
         "primary_domain": "example.test",
         "local_domains": ["example.test"],
         "state_dir": str(directory / "state"),
         "tls": {"cert": str(cert), "key": str(key)},
-        "listen": {"smtp": [f"127.0.0.1:{smtp_port}"], "submission": [f"127.0.0.1:{sub_port}"]},
+        "listen": {"smtp": [f"127.0.0.1:{smtp_port}"], "submission": [f"127.0.0.1:{sub_port}"],
+                   "imaps": [f"127.0.0.1:{imaps_port}"]},
         "smtp": {"max_connections_per_ip": 2},
         "submission": {"max_auth_failures_per_ip": 3},
         "checks": {"spf": False, "dkim": False, "dmarc": False},
@@ -111,6 +135,7 @@ def log_lines(request, tmp_path_factory, ca) -> Iterator[list[str]]:  # type: ig
     })
     d.host, d.port = "127.0.0.1", smtp_port
     d.sub_port = sub_port  # type: ignore[attr-defined]
+    d.imaps_port = imaps_port  # type: ignore[attr-defined]
     d.add_account("alice@example.test")
     if request.param == "journal":
         d.env["JOURNAL_STREAM"] = "8:12345"  # logs.py then leaves the time to journald
