@@ -283,10 +283,10 @@ class IMAPSession:
                 parts.append(fmt.vanished(changes.expunged))
             else:
                 parts.extend(fmt.expunge(s) for s in changes.expunged_seqs)
-        if changes.new or changes.expunged:
+        if changes.new:
+            # Only for growth: RFC 3501 5.2, EXISTS never reports a shrink (EXPUNGE does).
             parts.append(fmt.exists(len(index)))
-            if changes.new:
-                parts.append(fmt.recent(index.recent_count))
+            parts.append(fmt.recent(index.recent_count))
         for uid in changes.flags:
             seq = index.seq(uid)
             if seq is not None:
