@@ -847,6 +847,8 @@ class IMAPSession:
         if cmd.changedsince is not None or asks_modseq:
             self.condstore = True
             with_modseq = True
+        elif self.condstore and any(isinstance(i, Attribute) and i.name == "FLAGS" for i in cmd.items):
+            with_modseq = True  # RFC 7162 3.1.4.1: FLAGS come with MODSEQ once CONDSTORE is on
         if cmd.changedsince is not None:
             since = cmd.changedsince
             if cmd.vanished:
@@ -866,7 +868,9 @@ class IMAPSession:
                 if changed:
                     self._notify_others([index.dir])
         plan = FetchPlan.of(cmd.items)
-        renderer = Renderer(index, sel.cache, plan, with_uid=cmd.uid, with_modseq=with_modseq,
+        # RFC 7162 3.2.4: with QRESYNC every FETCH response carries the UID.
+        with_uid = cmd.uid or "QRESYNC" in self.enabled
+        renderer = Renderer(index, sel.cache, plan, with_uid=with_uid, with_modseq=with_modseq,
                             force_flags=force)
         for start in range(0, len(uids), _FETCH_CHUNK):
             chunk = uids[start:start + _FETCH_CHUNK]
