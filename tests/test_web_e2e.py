@@ -51,3 +51,52 @@ def test_https_policy_autoconfig_and_metrics(make_daemon, ca):
     assert 'pymaild_messages_total{direction="in",result="delivered"} 1' in text
     assert 'pymaild_connections_total{listener="smtp"} 1' in text
     assert "pymaild_queue_messages 0" in text
+
+
+def test_thunderbird_autoconfig_gives_a_working_account(make_daemon, ca):
+    """What Thunderbird does with the autoconfig document: try each server it lists, with
+    the socket type and user name it says, and log in. Every entry must work."""
+    import imaplib
+
+    cert, key = ca.issue("mx.example.test", "autoconfig.example.test", stem="autoconf")
+    ports = {k: free_port() for k in ("https", "imap", "imaps", "submission", "submissions")}
+    make_daemon(extra={
+        "tls": {"cert": str(cert), "key": str(key)},
+        "listen": {k: [f"127.0.0.1:{p}"] for k, p in ports.items()},
+    })
+    raw = socket.create_connection(("127.0.0.1", ports["https"]), timeout=10)
+    with ca.client_context().wrap_socket(raw, server_hostname="autoconfig.example.test") as tls:
+        tls.sendall(b"GET /mail/config-v1.1.xml?emailaddress=alice%40example.test HTTP/1.1\r\n"
+                    b"Host: autoconfig.example.test\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+    root = ET.fromstring(data.partition(b"\r\n\r\n")[2])
+    servers = root.findall("emailProvider/incomingServer") + root.findall("emailProvider/outgoingServer")
+    assert [s.get("type") for s in servers] == ["imap", "imap", "smtp", "smtp"]
+    ctx = ca.client_context()
+    ctx.check_hostname = False  # we dial 127.0.0.1 for mx.example.test; the chain is verified
+    for server in servers:
+        host = server.findtext("hostname")
+        port = int(server.findtext("port") or 0)
+        socket_type = server.findtext("socketType")
+        user = (server.findtext("username") or "").replace("%EMAILADDRESS%", "alice@example.test")
+        assert host == "mx.example.test" and server.findtext("authentication") == "password-cleartext"
+        if server.get("type") == "imap":
+            if socket_type == "SSL":
+                m: imaplib.IMAP4 = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=ctx, timeout=10)
+            else:
+                assert socket_type == "STARTTLS"
+                m = imaplib.IMAP4("127.0.0.1", port, timeout=10)
+                m.starttls(ssl_context=ctx)
+            assert m.login(user, "password-123456")[0] == "OK"
+            assert m.select("INBOX")[0] == "OK"
+            m.logout()
+        else:
+            if socket_type == "SSL":
+                s: smtplib.SMTP = smtplib.SMTP_SSL("127.0.0.1", port, context=ctx, timeout=10)
+            else:
+                s = smtplib.SMTP("127.0.0.1", port, timeout=10)
+                s.starttls(context=ctx)
+            s.login(user, "password-123456")
+            s.quit()
