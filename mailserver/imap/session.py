@@ -176,6 +176,12 @@ class IMAPSession:
         except ReadOnlyMailbox:
             self.out.write(fmt.tagged(cmd.tag, "NO", "mailbox is read-only (EXAMINE)", code="READ-ONLY"))
             return Action.NONE
+        except OSError as exc:
+            # A full disk or a permission problem fails this command, not the session.
+            log.error("session=%s user=%s %s failed: %s", self.id, self.user, cmd.name, exc)
+            text = f"{cmd.name} failed: {exc.strerror or 'server error'}"
+            self.out.write(fmt.tagged(cmd.tag, "NO", text, code="SERVERBUG"))
+            return Action.RESUME if cmd.name in ("AUTHENTICATE", "IDLE", "STARTTLS") else Action.NONE
         return action or Action.NONE
 
     def _wrong_state(self, cmd: Command) -> Action:
