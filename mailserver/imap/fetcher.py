@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mailserver.storage.fetchcache import CacheEntry, FetchCache, entry_for
-from mailserver.storage.index import MailboxIndex
+from mailserver.storage.index import MailboxIndex, Message
 
 from . import format as fmt
 from . import mime
-from .fetch import Attribute, FetchItem, Section
+from .fetch import Attribute, BodySection, FetchItem, Section
 
 log = logging.getLogger("pymaild.imap")
 
@@ -96,6 +96,19 @@ class Renderer:
         self.with_modseq = with_modseq
         self.force_flags = force_flags  # UIDs whose \Seen was just set: FLAGS must be sent
         self.missing: list[int] = []  # files gone (expunged by another program)
+        # Response names ("BODY[HEADER.FIELDS (...)] ") are the same for every message:
+        # built once here, not 10,000 times (a header sync's hot spot).
+        seen = {"UID"} if with_uid else set()
+        self._items: list[tuple[bytes, Callable[[int, Message, CacheEntry | None, bytes | None], bytes]]]
+        self._items = []
+        for item in plan.items:
+            name = item.response_name()
+            if name not in seen:
+                seen.add(name)
+                self._items.append((name.encode("ascii") + b" ", self._renderer(item)))
+        self._has_flags = "FLAGS" in seen
+        self._has_modseq = "MODSEQ" in seen
+        self._flag_cache: dict[tuple[str, str, bool], bytes] = {}
 
     def render(self, uids: Sequence[int]) -> list[bytes]:
         index, plan = self.index, self.plan
@@ -143,74 +156,75 @@ class Renderer:
                 entry = entry_for(read_header(index, uid), structure=False)
             if base is not None:
                 fresh[base] = entry
-        items: list[tuple[str, fmt.Value]] = []
-        names: set[str] = set()
+        m = index.message(uid)
+        parts: list[bytes] = []
         if self.with_uid:
-            items.append(("UID", uid))
-            names.add("UID")
-        for item in plan.items:
-            name = item.response_name()
-            if name in names:
-                continue
-            names.add(name)
-            items.append((name, self._value(item, uid, entry, full)))
-        if "FLAGS" not in names and uid in self.force_flags:
-            items.append(("FLAGS", self._flags(uid)))
-        if self.with_modseq and "MODSEQ" not in names:
-            items.append(("MODSEQ", fmt.Raw(b"(%d)" % index.modseq(uid))))
-        return fmt.fetch_response(seq, items)
+            parts.append(b"UID %d" % uid)
+        for name, render in self._items:
+            parts.append(name + render(uid, m, entry, full))
+        if not self._has_flags and uid in self.force_flags:
+            parts.append(b"FLAGS " + self._flags(uid, m))
+        if self.with_modseq and not self._has_modseq:
+            parts.append(b"MODSEQ (%d)" % m.modseq)
+        return b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n"
 
-    def _flags(self, uid: int) -> fmt.Value:
-        flags = self.index.flags(uid)
-        if self.index.is_recent(uid):
-            flags = flags | {"\\Recent"}
-        return fmt.Raw(fmt.flags(sorted(flags)))
+    def _flags(self, uid: int, m: Message) -> bytes:
+        key = (m.letters, m.extra, self.index.is_recent(uid))
+        out = self._flag_cache.get(key)
+        if out is None:
+            flags = self.index.flags(uid)
+            if key[2]:
+                flags = flags | {"\\Recent"}
+            out = self._flag_cache[key] = fmt.flags(sorted(flags))
+        return out
 
-    def _value(self, item: FetchItem, uid: int, entry: CacheEntry | None, full: bytes | None) -> fmt.Value:
-        index = self.index
-        if isinstance(item, Attribute):
-            name = item.name
-            if name == "FLAGS":
-                return self._flags(uid)
-            if name == "UID":
-                return uid
-            if name == "RFC822.SIZE":
-                return index.size(uid)
-            if name == "INTERNALDATE":
-                return _internaldate(index.internal_date(uid))
-            if name == "MODSEQ":
-                return fmt.Raw(b"(%d)" % index.modseq(uid))
-            if name == "ENVELOPE":
+    def _renderer(self, item: FetchItem) -> Callable[[int, Message, CacheEntry | None, bytes | None], bytes]:
+        """A function giving the item's value, already in wire form, for one message."""
+        if isinstance(item, BodySection):
+            section, partial = item.section, item.partial
+            header_only = not section.part and section.text in _HEADER_TEXTS
+
+            def body_section(uid: int, m: Message, entry: CacheEntry | None, full: bytes | None) -> bytes:
+                if header_only and full is None:
+                    assert entry is not None
+                    data = _header_section(entry.header, section)
+                else:
+                    assert full is not None
+                    data = mime.section_bytes(full, section)
+                if partial is not None:
+                    data = data[partial[0]:partial[0] + partial[1]]
+                return fmt.string(data)
+
+            return body_section
+        name = item.name
+        if name == "FLAGS":
+            return lambda uid, m, entry, full: self._flags(uid, m)
+        if name == "UID":
+            return lambda uid, m, entry, full: b"%d" % uid
+        if name == "RFC822.SIZE":
+            return lambda uid, m, entry, full: b"%d" % m.size
+        if name == "INTERNALDATE":
+            return lambda uid, m, entry, full: fmt.format_value(_internaldate(m.internal_date))
+        if name == "MODSEQ":
+            return lambda uid, m, entry, full: b"(%d)" % m.modseq
+        if name == "ENVELOPE":
+            return lambda uid, m, entry, full: (
+                entry.envelope if entry is not None and entry.envelope is not None
+                else fmt.format_value(mime.envelope(entry.header if entry else b"")))
+        if name in ("BODYSTRUCTURE", "BODY"):
+            def structure(uid: int, m: Message, entry: CacheEntry | None, full: bytes | None) -> bytes:
                 assert entry is not None
-                if entry.envelope is not None:
-                    return fmt.Raw(entry.envelope)
-                return mime.envelope(entry.header)
-            if name == "BODYSTRUCTURE":
-                assert entry is not None and entry.bodystructure is not None
-                return fmt.Raw(entry.bodystructure)
-            if name == "BODY":
-                assert entry is not None and entry.body is not None
-                return fmt.Raw(entry.body)
-            if name == "RFC822":
-                assert full is not None
-                return full
-            if name == "RFC822.HEADER":
-                assert entry is not None
-                return entry.header
-            if name == "RFC822.TEXT":
-                assert full is not None
-                return mime.split_header(full)[1]
-            raise ValueError(f"unexpected fetch attribute {name}")
-        section = item.section
-        if not section.part and section.text in _HEADER_TEXTS and entry is not None and full is None:
-            data = _header_section(entry.header, section)
-        else:
-            assert full is not None
-            data = mime.section_bytes(full, section)
-        if item.partial is not None:
-            origin, length = item.partial
-            data = data[origin:origin + length]
-        return data
+                data = entry.bodystructure if name == "BODYSTRUCTURE" else entry.body
+                assert data is not None
+                return data
+            return structure
+        if name == "RFC822":
+            return lambda uid, m, entry, full: fmt.string(full or b"")
+        if name == "RFC822.HEADER":
+            return lambda uid, m, entry, full: fmt.string(entry.header if entry else b"")
+        if name == "RFC822.TEXT":
+            return lambda uid, m, entry, full: fmt.string(mime.split_header(full or b"")[1])
+        raise ValueError(f"unexpected fetch attribute {name}")
 
 
 def _header_section(header: bytes, section: Section) -> bytes:

@@ -10,6 +10,7 @@ message can never inject a line break or a fake response code.
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -48,7 +49,12 @@ def _to_bytes(value: str | bytes) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else value
 
 
+_NOT_QUOTABLE = re.compile(rb"[^\x20-\x7e]")
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+
+
 def can_quote(data: bytes, *, utf8: bool = False, max_quoted: int = MAX_QUOTED) -> bool:
+    # Regexes, not per-octet Python loops: a header sync formats 10,000s of strings.
     if len(data) > max_quoted:
         return False
     if utf8:
@@ -56,8 +62,8 @@ def can_quote(data: bytes, *, utf8: bool = False, max_quoted: int = MAX_QUOTED) 
             data.decode("utf-8")
         except UnicodeDecodeError:
             return False
-        return not any(b < 0x20 or b == 0x7F for b in data)
-    return all(0x20 <= b < 0x7F for b in data)
+        return _CONTROL.search(data) is None
+    return _NOT_QUOTABLE.search(data) is None
 
 
 def quoted(value: str | bytes) -> bytes:
