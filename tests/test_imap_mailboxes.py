@@ -96,3 +96,8 @@ def test_unknown_directories_are_not_listed(tree):
     (tree.root / "notafolder").mkdir()
     names = tree.names()
     assert all(not n.startswith(".") and "&Jjo" not in n for n in names)
+
+
+def test_dovecot_subscriptions_format(tree):
+    (tree.root / "subscriptions").write_text("V\t2\n\nSent\nLists\tpython\n")
+    assert tree.subscriptions() == ["Sent", "Lists.python"]

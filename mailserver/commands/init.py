@@ -118,7 +118,9 @@ def register(subparsers: Any) -> None:
                         help="address to listen on (repeatable; default 0.0.0.0, and :: with IPv6)")
     for kind, port, what in (("smtp", 25, "mail from other servers"),
                              ("submission", 587, "mail clients, STARTTLS"),
-                             ("submissions", 465, "mail clients, implicit TLS")):
+                             ("submissions", 465, "mail clients, implicit TLS"),
+                             ("imap", 143, "mail clients reading, STARTTLS"),
+                             ("imaps", 993, "mail clients reading, implicit TLS")):
         parser.add_argument(f"--{kind}-port", type=int, default=port, metavar="PORT",
                             help=f"port for {what} (default {port}; 0 turns it off)")
     parser.add_argument("--user", default=DEFAULT_USER,
@@ -197,7 +199,7 @@ def _gather(args: argparse.Namespace, interactive: bool) -> Answers:
         except ValueError:
             raise CommandError(f"--listen-ip: {ip!r} is not an IP address") from None
     ports = {"smtp": args.smtp_port, "submission": args.submission_port,
-             "submissions": args.submissions_port}
+             "submissions": args.submissions_port, "imap": args.imap_port, "imaps": args.imaps_port}
     for kind, port in ports.items():
         if not 0 <= port < 65536:
             raise CommandError(f"--{kind}-port: {port} is not a port (0-65535)")
@@ -557,13 +559,13 @@ def _account(cfg: Config, address: str) -> str:
 
 def _next_steps(cfg: Config, path: Path) -> None:
     c = "" if str(path) == DEFAULT_CONFIG_PATH else f" -c {path}"
-    ports = sorted({p for kind in ("smtp", "submission", "submissions")
+    ports = sorted({p for kind in ("smtp", "submission", "submissions", "imap", "imaps")
                     for _, p in getattr(cfg.listen, kind)})
     steps = [
         "Publish the DNS records above at your DNS provider.",
-        f"Open the firewall: TCP {', '.join(map(str, ports)) or '25, 465, 587'} (e.g. `ufw allow"
-        f" {','.join(map(str, ports)) or '25,465,587'}/tcp`), later 143 and 993 for IMAP and 443"
-        " for MTA-STS/autoconfig (listen.https); your provider's firewall too.",
+        f"Open the firewall: TCP {', '.join(map(str, ports)) or '25, 143, 465, 587, 993'} (e.g. `ufw allow"
+        f" {','.join(map(str, ports)) or '25,143,465,587,993'}/tcp`), and 443 for MTA-STS/autoconfig"
+        " (listen.https); your provider's firewall too.",
         f"Ask your provider to set the PTR (reverse DNS) of this server's address to {cfg.hostname},"
         " and to open port 25.",
         "Install the unit (systemd/pymaild.service -> /etc/systemd/system/), then start it:"

@@ -150,10 +150,11 @@ class MailboxTree:
         out = []
         for line in text.splitlines():
             line = line.strip()
-            # Dovecot 2.3's format starts with "V\t2" and writes "\t"-separated lines.
+            # Dovecot 2.3's format starts with "V\t2" and separates hierarchy levels with
+            # a tab ("Lists\tpython"): read as our delimiter, so a migrated file just works.
             if not line or line.startswith("V\t"):
                 continue
-            out.append(line.split("\t")[-1])
+            out.append(DELIMITER.join(line.split("\t")))
         return list(dict.fromkeys(out))
 
     def list(self) -> list[MailboxInfo]:

@@ -179,9 +179,8 @@ class _IMAPProtocol(asyncio.Protocol, Output):
             self._admitted_ip = None
             self.endpoint.sessions.discard(self)
             if self.session is not None:
-                user = self.session.user
                 self.session.close()
-                log.info("disconnect session=%s user=%s", self.id, user or "-")
+                log.info("disconnect session=%s user=%s", self.id, self.session.login_name)
             if self._task is not None and not self._task.done():
                 self._task.cancel()
 

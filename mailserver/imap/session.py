@@ -119,6 +119,7 @@ class IMAPSession:
         self.id = session_id
         self.state = State.NOT_AUTHENTICATED
         self.user: str | None = None
+        self.login_name = "-"  # kept after LOGOUT, for the disconnect log line
         self.tree: MailboxTree | None = None
         self.selected: Selected | None = None
         self.enabled: set[str] = set()
@@ -368,8 +369,9 @@ class IMAPSession:
     async def _id(self, cmd: Command) -> Action:
         assert isinstance(cmd, Id)
         if cmd.params:
-            shown = " ".join(f"{k}={v}" for k, v in cmd.params[:6] if k.lower() in ("name", "version"))
-            log.info("id session=%s client=%s %s", self.id, self.client_ip, loggable(shown)[:120])
+            shown = " ".join(f"{loggable(k)}={loggable(v or '')}" for k, v in cmd.params[:6]
+                             if k.lower() in ("name", "version"))
+            log.info("id session=%s client=%s %s", self.id, self.client_ip, shown[:160])
         self._untagged(fmt.untagged(b"ID", fmt.format_value(["name", "pymaild", "vendor", "pymaild"])))
         self._ok(cmd.tag, "ID completed")
         return Action.NONE
@@ -463,7 +465,7 @@ class IMAPSession:
             log.warning("session limit session=%s client=%s user=%s", self.id, self.client_ip, loggable(user))
             raise Refused(f"too many sessions for {user} (limit {backend.limits.max_sessions_per_user})",
                           code="LIMIT")
-        self.user = user
+        self.user = self.login_name = user
         try:
             root = await asyncio.to_thread(backend.mailbox_root, user)
         except OSError as exc:
