@@ -435,3 +435,19 @@ def test_speed(cache: FetchCache) -> None:
     assert got == entries
     assert elapsed < 2.0
     assert os.path.getsize(cache.path) > 0
+
+
+def test_fields_cache_round_trip_forget_and_prune(tmp_path):
+    from mailserver.storage.fetchcache import fields_key
+
+    key = fields_key(["To", "FROM", "from"], exclude=False)
+    assert key == fields_key(["from", "to"], exclude=False) != fields_key(["from", "to"], exclude=True)
+    with FetchCache(tmp_path) as cache:
+        cache.put_fields(key, {"a": b"From: x\r\n\r\n", "b": b"\r\n"})
+        assert cache.get_fields(["a", "b", "c"], key) == {"a": b"From: x\r\n\r\n", "b": b"\r\n"}
+        assert cache.get_fields(["a"], fields_key(["subject"], exclude=False)) == {}
+        cache.forget(["a"])
+        assert cache.get_fields(["a", "b"], key) == {"b": b"\r\n"}
+        cache.put_fields(key, {"c": b"\r\n"})
+        assert cache.prune({"c"}) == 1
+        assert cache.get_fields(["b", "c"], key) == {"c": b"\r\n"}

@@ -655,3 +655,22 @@ def test_list_extended_and_list_status(imapd, ca):
     lines = raw.cmd(b"c", b'LIST (SUBSCRIBED) "" "*"')
     assert all(b"\\Subscribed" in line for line in lines[:-1]) and len(lines) == 6
     raw.close()
+
+
+def test_header_sync_is_the_same_cold_warm_and_after_cache_loss(imapd, ca):
+    user = new_account(imapd)
+    for i in range(3):
+        smtp_deliver(imapd, user, f"s{i}")
+    query = b"UID FETCH 1:* (UID BODY.PEEK[HEADER.FIELDS (From Subject Message-ID)])"
+    results = []
+    for _ in range(2):
+        raw = RawIMAP(imapd.imaps_port, tls=client_ctx(ca))
+        raw.cmd(b"a", f"LOGIN {user} {PASSWORD}".encode())
+        raw.cmd(b"b", b"SELECT INBOX")
+        results.append(raw.cmd(b"c", query))
+        raw.cmd(b"d", b"LOGOUT")
+        raw.close()
+    cache = imapd.state_dir / "mail/example.test" / user.split("@")[0] / "pymaild-cache.sqlite"
+    assert cache.exists()
+    assert results[0] == results[1] and len(results[0]) == 4
+    assert b"Subject: s0\r\n" in results[0][0] and b"Date:" not in results[0][0]

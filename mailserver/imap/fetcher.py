@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from mailserver.storage.fetchcache import CacheEntry, FetchCache, entry_for
+from mailserver.storage.fetchcache import CacheEntry, FetchCache, entry_for, fields_key
 from mailserver.storage.index import MailboxIndex, Message
 
 from . import format as fmt
@@ -106,6 +106,18 @@ class Renderer:
             if name not in seen:
                 seen.add(name)
                 self._items.append((name.encode("ascii") + b" ", self._renderer(item)))
+        # A client's header sync (only HEADER.FIELDS besides index items): the cut result
+        # itself is cached per field list, so a warm sync reads small blobs and no regex.
+        self._fields_key: str | None = None
+        sections = [i for i in plan.items if isinstance(i, BodySection)]
+        header_items = [i for i in plan.items if isinstance(i, Attribute)
+                        and i.name in ("ENVELOPE", "RFC822.HEADER")]
+        if (len(sections) == 1 and not header_items and not plan.need_structure and not plan.need_full
+                and sections[0].section.text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT")):
+            sec = sections[0].section
+            self._fields_key = fields_key(sec.fields, exclude=sec.text == "HEADER.FIELDS.NOT")
+        self._cuts: dict[str, bytes] = {}
+        self._fresh_cuts: dict[str, bytes] = {}
         self._has_flags = "FLAGS" in seen
         self._has_modseq = "MODSEQ" in seen
         self._flag_cache: dict[tuple[str, str, bool], bytes] = {}
@@ -118,7 +130,11 @@ class Renderer:
             for uid in uids:
                 bases[uid] = index.message(uid).base
             try:
-                entries = self.cache.get_many(list(bases.values()))
+                wanted = list(bases.values())
+                if self._fields_key is not None:
+                    self._cuts = self.cache.get_fields(wanted, self._fields_key)
+                    wanted = [b for b in wanted if b not in self._cuts]
+                entries = self.cache.get_many(wanted) if wanted else {}
             except Exception:  # a cache never fails a FETCH
                 log.exception("fetch cache read failed in %s", index.dir)
                 entries = {}
@@ -132,11 +148,14 @@ class Renderer:
                 out.append(self._one(uid, seq, bases.get(uid), entries, fresh))
             except FileNotFoundError:
                 self.missing.append(uid)
-        if fresh and self.cache is not None:
+        if (fresh or self._fresh_cuts) and self.cache is not None:
             try:
                 self.cache.put_many(fresh)
+                if self._fields_key is not None:
+                    self.cache.put_fields(self._fields_key, self._fresh_cuts)
             except Exception:
                 log.exception("fetch cache write failed in %s", index.dir)
+        self._fresh_cuts = {}
         return out
 
     def _one(self, uid: int, seq: int, base: str | None, entries: dict[str, CacheEntry],
@@ -146,7 +165,8 @@ class Renderer:
         entry = entries.get(base) if base is not None else None
         if plan.need_full:
             full = read_message(index, uid)
-        if (plan.need_header or plan.need_structure) and (
+        cut_cached = base is not None and base in self._cuts
+        if (plan.need_header or plan.need_structure) and not cut_cached and (
                 entry is None or (plan.need_structure and entry.bodystructure is None)):
             if plan.need_structure and full is None:
                 full = read_message(index, uid)
@@ -178,6 +198,11 @@ class Renderer:
             out = self._flag_cache[key] = fmt.flags(sorted(flags))
         return out
 
+    def _header_of(self, uid: int, entry: CacheEntry | None) -> bytes:
+        """The header block: cached, unless the cache holds only its first HEADER_CAP octets."""
+        assert entry is not None
+        return read_header(self.index, uid) if entry.header_truncated else entry.header
+
     def _renderer(self, item: FetchItem) -> Callable[[int, Message, CacheEntry | None, bytes | None], bytes]:
         """A function giving the item's value, already in wire form, for one message."""
         if isinstance(item, BodySection):
@@ -186,8 +211,13 @@ class Renderer:
 
             def body_section(uid: int, m: Message, entry: CacheEntry | None, full: bytes | None) -> bytes:
                 if header_only and full is None:
-                    assert entry is not None
-                    data = _header_section(entry.header, section)
+                    if self._fields_key is not None:
+                        data = self._cuts.get(m.base)
+                        if data is None:
+                            data = self._fresh_cuts[m.base] = _header_section(
+                                self._header_of(uid, entry), section)
+                    else:
+                        data = _header_section(self._header_of(uid, entry), section)
                 else:
                     assert full is not None
                     data = mime.section_bytes(full, section)

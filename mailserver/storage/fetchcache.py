@@ -68,6 +68,14 @@ CREATE TABLE IF NOT EXISTS entries (
     envelope BLOB
 )
 """
+_FIELDS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS fields (
+    base TEXT NOT NULL,
+    key TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (base, key)
+) WITHOUT ROWID
+"""
 _COLUMNS = "base, header, bodystructure, body, envelope"
 _UPSERT = f"""
 INSERT INTO entries ({_COLUMNS}) VALUES (?, ?, ?, ?, ?)
@@ -105,6 +113,12 @@ def entry_for(data: bytes, *, structure: bool) -> CacheEntry:
         fmt.format_value(msg.body_structure(extended=False)),
         envelope,
     )
+
+
+def fields_key(names: Iterable[str], *, exclude: bool) -> str:
+    """The cache key of a HEADER.FIELDS(.NOT) list: the result does not depend on the order
+    or case of the names, so ``(From To)`` and ``(to FROM)`` share one."""
+    return ("NOT " if exclude else "") + " ".join(sorted({n.lower() for n in names}))
 
 
 def _is_corrupt(exc: sqlite3.Error) -> bool:
@@ -174,11 +188,14 @@ class _Store:
             if version != CACHE_VERSION:
                 conn.execute("BEGIN IMMEDIATE")
                 conn.execute("DROP TABLE IF EXISTS entries")
+                conn.execute("DROP TABLE IF EXISTS fields")
                 conn.execute(_SCHEMA)
+                conn.execute(_FIELDS_SCHEMA)
                 conn.execute(f"PRAGMA user_version={CACHE_VERSION}")
                 conn.execute("COMMIT")
             else:
                 conn.execute(_SCHEMA)  # IF NOT EXISTS: repairs a missing table
+                conn.execute(_FIELDS_SCHEMA)
             # A file whose table has other columns (not ours) fails here, as damage.
             conn.execute(f"SELECT {_COLUMNS} FROM entries LIMIT 0").fetchall()
         except sqlite3.OperationalError as exc:
@@ -309,6 +326,38 @@ class FetchCache:
 
         self._run("write", work, None)
 
+    def get_fields(self, bases: Sequence[str], key: str) -> dict[str, bytes]:
+        """Cached ``BODY[HEADER.FIELDS (...)]`` results for one field list (``key``, see
+        :func:`fields_key`): a client's header sync reads these small blobs and nothing
+        else, instead of each header block and a regex over it."""
+        if not bases:
+            return {}
+
+        def work(conn: sqlite3.Connection) -> dict[str, bytes]:
+            out: dict[str, bytes] = {}
+            for i in range(0, len(bases), _CHUNK):
+                chunk = list(bases[i : i + _CHUNK])
+                marks = ",".join("?" * len(chunk))
+                for base, data in conn.execute(
+                        f"SELECT base, data FROM fields WHERE key = ? AND base IN ({marks})", [key, *chunk]):
+                    if type(data) is bytes:
+                        out[base] = data
+            return out
+
+        return self._run("read fields", work, {})
+
+    def put_fields(self, key: str, results: Mapping[str, bytes]) -> None:
+        if not results:
+            return
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("INSERT OR REPLACE INTO fields (base, key, data) VALUES (?, ?, ?)",
+                             [(base, key, data) for base, data in results.items()])
+            conn.execute("COMMIT")
+
+        self._run("write fields", work, None)
+
     def forget(self, bases: Iterable[str]) -> None:
         """Remove entries (messages expunged)."""
         keys = [(b,) for b in bases]
@@ -318,6 +367,7 @@ class FetchCache:
         def work(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany("DELETE FROM entries WHERE base = ?", keys)
+            conn.executemany("DELETE FROM fields WHERE base = ?", keys)
             conn.execute("COMMIT")
 
         self._run("forget", work, None)
@@ -327,11 +377,12 @@ class FetchCache:
         keep_set = keep if isinstance(keep, set | frozenset) else set(keep)
 
         def work(conn: sqlite3.Connection) -> int:
-            bases = conn.execute("SELECT base FROM entries").fetchall()
+            bases = conn.execute("SELECT base FROM entries UNION SELECT base FROM fields").fetchall()
             stale = [(b,) for (b,) in bases if b not in keep_set]
             if stale:
                 conn.execute("BEGIN IMMEDIATE")
                 conn.executemany("DELETE FROM entries WHERE base = ?", stale)
+                conn.executemany("DELETE FROM fields WHERE base = ?", stale)
                 conn.execute("COMMIT")
             return len(stale)
 
