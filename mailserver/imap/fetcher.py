@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from mailserver.storage.fetchcache import CacheEntry, FetchCache, entry_for, fields_key
+from mailserver.storage.fetchcache import HEADER_CAP, CacheEntry, FetchCache, entry_for, fields_key
 from mailserver.storage.index import MailboxIndex, Message
 
 from . import format as fmt
@@ -261,3 +261,55 @@ def _header_section(header: bytes, section: Section) -> bytes:
     if section.text == "HEADER":
         return header
     return mime.header_fields(header, section.fields, exclude=section.text == "HEADER.FIELDS.NOT")
+
+
+class SearchLoader:
+    """``load`` for the SEARCH evaluator: headers from the FETCH cache, fetched 500 at a
+    time ahead of the evaluator (a SUBJECT search of 10k messages then reads no file when
+    the client has synced headers before), whole messages from the files."""
+
+    _AHEAD = 500
+
+    def __init__(self, index: MailboxIndex, cache: FetchCache | None) -> None:
+        self.index = index
+        self.cache = cache
+        self._headers: dict[int, bytes] = {}
+        self._fresh: dict[str, CacheEntry] = {}
+
+    def __call__(self, cand: object, need: str) -> tuple[bytes | None, bytes | None]:
+        uid: int = cand.uid  # type: ignore[attr-defined]
+        seq: int = cand.seq  # type: ignore[attr-defined]
+        try:
+            if need == "full":
+                return None, read_message(self.index, uid)
+            header = self._headers.pop(uid, None)
+            if header is None:
+                self._prefetch(seq)
+                header = self._headers.pop(uid, None)
+            if header is None:
+                header = read_header(self.index, uid)
+                base = self.index.message(uid).base
+                self._fresh[base] = CacheEntry(header[:HEADER_CAP], None, None, None)
+                if len(self._fresh) >= self._AHEAD:
+                    self.flush()
+            return header, None
+        except FileNotFoundError:
+            return b"", b""
+
+    def _prefetch(self, seq: int) -> None:
+        self._headers.clear()
+        if self.cache is None:
+            return
+        uids = self.index.uids[seq - 1:seq - 1 + self._AHEAD]
+        bases = {self.index.message(u).base: u for u in uids}
+        for base, entry in self.cache.get_many(list(bases)).items():
+            if not entry.header_truncated:
+                self._headers[bases[base]] = entry.header
+
+    def flush(self) -> None:
+        if self._fresh and self.cache is not None:
+            try:
+                self.cache.put_many(self._fresh)
+            except Exception:
+                log.exception("fetch cache write failed in %s", self.index.dir)
+        self._fresh = {}

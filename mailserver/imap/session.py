@@ -48,7 +48,7 @@ from .commands import (
     UidExpunge,
 )
 from .fetch import Attribute, BodySection
-from .fetcher import FetchPlan, Renderer, read_header, read_message
+from .fetcher import FetchPlan, Renderer, SearchLoader
 from .mailboxes import DELIMITER, MailboxError, MailboxTree, pattern_matches
 from .search import uses_modseq
 from .seqset import SequenceSet
@@ -800,16 +800,11 @@ class IMAPSession:
                 cands.append(searcheval.Candidate(seq, uid, index.flags(uid), index.is_recent(uid), m.size,
                                                   m.internal_date, m.modseq))
             ctx = searcheval.SearchContext(max_seq=len(view), max_uid=view[-1] if view else 0)
-
-            def load(c: searcheval.Candidate, need: str) -> tuple[bytes | None, bytes | None]:
-                try:
-                    if need == "full":
-                        return None, read_message(index, c.uid)
-                    return read_header(index, c.uid), None
-                except FileNotFoundError:
-                    return b"", b""
-
-            return searcheval.search(cmd.criteria, cands, ctx, load)
+            load = SearchLoader(index, sel.cache)
+            try:
+                return searcheval.search(cmd.criteria, cands, ctx, load)
+            finally:
+                load.flush()
 
         found = await asyncio.to_thread(run)
         numbers = [c.uid if cmd.uid else c.seq for c in found]
