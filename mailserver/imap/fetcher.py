@@ -118,6 +118,7 @@ class Renderer:
             self._fields_key = fields_key(sec.fields, exclude=sec.text == "HEADER.FIELDS.NOT")
         self._cuts: dict[str, bytes] = {}
         self._fresh_cuts: dict[str, bytes] = {}
+        self._wants_envelope = "ENVELOPE" in seen
         self._has_flags = "FLAGS" in seen
         self._has_modseq = "MODSEQ" in seen
         self._flag_cache: dict[tuple[str, str, bool], bytes] = {}
@@ -173,7 +174,11 @@ class Renderer:
             if full is not None:
                 entry = entry_for(full, structure=plan.need_structure)
             else:
-                entry = entry_for(read_header(index, uid), structure=False)
+                header = read_header(index, uid)
+                # ENVELOPE only when asked: a header sync of 10k messages need not parse
+                # 10k address lists (it is filled in the first time a client wants it).
+                entry = (entry_for(header, structure=False) if self._wants_envelope
+                         else CacheEntry(header[:HEADER_CAP], None, None, None))
             if base is not None:
                 fresh[base] = entry
         m = index.message(uid)
