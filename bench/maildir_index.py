@@ -1,18 +1,29 @@
-"""Maildir folder index benchmark (storage for the future IMAP server).
+"""Maildir folder index benchmark (the storage under the IMAP server).
 
     python bench/maildir_index.py                  # 10,000 messages in a temp dir
     python bench/maildir_index.py --count 100000   # the big-folder case
     python bench/maildir_index.py --dir /var/lib/pymaild/bench
 
 Rows:
+  idle RSS/index    daemon memory per idle MailboxIndex: 1000 objects on one 20-message
+                    folder, each synced (as SELECT does), RSS growth / 1000
+  reopen            connect + read the counters, what an index pays to get its SQLite
+                    connection back after releasing it (median)
   fill              deliver M small messages with MaildirWriter(fsync=False)
   sync cold         first MailboxIndex.sync(): scan, move new/ -> cur/, stat, build index
-  open warm         a new MailboxIndex (a new session) loading the index + scanning
+  open warm         a new MailboxIndex (a new session) loading the index + scanning,
+                    directories modified < 1 s ago (so the readdir cannot be skipped)
   sync warm         sync() again, nothing changed, directories modified < 1 s ago
   sync idle         sync() again after a quiet second: two stat()s instead of a readdir
+  open warm idle    a new session on the idle folder while another has it open (median
+                    of 5): what LOGIN+SELECT of an already indexed folder costs
   sync +100         sync() after 100 new deliveries
   store \\Seen all  store_flags on every message (M renames + one commit)
-  store \\Seen one  store_flags on one message (rename + dir fsync + commit), median
+  store -\\Seen all the same, removing it again
+  store \\Flagged one  store_flags on one message (rename + dir fsync + commit), median
+  sync other session   a session learning all those flag changes from the index
+  open after store  a new session after the store-all (the index changed since the
+                    last session opened)
   uid->seq map      seq(uid) for every UID (what FETCH 1:* / UID FETCH resolve)
   flags all         flags(uid) for every UID (FETCH 1:* FLAGS without I/O)
 
@@ -22,6 +33,8 @@ The index commits with real fsyncs; only the fill skips them. Nothing here is a 
 from __future__ import annotations
 
 import argparse
+import gc
+import os
 import statistics
 import tempfile
 import time
@@ -31,6 +44,7 @@ from typing import TypeVar
 
 from mailserver.delivery.maildir import MaildirWriter
 from mailserver.storage.index import MailboxIndex
+from mailserver.storage.indexstore import INDEX_FILE, IndexStore
 from mailserver.storage.maildirpp import create_maildirpp
 
 T = TypeVar("T")
@@ -40,8 +54,17 @@ def timed(label: str, fn: Callable[[], T], note: str = "") -> T:
     t0 = time.perf_counter()
     out = fn()
     ms = (time.perf_counter() - t0) * 1000
-    print(f"  {label:<18} {ms:10.1f} ms  {note}")
+    print(f"  {label:<20} {ms:10.1f} ms  {note}")
     return out
+
+
+def median_ms(label: str, fn: Callable[[], object], runs: int, note: str = "", digits: int = 2) -> None:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    print(f"  {label:<20} {statistics.median(times):10.{digits}f} ms  {note}")
 
 
 def message(i: int) -> list[bytes]:
@@ -51,7 +74,47 @@ def message(i: int) -> list[bytes]:
     ]
 
 
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def idle_memory(base: Path, objects: int = 1000) -> None:
+    """RSS per idle index: many sessions with one small folder selected, all idle."""
+    root = base / "small"
+    create_maildirpp(root, durable=False)
+    writer = MaildirWriter(fsync=False)
+    for i in range(20):
+        writer.deliver(root, None, message(i))
+    first = MailboxIndex(root)
+    first.sync()
+    first.close()
+    held = []
+    gc.collect()
+    before = rss()
+    for _ in range(objects):
+        ix = MailboxIndex(root)
+        ix.sync()
+        if hasattr(ix, "release"):
+            ix.release()  # what the IMAP layer does when a session goes idle
+        held.append(ix)
+    gc.collect()
+    per = (rss() - before) / objects / 1024
+    print(f"  {'idle RSS/index':<20} {per:10.1f} KiB ({objects} synced indexes on a 20-message folder)")
+    for ix in held:
+        ix.close()
+
+    def reopen() -> None:
+        store = IndexStore(root / INDEX_FILE)
+        store.connect()
+        store.read_meta()
+        store.close()
+
+    median_ms("reopen", reopen, 200, "(connect + read counters + close, median of 200)", 3)
+
+
 def run(base: Path, count: int) -> None:
+    idle_memory(base)
     root = base / "mailbox"
     create_maildirpp(root, durable=False)
     writer = MaildirWriter(fsync=False)
@@ -62,11 +125,19 @@ def run(base: Path, count: int) -> None:
     c = timed("sync cold", ix.sync)
     assert len(c.new) == count
     ix2 = MailboxIndex(root)
-    timed("open warm", ix2.sync, "(new session: load index + scan)")
+    timed("open warm", ix2.sync, "(new session: load index + scan; dirs changed <1 s ago)")
     timed("sync warm", ix.sync, "(nothing changed; dirs changed <1 s ago: full readdir)")
     time.sleep(1.1)
     ix.sync()  # records the directory mtimes as trustworthy
+    ix2.sync()
     timed("sync idle", ix.sync, "(nothing changed; dir mtimes unchanged: no readdir)")
+
+    def open_session() -> None:
+        other = MailboxIndex(root)
+        other.sync()
+        other.close()
+
+    median_ms("open warm idle", open_session, 5, "(new session, folder idle and open elsewhere)", 1)
     for i in range(100):
         writer.deliver(root, None, message(count + i))
     c = timed("sync +100", ix.sync)
@@ -74,15 +145,19 @@ def run(base: Path, count: int) -> None:
     uids = list(ix.uids)
     changed, _ = timed("store \\Seen all", lambda: ix.store_flags(uids, ["\\Seen"]))
     assert len(changed) == len(uids)
-    one = []
+    changed, _ = timed("store -\\Seen all", lambda: ix.store_flags(uids, ["\\Seen"], "remove"))
+    assert len(changed) == len(uids)
+    ix.store_flags(uids, ["\\Seen"])
+    one_ms = []
     for uid in uids[:50]:
         t0 = time.perf_counter()
         ix.store_flags([uid], ["\\Flagged"])
-        one.append((time.perf_counter() - t0) * 1000)
+        one_ms.append((time.perf_counter() - t0) * 1000)
     label = "store \\Flagged one"
-    print(f"  {label:<18} {statistics.median(one):10.2f} ms  (median of 50, fsyncs)")
+    print(f"  {label:<20} {statistics.median(one_ms):10.2f} ms  (median of 50, fsyncs)")
     c = timed("sync other session", ix2.sync, "(learns every flag change from the index)")
     assert len(c.flags) == count and len(c.new) == 100
+    timed("open after store", open_session, "(new session after others changed every message)")
     timed("uid->seq map", lambda: [ix.seq(u) for u in uids], f"({len(uids)} lookups)")
     timed("flags all", lambda: [ix.flags(u) for u in uids])
     ix.close()
