@@ -479,3 +479,80 @@ def test_idle_folder_skips_readdir_but_misses_nothing(
     n = len(scans)
     assert other.store_flags([2], ["k26"], "remove") == ([2], [])
     assert ix.sync().flags == [2] and len(scans) == n
+
+
+def test_idle_index_holds_no_connection_and_release_keeps_the_view(
+    root: Path, writer: MaildirWriter
+) -> None:
+    from mailserver.storage import indexstore
+
+    deliver(writer, root, 4)
+    a, b = MailboxIndex(root), MailboxIndex(root)
+    assert a.sync().new == [1, 2, 3, 4]
+    b.sync()
+    # Every operation gives its connection and lock descriptor back at its end.
+    assert a._store.conn is None and a._lock_fd is None
+    assert len(indexstore.POOL) >= 1
+    b.store_flags([2], ["\\Seen"])
+    b.store_flags([3], ["\\Deleted"])
+    b.expunge()
+    deliver(writer, root, 1)
+    a.release()
+    a.release()  # idempotent
+    # Nothing was announced yet: the view and the rows are as the client knows them.
+    assert list(a.uids) == [1, 2, 3, 4] and a.flags(2) == frozenset() and a.recent_count == 4
+    assert a.message(3).uid == 3  # expunged elsewhere, still answerable
+    changes = a.sync()
+    assert changes.expunged == [3] and changes.flags == [2] and changes.new == [5]
+    assert a.flags(2) == {"\\Seen"} and list(a.uids) == [1, 2, 4, 5]
+    b.sync()
+    assert a.highestmodseq == b.highestmodseq
+    # A changed file is caught after a release too (the readdir trust is kept as is).
+    p = a.path(1)
+    os.rename(p, p.with_name(p.name + "F"))
+    a.release()
+    assert a.sync().flags == [1] and a.flags(1) == {"\\Flagged"}
+
+
+def test_pooled_connection_never_outlives_its_file(root: Path, writer: MaildirWriter) -> None:
+    from mailserver.storage import indexstore
+
+    deliver(writer, root, 2)
+    indexstore.POOL.clear()
+    ix = MailboxIndex(root)
+    ix.sync()
+    pooled = indexstore.POOL.take(str(root / INDEX_FILE), _ident(root / INDEX_FILE))
+    assert pooled is not None  # released into the pool, found again by path and inode
+    indexstore.POOL.put(str(root / INDEX_FILE), _ident(root / INDEX_FILE), pooled)
+    # The file is replaced (restored from a backup, say): the pooled connection to the old
+    # inode must not be used for the new file.
+    os.rename(root / INDEX_FILE, root / "old.sqlite")
+    (root / INDEX_FILE).write_bytes((root / "old.sqlite").read_bytes())
+    assert indexstore.POOL.take(str(root / INDEX_FILE), _ident(root / INDEX_FILE)) is None
+    assert len(indexstore.POOL) == 0
+    assert not ix.sync() and list(ix.uids) == [1, 2]
+    # Bounded: releasing more connections than POOL_MAX closes the oldest.
+    stores = [indexstore.IndexStore(root / INDEX_FILE) for _ in range(indexstore.POOL_MAX + 3)]
+    for s in stores:
+        s.connect()
+    for s in stores:
+        s.release()
+    assert len(indexstore.POOL) == indexstore.POOL_MAX
+
+
+def test_pooled_connection_not_reused_after_fork(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailserver.storage import indexstore
+
+    indexstore.POOL.clear()
+    ix = MailboxIndex(root)
+    ix.sync()
+    assert len(indexstore.POOL) == 1
+    real = os.getpid()
+    monkeypatch.setattr(indexstore.os, "getpid", lambda: real + 1)  # as in a forked child
+    assert indexstore.POOL.take(str(root / INDEX_FILE), _ident(root / INDEX_FILE)) is None
+    assert len(indexstore.POOL) == 0
+
+
+def _ident(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_dev, st.st_ino

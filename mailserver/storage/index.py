@@ -537,6 +537,26 @@ class MailboxIndex:
                     os.unlink(tmp)
             raise
 
+    def release(self) -> None:
+        """Let go of what an idle session need not hold: the SQLite connection (to the
+        process-wide pool, see :mod:`.indexstore`) and the lock file descriptor.
+
+        Nothing is lost: the mirror and the view stay, and the next operation takes a
+        connection back and catches up incrementally as usual. Every operation already
+        ends with this, so callers never need it; it also drops the flag-name cache.
+        """
+        with self._mutex:
+            if self._depth:
+                return  # inside an operation (a nested call): it releases at its end
+            self._release()
+            self._flags_cache.clear()
+
+    def _release(self) -> None:
+        self._store.release()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
     def close(self) -> None:
         with self._mutex:
             self._store.close()
@@ -579,6 +599,9 @@ class MailboxIndex:
             finally:
                 self._depth -= 1
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                # An idle session holds no connection and no descriptor; taking them
+                # back from the pool costs microseconds (see IndexStore.release).
+                self._release()
 
     def _refresh(self) -> None:
         """Catch up with what other sessions and processes committed."""
