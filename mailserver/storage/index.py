@@ -312,6 +312,11 @@ class MailboxIndex:
             meta = self._meta_copy()
             if kws and mode != "remove":
                 self._assign_keywords(kws)
+            entries = self._entries
+            subs = self._sub
+            cur = subs["cur"]
+            rename = os.rename
+            new_message = tuple.__new__
             updates: dict[int, Message] = {}
             changed: list[int] = []
             failed: list[int] = []
@@ -319,50 +324,57 @@ class MailboxIndex:
             vanished: list[Message] = []
             disk: dict[str, tuple[str, str]] | None = None
             renamed = False
-            memo: dict[tuple[str, str], tuple[str, str]] = {}  # most messages share flags
-            for uid in sorted(set(uids)):
-                m = self._entries.get(uid)
-                if m is None or not self._in_view(uid):
-                    continue
-                if unchanged_since is not None and m.modseq > unchanged_since:
+            # (suffix, extra) -> (new suffix or None if the letters stay, new extra), or
+            # None for no change: a 100k-message STORE meets only a few combinations.
+            memo: dict[tuple[str, str], tuple[str | None, str] | None] = {}
+            modseq = meta.highestmodseq
+            # A loop of ~2 us per message around the rename (~20 us, the floor).
+            for uid in self._view_members(uids):
+                m = entries.get(uid)
+                if m is None:
+                    continue  # expunged by another session, not yet reported
+                _u, base, sub, suffix, old_modseq, size, idate, extra = m
+                if unchanged_since is not None and old_modseq > unchanged_since:
                     failed.append(uid)
                     continue
-                key = (m.letters, m.extra)
-                result = memo.get(key)
+                key = (suffix, extra)
+                if key in memo:
+                    result = memo[key]
+                else:
+                    result = memo[key] = self._store_result(suffix, extra, sys_letters, kws, mode)
                 if result is None:
-                    result = memo[key] = self._apply(m.letters, m.extra, sys_letters, kws, mode)
-                letters, extra = result
-                if letters == m.letters and extra == m.extra:
                     continue
-                if letters != m.letters:
+                new_suffix, new_extra = result
+                if new_suffix is not None:
                     try:
-                        self._rename(m, letters)
+                        rename(subs[sub] + base + suffix, cur + base + new_suffix)
+                        renamed = True
+                        sub, suffix = "cur", new_suffix
                     except FileNotFoundError:
                         # Renamed or deleted by another program since our last look.
                         if disk is None:
                             disk = self._scan()
-                        where = disk.get(m.base)
-                        if where is None:
-                            vanished.append(m)
+                        m, modseq, again = self._store_moved(
+                            m, disk.get(base), modseq, sys_letters, kws, mode, unchanged_since
+                        )
+                        if m is None:
+                            vanished.append(entries[uid])
                             continue
-                        meta.highestmodseq += 1
-                        m = m._replace(sub=where[0], suffix=where[1], modseq=meta.highestmodseq)
                         updates[uid] = m
                         external.append(uid)
-                        if unchanged_since is not None:
-                            failed.append(uid)  # its flags changed after the client's modseq
+                        if again is None:
+                            if unchanged_since is not None:
+                                failed.append(uid)  # its flags changed after the client's modseq
                             continue
-                        letters, extra = self._apply(m.letters, m.extra, sys_letters, kws, mode)
-                        if letters == m.letters and extra == m.extra:
-                            continue
-                        if letters != m.letters:
-                            self._rename(m, letters)
-                    if letters != m.letters:
-                        renamed = True
-                        m = m._replace(sub="cur", suffix=make_suffix(letters))
-                meta.highestmodseq += 1
-                updates[uid] = m._replace(extra=extra, modseq=meta.highestmodseq)
+                        _u, base, sub, suffix, old_modseq, size, idate, extra = m
+                        new_suffix, new_extra = again
+                        if new_suffix is not None:
+                            renamed = True
+                            sub, suffix = "cur", new_suffix
+                modseq += 1
+                updates[uid] = new_message(Message, (uid, base, sub, suffix, modseq, size, idate, new_extra))
                 changed.append(uid)
+            meta.highestmodseq = modseq
             if renamed:
                 # The renames must be on disk before the index says they happened.
                 fsync_dir(self.dir / "cur")
@@ -370,16 +382,60 @@ class MailboxIndex:
             meta.highestmodseq += len(expunges)
             if updates or expunges:
                 with self._commit(meta):
-                    self._store.upsert(updates.values())
+                    self._store.update(updates.values())
                     if expunges:
                         self._store.delete(expunges, meta)
-            for m in updates.values():
-                self._entries[m.uid] = m
-            self._pending_flags.update(u for u in external if u not in changed)
+            entries.update(updates)
+            if external:
+                done = set(changed)
+                self._pending_flags.update(u for u in external if u not in done)
             self._pending_flags.difference_update(changed)
             self._forget(vanished)
             self._maybe_advance_modseq()
         return changed, sorted(failed)
+
+    def _view_members(self, uids: Iterable[int]) -> list[int]:
+        """The distinct ``uids`` that are in the view, ascending."""
+        wanted = set(uids)
+        if len(wanted) * 8 < len(self._view):
+            return sorted(u for u in wanted if self._in_view(u))
+        return sorted(wanted.intersection(self._view))
+
+    def _store_result(
+        self, suffix: str, extra: str, sys_letters: set[str], kws: list[str], mode: str
+    ) -> tuple[str | None, str] | None:
+        """What a STORE makes of a message named with ``suffix`` and index keywords
+        ``extra``: None if nothing changes, else ``(new suffix, new extra)`` with a None
+        suffix if the file keeps its name (only letterless keywords changed)."""
+        old = letters_of(suffix)
+        letters, new_extra = self._apply(old, extra, sys_letters, kws, mode)
+        if letters == old and new_extra == extra:
+            return None
+        return (make_suffix(letters) if letters != old else None), new_extra
+
+    def _store_moved(
+        self,
+        m: Message,
+        where: tuple[str, str] | None,
+        modseq: int,
+        sys_letters: set[str],
+        kws: list[str],
+        mode: str,
+        unchanged_since: int | None,
+    ) -> tuple[Message | None, int, tuple[str | None, str] | None]:
+        """STORE on a message another program renamed (``where`` it is now, None if it is
+        gone): ``(the row with its new name and a new modseq, modseq, the store's result
+        for it)``; the file is already renamed for that result unless it is None."""
+        if where is None:
+            return None, modseq, None
+        modseq += 1
+        m = m._replace(sub=where[0], suffix=where[1], modseq=modseq)
+        if unchanged_since is not None:
+            return m, modseq, None
+        result = self._store_result(m.suffix, m.extra, sys_letters, kws, mode)
+        if result is not None and result[0] is not None:
+            os.rename(self._sub[m.sub] + m.name, self._sub["cur"] + m.base + result[0])
+        return m, modseq, result
 
     def expunge(self, uids: Iterable[int] | None = None) -> ChangeSet:
         """EXPUNGE (all \\Deleted messages) or UID EXPUNGE (\\Deleted ones among ``uids``).
