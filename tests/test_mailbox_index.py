@@ -459,8 +459,8 @@ def test_idle_folder_skips_readdir_but_misses_nothing(
     ix = MailboxIndex(root)
     ix.sync()
     scans = []
-    real_scan = MailboxIndex._scan
-    monkeypatch.setattr(MailboxIndex, "_scan", lambda self: scans.append(1) or real_scan(self))
+    real_look = MailboxIndex._look  # the readdir of sync()
+    monkeypatch.setattr(MailboxIndex, "_look", lambda self: scans.append(1) or real_look(self))
     real_ns = index_mod.time.time_ns
     monkeypatch.setattr(index_mod.time, "time_ns", lambda: real_ns() + 5_000_000_000)
     assert not ix.sync() and len(scans) == 1  # dirs a second old: stamp recorded
@@ -556,3 +556,88 @@ def test_pooled_connection_not_reused_after_fork(root: Path, monkeypatch: pytest
 def _ident(path: Path) -> tuple[int, int]:
     st = path.stat()
     return st.st_dev, st.st_ino
+
+
+def test_sync_ignores_what_is_not_a_message_file(root: Path, writer: MaildirWriter) -> None:
+    deliver(writer, root, 2)
+    (root / "new" / ".hidden").write_text("x")
+    (root / "new" / "adir").mkdir()
+    (root / "cur" / "bdir:2,").mkdir()
+    (root / "cur" / ".nfs0001").write_text("x")
+    os.symlink("/etc/hostname", root / "cur" / "link:2,")
+    os.symlink("/etc/hostname", root / "new" / "link2")
+    ix = MailboxIndex(root)
+    assert ix.sync().new == [1, 2]
+    assert sorted(names(root / "new")) == [".hidden", "adir", "link2"]  # none of them moved
+    assert not ix.sync()
+    # The same once the mirror exists (the set comparison path), and in a read-only view.
+    (root / "cur" / "cdir:2,S").mkdir()
+    os.symlink("/etc/hostname", root / "cur" / "link3:2,S")
+    assert not ix.sync()
+    ro = MailboxIndex(root, read_only=True)
+    assert ro.sync().new == [1, 2] and not ro.sync()
+
+
+def test_two_files_for_one_message(
+    root: Path, writer: MaildirWriter, caplog: pytest.LogCaptureFixture
+) -> None:
+    deliver(writer, root, 2)
+    ix = MailboxIndex(root)
+    ix.sync()
+    p = ix.path(1)
+    # A copy of message 1 turns up in new/ (restored by some tool): cur/ is the truth.
+    os.link(p, root / "new" / p.name.split(":")[0])
+    assert not ix.sync() and ix.path(1) == p
+    assert len(names(root / "new")) == 1  # not moved over the one in cur/
+    # A second name in cur/: one of them is taken, with a warning, and nothing breaks.
+    os.unlink(root / "new" / p.name.split(":")[0])
+    os.link(p, p.with_name(p.name + "S"))
+    caplog.set_level(logging.WARNING, logger="pymaild.storage")
+    ix.sync()
+    assert any("two files" in r.getMessage() for r in caplog.records)
+    assert ix.path(1).exists() and list(ix.uids) == [1, 2]
+    os.unlink(ix.path(1))  # the chosen one goes: the other is found, nothing expunged
+    changes = ix.sync()
+    assert not changes.expunged and ix.path(1).exists() and list(ix.uids) == [1, 2]
+
+
+def test_a_file_missed_by_readdir_is_not_expunged(
+    root: Path, writer: MaildirWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mailserver.storage.index as index_mod
+
+    deliver(writer, root, 3)
+    ix = MailboxIndex(root)
+    ix.sync()
+    target = ix.path(2)
+    os.rename(target, target.with_name(target.name + "S"))  # flagged by mutt meanwhile
+    real = index_mod.os.listdir
+    calls = []
+
+    def racy(path: str) -> list[str]:
+        out = real(path)
+        calls.append(path)
+        if len(calls) == 1:  # the first readdir misses the renamed file
+            out = [n for n in out if not n.startswith(target.name.split(":")[0])]
+        return out
+
+    monkeypatch.setattr(index_mod.os, "listdir", racy)
+    changes = ix.sync()
+    assert not changes.expunged and changes.flags == [2] and len(calls) == 2
+    assert ix.flags(2) == {"\\Seen"}
+
+
+def test_read_only_view_follows_files_moved_out_of_new(root: Path, writer: MaildirWriter) -> None:
+    deliver(writer, root, 3)
+    ro = MailboxIndex(root, read_only=True)
+    ro.sync()
+    assert all(ro.path(u).parent.name == "new" for u in ro.uids)
+    p = root / "new" / ro.path(2).name
+    os.rename(p, root / "cur" / (p.name + ":2,S"))  # another MUA read it
+    os.unlink(ro.path(3))
+    changes = ro.sync()
+    assert changes.flags == [2] and changes.expunged == [3]
+    assert ro.path(2).parent.name == "cur" and ro.flags(2) == {"\\Seen"}
+    rw = MailboxIndex(root)
+    assert rw.sync().new == [1, 2]
+    assert names(root / "new") == [] and not ro.sync().flags  # moved, flags unchanged

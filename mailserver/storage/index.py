@@ -31,8 +31,10 @@ import dataclasses
 import errno
 import fcntl
 import logging
+import operator
 import os
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -107,6 +109,9 @@ class ChangeSet:
 
     def __bool__(self) -> bool:
         return bool(self.new or self.expunged or self.flags or self.uidvalidity_changed)
+
+
+_SUB = operator.itemgetter(2)  # Message.sub, for C-speed scans of every row
 
 
 def _split_extra(extra: str) -> list[str]:
@@ -851,13 +856,7 @@ class MailboxIndex:
             # changes (arrived through _refresh) and \Recent remain to handle.
             self._commit_disk_changes([], [], [])
             return
-        disk = self._scan()
-        by_base = self._by_base
-        if any(base not in disk for base in by_base):
-            # readdir() may miss a file renamed while it runs (a flag change by another
-            # program): look again before declaring anything expunged.
-            disk.update(self._scan())
-        vanished = [self._entries[uid] for base, uid in by_base.items() if base not in disk]
+        disk, vanished = self._look()
         if not self.read_only:
             # Into cur/: this session has seen them (the Maildir meaning of new/).
             for base, (sub, suffix) in list(disk.items()):
@@ -871,6 +870,7 @@ class MailboxIndex:
                 disk[base] = ("cur", target)
             # No directory fsync: files are matched by base, so a move lost in a crash
             # is simply redone.
+        by_base = self._by_base
         changed: list[tuple[Message, str, str]] = []
         fresh: list[str] = []
         for base, (sub, suffix) in disk.items():
@@ -883,6 +883,83 @@ class MailboxIndex:
                     changed.append((m, sub, suffix))
 
         self._commit_disk_changes(self._new_files_info(fresh, disk) if fresh else [], changed, vanished)
+
+    def _look(self) -> tuple[dict[str, tuple[str, str]], list[Message]]:
+        """What differs between the files and the mirror: ``({base: (sub, suffix)}, gone)``.
+
+        The dict holds every message whose file is not where and as the mirror says (and,
+        for a read-write view, every file in ``new/``, which is to move); the list the
+        messages with no file left. The names of ``cur/`` are compared as sets with the
+        mirror's names, so only what changed costs Python work: a 100k folder with a few
+        new files takes ~0.15 s instead of ~0.6 s of per-file work.
+        """
+        entries = self._entries
+        rows = entries.values()
+        known: dict[str, set[str]] = {"new": set(), "cur": set()}
+        if "new" in map(_SUB, rows):  # (only a read-only view leaves files in new/)
+            for m in rows:
+                known[m.sub].add(m.base + m.suffix)
+        else:
+            known["cur"] = {m.base + m.suffix for m in rows}
+        listed = {"new": self._list_new(), "cur": set(os.listdir(self._sub["cur"]))}
+        disk, missing = self._differences(known, listed)
+        if missing:
+            # readdir() may miss a file renamed while it runs (a flag change by another
+            # program): look again before declaring anything expunged.
+            listed["new"] |= self._list_new()
+            listed["cur"] |= set(os.listdir(self._sub["cur"]))
+            disk, missing = self._differences(known, listed)
+        return disk, [entries[self._by_base[base]] for base in missing]
+
+    def _list_new(self) -> set[str]:
+        # Usually empty, and the files here get renamed: only regular files, by d_type.
+        with os.scandir(self._sub["new"]) as it:
+            return {e.name for e in it if e.name[0] != "." and e.is_file(follow_symlinks=False)}
+
+    def _differences(
+        self, known: dict[str, set[str]], listed: dict[str, set[str]]
+    ) -> tuple[dict[str, tuple[str, str]], list[str]]:
+        """``({base: (sub, suffix)}, bases without a file)`` for the bases whose names
+        differ between ``known`` (the mirror) and ``listed`` (the directories)."""
+        found: dict[str, list[tuple[str, str]]] = {}
+        for sub in ("new", "cur"):
+            have, had = listed[sub], known[sub]
+            moving = sub == "new" and not self.read_only  # moves everything in new/
+            if not moving and have == had:
+                continue  # the common case, at C speed
+            added = have if moving else have - had
+            for name in added:
+                if name[0] != ".":
+                    base, suffix = split_name(name)
+                    found.setdefault(base, []).append((sub, suffix))
+            for name in had - have:
+                found.setdefault(split_name(name)[0], [])
+        disk: dict[str, tuple[str, str]] = {}
+        missing: list[str] = []
+        for base, where in found.items():
+            uid = self._by_base.get(base)
+            m = None if uid is None else self._entries[uid]
+            if m is not None and m.name in listed[m.sub] and (m.sub, m.suffix) not in where:
+                where.append((m.sub, m.suffix))  # the file as the mirror knows it is still there
+            if not where:
+                if m is not None:
+                    missing.append(base)
+                continue
+            disk[base] = self._pick(base, where)
+        return disk, missing
+
+    def _pick(self, base: str, where: list[tuple[str, str]]) -> tuple[str, str]:
+        """Of several files for one message (a copy, a crash between link and unlink by
+        another program), the one in cur/ that still exists, a newly seen name first."""
+        if len(where) == 1:
+            return where[0]
+        curs = [w for w in where if w[0] == "cur"]
+        if not curs:
+            return where[-1]
+        if len(curs) > 1:
+            curs = [w for w in curs if os.path.lexists(self._sub["cur"] + base + w[1])] or curs
+            log.warning("%s: two files for one message: %s", self.dir, ", ".join(base + w[1] for w in curs))
+        return curs[0]
 
     def _commit_disk_changes(
         self,
@@ -933,9 +1010,11 @@ class MailboxIndex:
         for base in fresh:
             sub, suffix = disk[base]
             try:
-                st = os.stat(self._sub[sub] + base + suffix)
+                st = os.lstat(self._sub[sub] + base + suffix)
             except FileNotFoundError:
                 continue  # gone again already; never indexed, nothing to report
+            if not stat.S_ISREG(st.st_mode):
+                continue  # a directory or symlink someone left there: not a message
             t = name_time(base)
             # Delivery order: the time in the name (when the writer made it); mtime is
             # the internal date and may be older (APPEND with a date, migrated mail).
