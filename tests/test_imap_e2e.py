@@ -674,3 +674,69 @@ def test_header_sync_is_the_same_cold_warm_and_after_cache_loss(imapd, ca):
     assert cache.exists()
     assert results[0] == results[1] and len(results[0]) == 4
     assert b"Subject: s0\r\n" in results[0][0] and b"Date:" not in results[0][0]
+
+
+NESTED = (b"From: a@example.org\r\nTo: b@example.test\r\nCc: c@example.test\r\nBcc: d@example.test\r\n"
+          b"Subject: nested\r\nDate: Tue, 10 Nov 2026 09:00:00 +0100\r\nMIME-Version: 1.0\r\n"
+          b"Content-Type: multipart/mixed; boundary=XX\r\n\r\npreamble\r\n"
+          b"--XX\r\nContent-Type: text/plain\r\n\r\nouter text\r\n"
+          b"--XX\r\nContent-Type: message/rfc822\r\n\r\n"
+          b"From: inner@example.org\r\nSubject: inner\r\n\r\ninner body\r\n"
+          b"--XX--\r\n")
+
+
+def test_rfc3501_fetch_and_search_coverage(imapd, ca):
+    user = new_account(imapd)
+    raw = RawIMAP(imapd.imaps_port, tls=client_ctx(ca))
+    raw.cmd(b"a", f"LOGIN {user} {PASSWORD}".encode())
+    raw.send(b'b APPEND INBOX (\\Answered $Work) "10-Nov-2026 09:00:00 +0100" {%d+}\r\n' % len(NESTED)
+             + NESTED + b"\r\n")
+    raw.read_until_tagged(b"b")
+    small = b"Subject: small\r\nX-Tag: yes\r\n\r\nx\r\n"
+    raw.send(b'c APPEND INBOX (\\Draft) {%d+}\r\n' % len(small) + small + b"\r\n")
+    raw.read_until_tagged(b"c")
+    raw.cmd(b"d", b"SELECT INBOX")
+    out = b"".join(raw.cmd(b"e", b"FETCH 1 FAST"))
+    assert b"FLAGS (" in out and b"INTERNALDATE" in out and b"RFC822.SIZE %d" % len(NESTED) in out
+    out = b"".join(raw.cmd(b"f", b"FETCH 1 FULL"))
+    assert b"ENVELOPE (" in out and b"BODY (" in out and b"BODYSTRUCTURE" not in out
+    out = b"".join(raw.cmd(b"g", b"FETCH 1 ALL"))
+    assert b"ENVELOPE (" in out and b"BODY (" not in out
+    out = b"".join(raw.cmd(b"h", b"FETCH 1 (BODY.PEEK[2.HEADER] BODY.PEEK[2.TEXT] BODY.PEEK[1.MIME] BODY.PEEK"
+                                 b"[HEADER.FIELDS.NOT (Bcc Cc To From Date MIME-Version Content-Type)])"))
+    # The CRLF before a boundary belongs to the boundary (RFC 2046), not to the inner body.
+    assert b"Subject: inner\r\n\r\n" in out and b"BODY[2.TEXT] \"inner body\"" in out
+    assert b"Content-Type: text/plain\r\n\r\n" in out and b"Subject: nested\r\n\r\n" in out
+    out = b"".join(raw.cmd(b"i", b"FETCH 1 (RFC822.HEADER BODY.PEEK[TEXT]<0.8>)"))
+    assert b"RFC822.HEADER {" in out and b'BODY[TEXT]<0> "preamble"' in out
+    out = b"".join(raw.cmd(b"j", b"FETCH 1 (BODY.PEEK[3] BODY.PEEK[1.2.3])"))  # no such parts
+    assert b'BODY[3] ""' in out and b'BODY[1.2.3] ""' in out
+    out = b"".join(raw.cmd(b"k", b"FETCH 1 (BODYSTRUCTURE)"))
+    assert b'("MESSAGE" "RFC822" NIL NIL NIL "7BIT"' in out
+    searches = {
+        b"ANSWERED": b"1", b"UNANSWERED": b"2", b"DRAFT": b"2", b"UNDRAFT": b"1",
+        b"KEYWORD $Work": b"1", b"UNKEYWORD $Work": b"2", b"LARGER 100": b"1", b"SMALLER 100": b"2",
+        b"HEADER X-Tag yes": b"2", b"HEADER X-Tag \"\"": b"2", b"BCC d@example": b"1", b"CC c@": b"1",
+        b"TO b@example.test": b"1", b"SENTON 10-Nov-2026": b"1", b"ON 10-Nov-2026": b"1",
+        b"BEFORE 10-Nov-2026": b"", b"SINCE 1-Jan-2026": b"1 2", b"UID 2": b"2", b"2:*": b"2",
+        b"RECENT": b"1 2", b"NEW": b"1 2", b"OLD": b"", b"BODY \"inner body\"": b"1", b"TEXT x-tag": b"2",
+        b"OR DRAFT ANSWERED": b"1 2", b"NOT (OR DRAFT ANSWERED)": b"", b"ALL": b"1 2",
+        b"CHARSET UTF-8 SUBJECT nested": b"1", b"UNSEEN DELETED": b"",
+    }
+    for i, (criteria, expect) in enumerate(searches.items()):
+        line = raw.cmd(b"s%d" % i, b"SEARCH " + criteria)[0]
+        assert line == b"* SEARCH" + (b" " + expect if expect else b"") + b"\r\n", (criteria, line)
+    assert raw.cmd(b"t", b"SEARCH CHARSET KOI8-R ALL")[-1].startswith(b"t NO [BADCHARSET")
+    # STORE variants
+    out = b"".join(raw.cmd(b"u", b"STORE 1 FLAGS (\\Flagged)"))
+    assert b"FLAGS (\\Flagged \\Recent)" in out
+    out = b"".join(raw.cmd(b"v", b"STORE 1 -FLAGS.SILENT (\\Flagged)"))
+    assert b"FETCH" not in out
+    raw.cmd(b"w", b"STORE 2 +FLAGS (\\Deleted)")
+    assert raw.cmd(b"x", b"CHECK")[-1].startswith(b"x OK")
+    assert raw.cmd(b"y", b"CLOSE")[-1].startswith(b"y OK")  # expunges message 2 silently
+    out = b"".join(raw.cmd(b"z", b"EXAMINE INBOX"))
+    assert b"* 1 EXISTS" in out and b"[READ-ONLY]" in out and b"[PERMANENTFLAGS ()]" in out
+    assert raw.cmd(b"z1", b"STORE 1 +FLAGS (\\Seen)")[-1].startswith(b"z1 NO")
+    assert raw.cmd(b"z2", b"EXPUNGE")[-1].startswith(b"z2 NO")
+    raw.close()
