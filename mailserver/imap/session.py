@@ -978,6 +978,13 @@ class IMAPSession:
         self._idle_tag = cmd.tag
         self.idling = True
         self.out.write(b"+ idling\r\n")
+        sel = self.selected
+        if sel is not None:
+            # A client sits in IDLE for hours: hand back the FETCH cache's share of the
+            # folder's SQLite connection (a fresh FetchCache opens it again on first use).
+            old = sel.cache
+            sel.cache = FetchCache(sel.index.dir)
+            await asyncio.to_thread(old.close)
         if self.state is State.SELECTED and self._dirty:
             await self._report_changes()
         return Action.IDLE
