@@ -641,3 +641,213 @@ def test_read_only_view_follows_files_moved_out_of_new(root: Path, writer: Maild
     rw = MailboxIndex(root)
     assert rw.sync().new == [1, 2]
     assert names(root / "new") == [] and not ro.sync().flags  # moved, flags unchanged
+
+
+def _fresh_state(root: Path, read_only: bool = True) -> dict[int, tuple[object, ...]]:
+    """Every row as an index that shares nothing with this process would load it."""
+    import mailserver.storage.index as index_mod
+
+    saved = dict(index_mod._snapshots)
+    index_mod._snapshots.clear()
+    try:
+        ix = MailboxIndex(root, read_only=read_only)
+        ix.sync()
+        return {u: tuple(ix.message(u)) for u in ix.uids}
+    finally:
+        ix.close()
+        index_mod._snapshots.update(saved)
+
+
+def _state(ix: MailboxIndex) -> dict[int, tuple[object, ...]]:
+    return {u: tuple(ix.message(u)) for u in ix.uids}
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts full index reads and directory reads."""
+    from mailserver.storage.indexstore import IndexStore
+
+    counts = {"all_rows": 0, "look": 0}
+    real_rows, real_look = IndexStore.all_rows, MailboxIndex._look
+
+    def all_rows(self: IndexStore) -> list:  # type: ignore[type-arg]
+        counts["all_rows"] += 1
+        return real_rows(self)
+
+    def look(self: MailboxIndex):  # type: ignore[no-untyped-def]
+        counts["look"] += 1
+        return real_look(self)
+
+    monkeypatch.setattr(IndexStore, "all_rows", all_rows)
+    monkeypatch.setattr(MailboxIndex, "_look", look)
+    return counts
+
+
+def _quiet_dirs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every directory change look more than a second old (see _dirs_unchanged)."""
+    import mailserver.storage.index as index_mod
+
+    real_ns = index_mod.time.time_ns
+    monkeypatch.setattr(index_mod.time, "time_ns", lambda: real_ns() + 5_000_000_000)
+
+
+def test_new_session_shares_the_loaded_rows(
+    root: Path, writer: MaildirWriter, counted: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deliver(writer, root, 5)
+    a = MailboxIndex(root)
+    assert a.sync().new == [1, 2, 3, 4, 5]
+    a.store_flags([2], ["\\Seen", "kw"])
+    assert counted["all_rows"] == 1
+    b = MailboxIndex(root)
+    assert b.sync().new == [1, 2, 3, 4, 5]
+    assert counted["all_rows"] == 1  # not read again: a's rows plus the store's changes
+    assert _state(b) == _state(a) == _fresh_state(root)  # (a read of its own)
+    assert b.recent_count == 0 and a.recent_count == 5  # \Recent stays the first session's
+    assert b.highestmodseq == a.highestmodseq and b.uidnext == 6
+    # Each view is its own: b's store is news to a, not to b, and shares nothing mutable.
+    b.store_flags([1], ["\\Flagged"])
+    assert a.flags(1) == frozenset() and b.flags(1) == {"\\Flagged"}
+    assert a.sync().flags == [1] and not b.sync()
+    # On a folder idle for more than a second, a new session skips the readdir too.
+    _quiet_dirs(monkeypatch)
+    a.sync()  # finds the files as the rows say: the snapshot learns the directory mtimes
+    looks = counted["look"]
+    c = MailboxIndex(root)
+    assert c.sync().new == [1, 2, 3, 4, 5]
+    assert counted["look"] == looks and counted["all_rows"] == 2
+    assert _state(c) == _state(a)
+    # ...but not once a file changed behind everyone's back.
+    p = a.path(3)
+    os.rename(p, p.with_name(p.name + "T"))
+    d = MailboxIndex(root)
+    d.sync()
+    assert counted["look"] == looks + 1 and d.flags(3) == {"\\Deleted"}
+    assert c.sync().flags == [3]
+
+
+def _other_process_changes(root: str) -> None:
+    ix = MailboxIndex(Path(root))
+    ix.sync()
+    ix.store_flags(list(ix.uids), ["\\Answered"])
+    ix.store_flags([1, 2], ["\\Deleted"])
+    ix.expunge()
+    ix.append(b"Subject: appended\\r\\n\\r\\nx\\r\\n", ["\\Seen"])
+    ix.store_flags([3], ["k" + str(i) for i in range(28)])  # two keywords beyond the letters
+    ix.close()
+
+
+def test_snapshot_is_caught_up_after_another_process_changes(
+    root: Path, writer: MaildirWriter, counted: dict[str, int]
+) -> None:
+    deliver(writer, root, 6)
+    a = MailboxIndex(root)
+    a.sync()
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(target=_other_process_changes, args=(str(root),))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 0
+    deliver(writer, root, 1)
+    b = MailboxIndex(root)
+    b.sync()
+    assert counted["all_rows"] == 1  # a's snapshot plus the other process's changes
+    assert b._snapshot is a._snapshot
+    assert list(b.uids) == [3, 4, 5, 6, 7, 8]
+    assert _state(b) == _fresh_state(root)
+    assert b.flags(3) == {"\\Answered", *(f"k{i}" for i in range(28))}
+    assert b.flags(7) == {"\\Seen"} and b.recent_count == 2  # the append and the delivery
+    # a, which the snapshot came from, is told the same at its next sync.
+    changes = a.sync()
+    assert changes.expunged == [1, 2] and changes.new == [7, 8]
+    assert _state(a) == _state(b)
+
+
+def test_snapshot_not_used_across_a_rebuild_or_beyond_the_expunge_log(
+    root: Path, writer: MaildirWriter, counted: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mailserver.storage.indexstore as store
+
+    deliver(writer, root, 6)
+    a = MailboxIndex(root)
+    a.sync()
+    # Another process replaces the index file (a rebuild): new UIDVALIDITY, rows reread.
+    os.rename(root / INDEX_FILE, root / "elsewhere.sqlite")
+    b = MailboxIndex(root)
+    b.sync()
+    assert b.uidvalidity != a.uidvalidity and counted["all_rows"] == 2
+    assert list(b.uids) == [1, 2, 3, 4, 5, 6] and _state(b) == _fresh_state(root)
+    assert a.sync().uidvalidity_changed and a.uidvalidity == b.uidvalidity
+    # More expunges than the log keeps since the snapshot: it cannot be caught up.
+    monkeypatch.setattr(store, "EXPUNGE_LOG_MAX", 2)
+    reads = counted["all_rows"]
+    b.store_flags([1, 2, 3, 4], ["\\Deleted"])
+    b.expunge()
+    assert b._snapshot is not None and b._snapshot.highestmodseq < b.highestmodseq  # still held
+    d = MailboxIndex(root)
+    d.sync()
+    assert counted["all_rows"] == reads + 1
+    assert list(d.uids) == [5, 6] and _state(d) == _state(b)
+
+
+def test_read_only_snapshot_files_in_new_still_move(
+    root: Path, writer: MaildirWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deliver(writer, root, 3)
+    _quiet_dirs(monkeypatch)
+    ro = MailboxIndex(root, read_only=True)
+    ro.sync()
+    ro.sync()  # trusts the (quiet) directories: rows with files in new/
+    assert ro._snapshot is not None and ro._snapshot.stamp is not None
+    rw = MailboxIndex(root)
+    assert rw.sync().new == [1, 2, 3] and rw.recent_count == 3
+    assert names(root / "new") == [] and all(rw.path(u).parent.name == "cur" for u in rw.uids)
+    ro2 = MailboxIndex(root, read_only=True)
+    assert ro2.sync().new == [1, 2, 3] and ro2.path(1).parent.name == "cur"
+
+
+def test_sessions_in_threads_sharing_snapshots(root: Path, writer: MaildirWriter) -> None:
+    """New sessions keep opening while others store, expunge and mail arrives."""
+    deliver(writer, root, 30)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def opener() -> None:
+        try:
+            while not stop.is_set():
+                ix = MailboxIndex(root)
+                ix.sync()
+                assert list(ix.uids) == sorted(set(ix.uids))
+                ix.store_flags(list(ix.uids)[:5], ["\\Seen"])
+                ix.close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    def changer() -> None:
+        try:
+            ix = MailboxIndex(root)
+            for i in range(40):
+                ix.sync()
+                uids = list(ix.uids)
+                ix.store_flags(uids[i % 7 :: 3], [f"kw{i % 3}", "\\Flagged"], "add" if i % 2 else "remove")
+                if i % 5 == 0 and uids:
+                    ix.store_flags(uids[-1:], ["\\Deleted"])
+                    ix.expunge()
+                deliver(writer, root, 1)
+            ix.close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=opener) for _ in range(2)]
+    ch = threading.Thread(target=changer)
+    for t in threads:
+        t.start()
+    ch.start()
+    ch.join()
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors
+    last = MailboxIndex(root)
+    last.sync()
+    assert _state(last) == _fresh_state(root)

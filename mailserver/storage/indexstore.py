@@ -161,6 +161,11 @@ class IndexStore:
         self.inode: int | None = None
         self._ident: tuple[int, int] | None = None
 
+    @property
+    def ident(self) -> tuple[int, int] | None:
+        """``(st_dev, st_ino)`` of the file the connection is open on (None if closed)."""
+        return self._ident
+
     # ------------------------------------------------------------ open / close
 
     def connect(self) -> None:
