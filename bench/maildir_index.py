@@ -23,6 +23,7 @@ Rows:
   (rename floor)    os.rename of every file and back, halved: what a STORE on all cannot beat
   store \\Flagged one  store_flags on one message (rename + dir fsync + commit), median
   sync other session   a session learning all those flag changes from the index
+  sync 1 elsewhere  what each other session pays when one message's flags change
   open after store  a new session after the store-all (the index changed since the
                     last session opened)
   uid->seq map      seq(uid) for every UID (what FETCH 1:* / UID FETCH resolve)
@@ -172,6 +173,19 @@ def run(base: Path, count: int) -> None:
     print(f"  {label:<20} {statistics.median(one_ms):10.2f} ms  (median of 50, fsyncs)")
     c = timed("sync other session", ix2.sync, "(learns every flag change from the index)")
     assert len(c.flags) == count and len(c.new) == 100
+    pairs = iter(uids[100:150])
+
+    def one_elsewhere() -> None:
+        ix.store_flags([next(pairs)], ["\\Answered"])
+        t0 = time.perf_counter()
+        assert len(ix2.sync().flags) == 1
+        times.append((time.perf_counter() - t0) * 1000)
+
+    times: list[float] = []
+    for _ in range(20):
+        one_elsewhere()
+    label = "sync 1 elsewhere"
+    print(f"  {label:<20} {statistics.median(times):10.2f} ms  (median of 20: readdir + 1 row from index)")
     timed("open after store", open_session, "(new session after others changed every message)")
     timed("uid->seq map", lambda: [ix.seq(u) for u in uids], f"({len(uids)} lookups)")
     timed("flags all", lambda: [ix.flags(u) for u in uids])

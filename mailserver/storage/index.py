@@ -816,7 +816,8 @@ class MailboxIndex:
                 prev = old_entries.get(uid)
                 if prev is not None and (prev.suffix, prev.extra) != (m.suffix, m.extra):
                     self._pending_flags.add(uid)
-            fresh = entries.keys() - old_entries.keys()  # set operations: 100k in ~5 ms
+            # Set operations: 100k in a few ms.
+            fresh = entries.keys() - old_entries.keys() if old_entries else set(entries)
             if self._view:
                 fresh.difference_update(self._view)
             self._unannounced |= fresh
@@ -911,25 +912,39 @@ class MailboxIndex:
     def _incremental(self, meta: Meta) -> None:
         assert self._meta is not None
         since = self._meta.highestmodseq
-        for row in self._store.rows_since(since):
-            m = _new_message(Message, row)
-            prev = self._entries.get(m.uid)
+        rows = self._store.rows_since(since)
+        entries, by_base = self._entries, self._by_base
+        unannounced, pending = self._unannounced, self._pending_flags
+        # Another session's STORE on 100k messages arrives as 100k rows: per row, plain
+        # tuple access and dict lookups (letters memoised per suffix, the view as a set).
+        in_view = set(self._view).__contains__ if len(rows) > 64 else self._in_view
+        letters: dict[str, str] = {}
+        for row in rows:
+            uid = row[0]
+            prev = entries.get(uid)
             if prev is None:
-                self._unannounced.add(m.uid)
+                unannounced.add(uid)
+                by_base[row[1]] = uid
             else:
-                if prev.base != m.base:
-                    self._by_base.pop(prev.base, None)
-                if (prev.letters, prev.extra) != (m.letters, m.extra) and self._in_view(m.uid):
-                    self._pending_flags.add(m.uid)
-            self._entries[m.uid] = m
-            self._by_base[m.base] = m.uid
+                if prev[1] != row[1]:
+                    by_base.pop(prev[1], None)
+                    by_base[row[1]] = uid
+                old, new = prev[3], row[3]
+                if old != new:
+                    if old not in letters:
+                        letters[old] = letters_of(old)
+                    if new not in letters:
+                        letters[new] = letters_of(new)
+                if (prev[7] != row[7] or (old != new and letters[old] != letters[new])) and in_view(uid):
+                    pending.add(uid)
+            entries[uid] = _new_message(Message, row)
         for _modseq, uid in self._store.expunged_since(since):
-            prev = self._entries.pop(uid, None)
+            prev = entries.pop(uid, None)
             if prev is not None:
-                self._by_base.pop(prev.base, None)
+                by_base.pop(prev.base, None)
                 if self._in_view(uid):
                     self._ghosts[uid] = prev
-            self._unannounced.discard(uid)
+            unannounced.discard(uid)
         self._meta = meta
 
     def _meta_copy(self) -> Meta:
@@ -1196,7 +1211,7 @@ class MailboxIndex:
             changes.expunged_seqs = self._drop_from_view(changes.expunged)
         changes.flags = sorted(u for u in self._pending_flags if u in self._entries and self._in_view(u))
         self._pending_flags.clear()
-        new = sorted(u for u in self._unannounced if u in self._entries)
+        new = sorted(self._entries.keys() & self._unannounced)
         self._unannounced.clear()
         if new:
             if self._view and new[0] < self._view[-1]:
