@@ -549,13 +549,14 @@ class IMAPSession:
         sel = self._sel()
         index = sel.index
         vanished, complete = await asyncio.to_thread(index.vanished_since, modseq)
-        if not complete and known is not None:
-            # The expunge log does not reach back far enough: every known UID not in the
-            # mailbox is reported (the client's list bounds it).
+        largest = index.uidnext - 1
+        if not complete and largest > 0:
+            # The expunge log does not reach back far enough: every UID the client may know
+            # (its known-uids, else 1:UIDNEXT-1) that is not in the mailbox is reported.
             present = set(index.uids)
-            largest = index.uidnext - 1
-            vanished = sorted({u for lo, hi in known.resolve(largest) for u in range(lo, hi + 1)
-                               if u not in present} | set(vanished)) if largest else vanished
+            scope = known if known is not None else SequenceSet(((1, largest),))
+            vanished = sorted({u for lo, hi in scope.resolve(largest) for u in range(lo, hi + 1)
+                               if u not in present} | set(vanished))
         if known is not None:
             keep = set()
             largest = max(index.uidnext - 1, 1)
