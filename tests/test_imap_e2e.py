@@ -740,3 +740,22 @@ def test_rfc3501_fetch_and_search_coverage(imapd, ca):
     assert raw.cmd(b"z1", b"STORE 1 +FLAGS (\\Seen)")[-1].startswith(b"z1 NO")
     assert raw.cmd(b"z2", b"EXPUNGE")[-1].startswith(b"z2 NO")
     raw.close()
+
+
+def test_sigterm_says_bye_to_idle_and_waiting_clients(ca, tmp_path):
+    import signal as _signal
+
+    d = imap_daemon(tmp_path / "d", ca)
+    user = new_account(d)
+    idler = RawIMAP(d.imaps_port, tls=client_ctx(ca))
+    idler.cmd(b"a", f"LOGIN {user} {PASSWORD}".encode())
+    idler.cmd(b"b", b"SELECT INBOX")
+    idler.send(b"c IDLE\r\n")
+    assert idler.readline().startswith(b"+")
+    waiting = RawIMAP(d.imaps_port, tls=client_ctx(ca))
+    d.signal(_signal.SIGTERM)
+    assert idler.readline().startswith(b"* BYE")
+    assert waiting.readline().startswith(b"* BYE")
+    assert d.proc.wait(15) == 0
+    idler.close()
+    waiting.close()
