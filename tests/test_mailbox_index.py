@@ -851,3 +851,34 @@ def test_sessions_in_threads_sharing_snapshots(root: Path, writer: MaildirWriter
     last = MailboxIndex(root)
     last.sync()
     assert _state(last) == _fresh_state(root)
+
+
+def test_store_on_many_with_files_changed_behind_its_back(root: Path, writer: MaildirWriter) -> None:
+    deliver(writer, root, 5)
+    ix = MailboxIndex(root)
+    ix.sync()
+    highest = ix.highestmodseq
+    os.unlink(ix.path(2))  # deleted by another program
+    p = ix.path(3)
+    os.rename(p, p.with_name(p.name + "F"))  # flagged by another program
+    changed, failed = ix.store_flags([1, 2, 3, 4, 5], ["\\Seen"])
+    assert changed == [1, 3, 4, 5] and failed == []
+    assert ix.flags(3) == {"\\Seen", "\\Flagged"} and ix.path(3).name.endswith(":2,FS")
+    assert all(ix.path(u).exists() for u in (1, 3, 4, 5))
+    changes = ix.sync()
+    assert changes.expunged == [2] and list(ix.uids) == [1, 3, 4, 5]
+    assert ix.vanished_since(highest) == ([2], True)
+    modseqs = [ix.modseq(u) for u in ix.uids]
+    assert len(set(modseqs)) == 4 and min(modseqs) > highest
+    assert _state(ix) == _fresh_state(root)
+    # Conditional: the message another program changed fails, the others change.
+    known = ix.highestmodseq
+    p = ix.path(4)
+    os.rename(p, p.with_name(p.name + "R"))
+    assert ix.store_flags([1, 4, 5], ["\\Deleted"], unchanged_since=known) == ([1, 5], [4])
+    assert ix.flags(4) == {"\\Seen", "\\Answered"} and ix.sync().flags == [4]
+    # Keywords beyond the 26 letters change no file name; mixed with ones that do.
+    ix.store_flags([1], [f"k{i}" for i in range(26)])
+    changed, _ = ix.store_flags([1, 3], ["k26", "k0"])
+    assert changed == [1, 3] and "k26" in ix.flags(1) and ix.flags(3) >= {"k26", "k0"}
+    assert _state(ix) == _fresh_state(root)

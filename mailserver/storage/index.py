@@ -51,10 +51,11 @@ import stat
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO, Literal, NamedTuple
+from types import MappingProxyType
+from typing import BinaryIO, Literal, NamedTuple, cast
 
 from mailserver.delivery.maildir import maildir_hostname
 from mailserver.storage.indexstore import INDEX_FILE, CorruptIndex, IndexStore, Meta
@@ -126,6 +127,7 @@ class ChangeSet:
 
 
 _SUB = operator.itemgetter(2)  # Message.sub, for C-speed scans of every row
+_NO_CHANGE = object()
 _new_message = tuple.__new__  # _new_message(Message, row): no argument parsing per row
 
 
@@ -194,8 +196,11 @@ class MailboxIndex:
         # Mirror of the store as of the last refresh/commit.
         self._meta: Meta | None = None
         self._stale = True  # reload everything at the next lock (start, or after a failure)
-        self._entries: dict[int, Message] = {}
-        self._by_base: dict[str, int] = {}
+        # Read-only views (MappingProxyType) of a snapshot's dicts while they are shared
+        # with it (_shared_src): _own() makes them private before the first change.
+        self._entries: Mapping[int, Message] = {}
+        self._by_base: Mapping[str, int] = {}
+        self._shared_src: tuple[dict[int, Message], dict[str, int]] | None = None
         # The session's view and what waits to be announced in it.
         self._view: list[int] = []  # sorted UIDs; sequence number = index + 1
         self._ghosts: dict[int, Message] = {}  # in the view, gone from the store
@@ -372,22 +377,14 @@ class MailboxIndex:
             if kws and mode != "remove":
                 self._assign_keywords(kws)
             entries = self._entries
-            subs = self._sub
-            cur = subs["cur"]
-            rename = os.rename
             new_message = _new_message
-            updates: dict[int, Message] = {}
-            changed: list[int] = []
             failed: list[int] = []
-            external: list[int] = []
-            vanished: list[Message] = []
-            disk: dict[str, tuple[str, str]] | None = None
-            renamed = False
+            # (row, new row, new suffix if the file is to be renamed) per message to change.
+            plan: list[tuple[Message, Message, str | None]] = []
             # (suffix, extra) -> (new suffix or None if the letters stay, new extra), or
             # None for no change: a 100k-message STORE meets only a few combinations.
             memo: dict[tuple[str, str], tuple[str | None, str] | None] = {}
             modseq = meta.highestmodseq
-            # A loop of ~2 us per message around the rename (~20 us, the floor).
             for uid in self._view_members(uids):
                 m = entries.get(uid)
                 if m is None:
@@ -397,54 +394,29 @@ class MailboxIndex:
                     failed.append(uid)
                     continue
                 key = (suffix, extra)
-                if key in memo:
-                    result = memo[key]
-                else:
+                result = memo.get(key, _NO_CHANGE)
+                if result is _NO_CHANGE:
                     result = memo[key] = self._store_result(suffix, extra, sys_letters, kws, mode)
                 if result is None:
                     continue
                 new_suffix, new_extra = result
-                if new_suffix is not None:
-                    try:
-                        rename(subs[sub] + base + suffix, cur + base + new_suffix)
-                        renamed = True
-                        sub, suffix = "cur", new_suffix
-                    except FileNotFoundError:
-                        # Renamed or deleted by another program since our last look.
-                        if disk is None:
-                            disk = self._scan()
-                        m, modseq, again = self._store_moved(
-                            m, disk.get(base), modseq, sys_letters, kws, mode, unchanged_since
-                        )
-                        if m is None:
-                            vanished.append(entries[uid])
-                            continue
-                        updates[uid] = m
-                        external.append(uid)
-                        if again is None:
-                            if unchanged_since is not None:
-                                failed.append(uid)  # its flags changed after the client's modseq
-                            continue
-                        _u, base, sub, suffix, old_modseq, size, idate, extra = m
-                        new_suffix, new_extra = again
-                        if new_suffix is not None:
-                            renamed = True
-                            sub, suffix = "cur", new_suffix
                 modseq += 1
-                updates[uid] = new_message(Message, (uid, base, sub, suffix, modseq, size, idate, new_extra))
-                changed.append(uid)
+                if new_suffix is not None:
+                    sub, suffix = "cur", new_suffix
+                row = new_message(Message, (uid, base, sub, suffix, modseq, size, idate, new_extra))
+                plan.append((m, row, new_suffix))
             meta.highestmodseq = modseq
-            if renamed:
-                # The renames must be on disk before the index says they happened.
-                fsync_dir(self.dir / "cur")
-            expunges = [(meta.highestmodseq + i + 1, m.uid) for i, m in enumerate(vanished)]
-            meta.highestmodseq += len(expunges)
-            if updates or expunges:
+            changed: list[int] = []
+            external: list[int] = []
+            vanished: list[Message] = []
+            updates: dict[int, Message] = {}
+            if plan:
                 with self._commit(meta):
-                    self._store.update(updates.values())
-                    if expunges:
-                        self._store.delete(expunges, meta)
-            entries.update(updates)
+                    changed, external, vanished, updates = self._store_apply(
+                        plan, meta, failed, sys_letters, kws, mode, unchanged_since
+                    )
+            if updates:
+                self._own()[0].update(updates)
             if external:
                 done = set(changed)
                 self._pending_flags.update(u for u in external if u not in done)
@@ -452,6 +424,82 @@ class MailboxIndex:
             self._forget(vanished)
             self._maybe_advance_modseq()
         return changed, sorted(failed)
+
+    def _store_apply(
+        self,
+        plan: list[tuple[Message, Message, str | None]],
+        meta: Meta,
+        failed: list[int],
+        sys_letters: set[str],
+        kws: list[str],
+        mode: str,
+        unchanged_since: int | None,
+    ) -> tuple[list[int], list[int], list[Message], dict[int, Message]]:
+        """Carry out a STORE inside its index transaction: ``(changed, changed by another
+        program instead, vanished, new rows)``. The renames (~20 us each, the floor) come
+        first; nothing is committed before they are fsynced.
+
+        (Writing the rows in a worker thread during the renames was tried: on a busy
+        2-core machine the GIL hand-offs ate the ~50 ms per 10k it could save.)
+        """
+        rows = [new for _m, new, _s in plan]
+        missed: list[Message] = []
+        renamed = False
+        subs = self._sub
+        cur = subs["cur"]
+        rename = os.rename
+        for m, _new, new_suffix in plan:
+            if new_suffix is not None:
+                try:
+                    rename(subs[m.sub] + m.base + m.suffix, cur + m.base + new_suffix)
+                    renamed = True
+                except FileNotFoundError:
+                    missed.append(m)  # renamed or deleted by another program meanwhile
+        self._store.update(rows)
+        updates = {new.uid: new for new in rows}
+        external: list[int] = []
+        vanished: list[Message] = []
+        unchanged: set[int] = set()
+        if missed:
+            disk = self._scan()
+            fixed: list[Message] = []
+            for m in missed:
+                uid = m.uid
+                moved, meta.highestmodseq, again = self._store_moved(
+                    m, disk.get(m.base), meta.highestmodseq, sys_letters, kws, mode, unchanged_since
+                )
+                unchanged.add(uid)
+                if moved is None:
+                    vanished.append(m)
+                    del updates[uid]  # its row goes (the UPDATE written for it with it)
+                    continue
+                external.append(uid)
+                row = moved
+                if again is None:
+                    if unchanged_since is not None:
+                        failed.append(uid)  # its flags changed after the client's modseq
+                else:
+                    new_suffix, new_extra = again
+                    if new_suffix is not None:
+                        renamed = True
+                    meta.highestmodseq += 1
+                    row = moved._replace(
+                        sub="cur" if new_suffix else moved.sub, suffix=new_suffix or moved.suffix,
+                        modseq=meta.highestmodseq, extra=new_extra,
+                    )
+                    unchanged.discard(uid)
+                updates[uid] = row
+                fixed.append(row)
+            self._store.update(fixed)
+        if renamed:
+            # The renames must be on disk before the index says they happened.
+            fsync_dir(self.dir / "cur")
+        if vanished:
+            expunges = [(meta.highestmodseq + i + 1, m.uid) for i, m in enumerate(vanished)]
+            meta.highestmodseq += len(expunges)
+            self._store.delete(expunges, meta)
+        changed = [new.uid for new in rows if new.uid not in unchanged]
+        return changed, external, vanished, updates
 
     def _view_members(self, uids: Iterable[int]) -> list[int]:
         """The distinct ``uids`` that are in the view, ascending."""
@@ -740,6 +788,10 @@ class MailboxIndex:
         elif meta.highestmodseq != old.highestmodseq or meta.uidnext != old.uidnext:
             if meta.expunge_floor > old.highestmodseq:
                 self._full_reload(meta)  # the expunge log no longer reaches back to us
+            elif self._snapshot_nearer(meta):
+                # Another session's big change (a STORE on every message) is already in
+                # a snapshot: copying it beats replaying the rows, and shares them.
+                self._full_reload(meta)
             else:
                 try:
                     self._incremental(meta)
@@ -797,7 +849,7 @@ class MailboxIndex:
         os.ftruncate(self._lock_fd, len(data))
 
     def _full_reload(self, meta: Meta) -> None:
-        entries, by_base, stamp = self._load(meta)
+        entries, by_base, stamp, shared = self._load(meta)
         old_meta, old_entries = self._meta, self._entries
         if old_meta is not None and old_meta.uidvalidity != meta.uidvalidity:
             # Every UID the client knows is void.
@@ -814,15 +866,19 @@ class MailboxIndex:
                         self._ghosts[uid] = old_entries[uid]
                     continue
                 prev = old_entries.get(uid)
-                if prev is not None and (prev.suffix, prev.extra) != (m.suffix, m.extra):
-                    self._pending_flags.add(uid)
+                if prev is not None and (
+                    prev.extra != m.extra or (prev.suffix != m.suffix and prev.letters != m.letters)
+                ):
+                    self._pending_flags.add(uid)  # (a move from new/ to cur/ is no flag change)
             # Set operations: 100k in a few ms.
             fresh = entries.keys() - old_entries.keys() if old_entries else set(entries)
             if self._view:
                 fresh.difference_update(self._view)
             self._unannounced |= fresh
-        self._entries = entries
-        self._by_base = by_base
+        if shared:
+            self._use_shared(entries, by_base)
+        else:
+            self._entries, self._by_base, self._shared_src = entries, by_base, None
         self._meta = meta
         self._stale = False
         # The mirror was replaced: compare it with the files again, unless the snapshot
@@ -831,19 +887,22 @@ class MailboxIndex:
 
     def _load(
         self, meta: Meta
-    ) -> tuple[dict[int, Message], dict[str, int], tuple[int, int] | None]:
-        """The store's rows at ``meta`` as ``(entries, by_base, trusted dir stamp)``:
-        from this folder's snapshot if it is one of this store's past states, else read."""
+    ) -> tuple[dict[int, Message], dict[str, int], tuple[int, int] | None, bool]:
+        """The store's rows at ``meta`` as ``(entries, by_base, trusted dir stamp, shared)``:
+        from this folder's snapshot if it is one of this store's past states (``shared``:
+        the snapshot's own dicts, not to be changed), else read."""
         snap = self._usable_snapshot(meta)
         if snap is None:
             entries = {row[0]: _new_message(Message, row) for row in self._store.all_rows()}
             self._snapshot = None
             self._publish_due = True
-            return entries, {m.base: uid for uid, m in entries.items()}, None
-        entries, by_base = snap.entries.copy(), snap.by_base.copy()
+            return entries, {m.base: uid for uid, m in entries.items()}, None, False
+        entries, by_base = snap.entries, snap.by_base
         self._snapshot, self._shared_at = snap, snap.highestmodseq
         since = snap.highestmodseq
-        if since != meta.highestmodseq:
+        shared = since == meta.highestmodseq
+        if not shared:
+            entries, by_base = entries.copy(), by_base.copy()
             for row in self._store.rows_since(since):
                 m = _new_message(Message, row)
                 prev = entries.get(m.uid)
@@ -862,8 +921,32 @@ class MailboxIndex:
             # Files a read-only session left in new/ must still be moved by this one.
             or (not self.read_only and "new" in map(_SUB, entries.values()))
         ):
-            return entries, by_base, None
-        return entries, by_base, stamp[:2]
+            return entries, by_base, None, shared
+        return entries, by_base, stamp[:2], shared
+
+    def _use_shared(self, entries: dict[int, Message], by_base: dict[str, int]) -> None:
+        """Take a snapshot's dicts as the mirror until the first change (see _own)."""
+        self._shared_src = (entries, by_base)
+        self._entries, self._by_base = MappingProxyType(entries), MappingProxyType(by_base)
+
+    def _own(self) -> tuple[dict[int, Message], dict[str, int]]:
+        """The mirror's dicts, to change: private copies first if they are a snapshot's.
+
+        Sessions that only read (most of them, most of the time) share one copy of a big
+        folder's dicts; the copy costs ~10 ms per 100k messages, once per divergence."""
+        src = self._shared_src
+        if src is not None:
+            self._entries, self._by_base = src[0].copy(), src[1].copy()
+            self._shared_src = None
+        return cast(dict[int, Message], self._entries), cast(dict[str, int], self._by_base)
+
+    def _snapshot_nearer(self, meta: Meta) -> bool:
+        assert self._meta is not None
+        behind = meta.highestmodseq - self._meta.highestmodseq
+        if behind < max(_SHARE_AFTER, len(self._entries) >> 3):
+            return False
+        snap = self._usable_snapshot(meta)
+        return snap is not None and snap.highestmodseq > self._meta.highestmodseq
 
     def _usable_snapshot(self, meta: Meta) -> _Snapshot | None:
         with _snapshots_lock:
@@ -881,8 +964,9 @@ class MailboxIndex:
     def _share(self) -> None:
         """After an operation: keep this folder's snapshot useful for the next session.
 
-        Costs a dictionary lookup, except when the mirror was just read from the store or
-        has moved far past the snapshot: then it is published (two dict copies)."""
+        Costs a dictionary lookup. When the mirror was just read from the store or has
+        moved far past the snapshot, it is published: its dicts become the snapshot's and
+        this index shares them like any other until it changes something (_own)."""
         meta, ident = self._meta, self._store.ident
         if self._stale or meta is None or ident is None:
             return
@@ -903,17 +987,17 @@ class MailboxIndex:
             drift = meta.highestmodseq - self._shared_at
             if usable and not self._publish_due and drift < max(_SHARE_AFTER, len(self._entries) >> 3):
                 return
-            snap = _Snapshot(
-                ident, meta.uidvalidity, meta.highestmodseq, self._entries.copy(), self._by_base.copy(), stamp
-            )
+            entries, by_base = self._shared_src or self._own()
+            snap = _Snapshot(ident, meta.uidvalidity, meta.highestmodseq, entries, by_base, stamp)
             _snapshots[self._key] = snap
+            self._use_shared(entries, by_base)
         self._snapshot, self._shared_at, self._publish_due = snap, meta.highestmodseq, False
 
     def _incremental(self, meta: Meta) -> None:
         assert self._meta is not None
         since = self._meta.highestmodseq
         rows = self._store.rows_since(since)
-        entries, by_base = self._entries, self._by_base
+        entries, by_base = self._own()
         unannounced, pending = self._unannounced, self._pending_flags
         # Another session's STORE on 100k messages arrives as 100k rows: per row, plain
         # tuple access and dict lookups (letters memoised per suffix, the view as a set).
@@ -1151,8 +1235,10 @@ class MailboxIndex:
                     self._store.delete(expunges, meta)
         for m in new_msgs:
             self._add(m)
-        for m in updates:
-            self._entries[m.uid] = m
+        if updates:
+            entries = self._own()[0]
+            for m in updates:
+                entries[m.uid] = m
         self._pending_flags.update(u for u in notify if self._in_view(u))
         self._forget(vanished)
         self._recent |= claim
@@ -1189,14 +1275,16 @@ class MailboxIndex:
         return Message(uid, base, sub, suffix, meta.highestmodseq, size, idate, extra)
 
     def _add(self, m: Message) -> None:
-        self._entries[m.uid] = m
-        self._by_base[m.base] = m.uid
+        entries, by_base = self._own()
+        entries[m.uid] = m
+        by_base[m.base] = m.uid
         self._unannounced.add(m.uid)
 
     def _forget(self, gone: Iterable[Message]) -> None:
         for m in gone:
-            self._entries.pop(m.uid, None)
-            self._by_base.pop(m.base, None)
+            entries, by_base = self._own()
+            entries.pop(m.uid, None)
+            by_base.pop(m.base, None)
             self._unannounced.discard(m.uid)
             self._pending_flags.discard(m.uid)
             if self._in_view(m.uid):

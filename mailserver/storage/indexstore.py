@@ -349,9 +349,9 @@ class IndexStore:
         """Rewrite the name, modseq and keywords of rows that exist (base, size and date
         never change): about 40 % cheaper than :meth:`upsert` for a 100k-row STORE, which
         would delete and re-insert every row and its ``base`` index entry."""
+        # Numbered parameters pick the columns out of whole rows: no per-row tuple.
         self._c().executemany(
-            "UPDATE messages SET sub = ?, suffix = ?, modseq = ?, extra = ? WHERE uid = ?",
-            [(r[2], r[3], r[4], r[7], r[0]) for r in rows],
+            "UPDATE messages SET sub = ?3, suffix = ?4, modseq = ?5, extra = ?8 WHERE uid = ?1", rows
         )
 
     def delete(self, expunges: list[tuple[int, int]], meta: Meta) -> None:
