@@ -882,3 +882,27 @@ def test_store_on_many_with_files_changed_behind_its_back(root: Path, writer: Ma
     changed, _ = ix.store_flags([1, 3], ["k26", "k0"])
     assert changed == [1, 3] and "k26" in ix.flags(1) and ix.flags(3) >= {"k26", "k0"}
     assert _state(ix) == _fresh_state(root)
+
+
+def test_counts_for_select_and_status(root: Path, writer: MaildirWriter) -> None:
+    deliver(writer, root, 5)
+    a, b = MailboxIndex(root), MailboxIndex(root)
+    a.sync()
+    b.sync()
+    assert a.first_unseen() == 1 and a.count_without("S") == 5 and a.count_with("T") == 0
+    a.store_flags([1, 2, 4], ["\\Seen"])
+    a.store_flags([3, 4], ["\\Deleted"])
+    b.sync()
+    for ix in (a, b):
+        assert ix.first_unseen() == 3
+        assert ix.count_without("S") == 2 and ix.count_with("S") == 3 and ix.count_with("T") == 2
+        assert ix.total_size() == sum(ix.size(u) for u in ix.uids)
+    # As the view says: a message expunged by another session still counts until b syncs.
+    a.expunge()
+    b.store_flags([5], ["\\Seen"])
+    assert b.first_unseen() == 3 and b.count_with("T") == 2 and len(b) == 5
+    b.sync()
+    assert b.first_unseen() is None and b.count_without("S") == 0 and b.count_with("T") == 0
+    assert b.total_size() == sum(b.size(u) for u in b.uids) and len(b) == 3
+    b.store_flags([1], ["$Label1", *(f"x{i}" for i in range(30))])
+    assert set(b.keywords()) == {"$Label1", *(f"x{i}" for i in range(30))}

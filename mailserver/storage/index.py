@@ -39,6 +39,7 @@ Cost of many sessions (Thunderbird keeps several per user, idle for hours):
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
 import dataclasses
 import errno
@@ -126,7 +127,10 @@ class ChangeSet:
         return bool(self.new or self.expunged or self.flags or self.uidvalidity_changed)
 
 
-_SUB = operator.itemgetter(2)  # Message.sub, for C-speed scans of every row
+_SUB = operator.itemgetter(2)  # Message fields, for C-speed scans of every row
+_SUFFIX = operator.itemgetter(3)
+_SIZE = operator.itemgetter(5)
+_EXTRA = operator.itemgetter(7)
 _NO_CHANGE = object()
 _new_message = tuple.__new__  # _new_message(Message, row): no argument parsing per row
 
@@ -300,12 +304,45 @@ class MailboxIndex:
         """Keywords defined in this folder (for the FLAGS response)."""
         names = [n for letter in "abcdefghijklmnopqrstuvwxyz" if (n := self._keywords.name(letter))]
         seen = {n.casefold() for n in names}
-        for m in self._entries.values():
-            for kw in _split_extra(m.extra):
+        # The distinct keyword lists, at C speed, in first-seen order (dicts keep it).
+        for extra in dict.fromkeys(map(_EXTRA, self._entries.values())):
+            for kw in _split_extra(extra):
                 if kw.casefold() not in seen:
                     seen.add(kw.casefold())
                     names.append(kw)
         return names
+
+    def first_unseen(self) -> int | None:
+        """Sequence number of the first message without \\Seen (SELECT's ``UNSEEN``).
+
+        A few ms for 100k messages, where asking :meth:`message` for each costs ~150 ms."""
+        unseen = {sfx for sfx in set(map(_SUFFIX, self._view_rows())) if "S" not in letters_of(sfx)}
+        if unseen:
+            for seq, sfx in enumerate(map(_SUFFIX, self._view_rows()), 1):
+                if sfx in unseen:
+                    return seq
+        return None
+
+    def count_without(self, letter: str) -> int:
+        """Messages in the view whose flags lack ``letter`` ("S": STATUS ``UNSEEN``)."""
+        counts = collections.Counter(map(_SUFFIX, self._view_rows()))
+        return sum(n for sfx, n in counts.items() if letter not in letters_of(sfx))
+
+    def count_with(self, letter: str) -> int:
+        """Messages in the view whose flags have ``letter`` ("T": STATUS ``DELETED``)."""
+        counts = collections.Counter(map(_SUFFIX, self._view_rows()))
+        return sum(n for sfx, n in counts.items() if letter in letters_of(sfx))
+
+    def total_size(self) -> int:
+        """RFC822.SIZE of every message in the view (STATUS ``SIZE``)."""
+        return sum(map(_SIZE, self._view_rows()))
+
+    def _view_rows(self) -> Iterator[Message]:
+        """The rows of the view in sequence order (expunged-elsewhere ones included)."""
+        if not self._ghosts:
+            return map(self._entries.__getitem__, self._view)
+        entries, ghosts = self._entries, self._ghosts
+        return (entries.get(u) or ghosts[u] for u in self._view)
 
     def changed_since(self, modseq: int) -> list[int]:
         """View UIDs whose modseq is above ``modseq`` (CHANGEDSINCE), ascending."""
