@@ -7,8 +7,10 @@
 Rows:
   idle RSS/index    daemon memory per idle MailboxIndex: 1000 objects on one 20-message
                     folder, each synced (as SELECT does), RSS growth / 1000
-  reopen            connect + read the counters, what an index pays to get its SQLite
-                    connection back after releasing it (median)
+  idle RSS/index 5/f  the same with five sessions per folder over 200 folders
+  reconnect         fresh SQLite connect + read the counters (median)
+  repool            the same with the connection from the pool, as every operation does
+  sync idle small   a whole sync() of an idle 20-message folder (median)
   fill              deliver M small messages with MaildirWriter(fsync=False)
   sync cold         first MailboxIndex.sync(): scan, move new/ -> cur/, stat, build index
   open warm         a new MailboxIndex (a new session) loading the index + scanning,
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import multiprocessing
 import os
 import statistics
 import tempfile
@@ -81,38 +84,66 @@ def rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def idle_memory(base: Path, objects: int = 1000) -> None:
-    """RSS per idle index: many sessions with one small folder selected, all idle."""
-    root = base / "small"
-    create_maildirpp(root, durable=False)
-    writer = MaildirWriter(fsync=False)
-    for i in range(20):
-        writer.deliver(root, None, message(i))
-    first = MailboxIndex(root)
-    first.sync()
-    first.close()
+def _idle_rss(folders: list[Path], objects: int) -> float:
+    """KiB of RSS per synced index, ``objects`` of them spread over ``folders``."""
+    warm = MailboxIndex(folders[0])  # imports, SQLite, the pool: not per index
+    warm.sync()
+    warm.close()
     held = []
     gc.collect()
     before = rss()
-    for _ in range(objects):
-        ix = MailboxIndex(root)
+    for i in range(objects):
+        ix = MailboxIndex(folders[i % len(folders)])
         ix.sync()
         if hasattr(ix, "release"):
-            ix.release()  # what the IMAP layer does when a session goes idle
+            ix.release()  # (a no-op since every operation releases)
         held.append(ix)
     gc.collect()
-    per = (rss() - before) / objects / 1024
-    print(f"  {'idle RSS/index':<20} {per:10.1f} KiB ({objects} synced indexes on a 20-message folder)")
-    for ix in held:
-        ix.close()
+    return (rss() - before) / objects / 1024
 
-    def reopen() -> None:
+
+def idle_memory(base: Path, objects: int = 1000) -> None:
+    """RSS per idle index: many sessions with a small folder selected, all idle - all on
+    one folder, then five per folder (the memory phase of bench/imap_sync.py)."""
+    writer = MaildirWriter(fsync=False)
+    folders = []
+    for n in range(objects // 5):
+        root = base / f"small{n}"
+        create_maildirpp(root, durable=False)
+        for i in range(20):
+            writer.deliver(root, None, message(i))
+        first = MailboxIndex(root)
+        first.sync()
+        first.close()
+        folders.append(root)
+    ctx = multiprocessing.get_context("spawn")  # a fresh heap for each measurement
+    for label, spread in (("idle RSS/index", 1), ("idle RSS/index 5/f", objects // 5)):
+        with ctx.Pool(1) as pool:
+            per = pool.apply(_idle_rss, (folders[:spread], objects))
+        where = "one 20-message folder" if spread == 1 else f"{spread} folders of 20, 5 each"
+        print(f"  {label:<20} {per:10.1f} KiB ({objects} synced indexes on {where})")
+    root = folders[0]
+
+    def reconnect() -> None:
         store = IndexStore(root / INDEX_FILE)
         store.connect()
         store.read_meta()
         store.close()
 
-    median_ms("reopen", reopen, 200, "(connect + read counters + close, median of 200)", 3)
+    median_ms("reconnect", reconnect, 200, "(fresh connect + read counters + close, median of 200)", 3)
+    if hasattr(IndexStore, "release"):
+
+        def repool() -> None:
+            store = IndexStore(root / INDEX_FILE)
+            store.connect()
+            store.read_meta()
+            store.release()
+
+        median_ms("repool", repool, 200, "(pooled connect + read counters + release, median)", 3)
+    ix = MailboxIndex(root)
+    ix.sync()
+    median_ms("sync idle small", ix.sync, 200, "(20 messages: lock, connection, counters, 2 stat)", 3)
+    ix.close()
 
 
 def run(base: Path, count: int) -> None:
