@@ -1270,10 +1270,12 @@ class MailboxIndex:
                 self._store.upsert([*new_msgs, *updates])
                 if expunges:
                     self._store.delete(expunges, meta)
-        for m in new_msgs:
-            self._add(m)
-        if updates:
-            entries = self._own()[0]
+        if new_msgs or updates:
+            entries, by_base = self._own()
+            for m in new_msgs:
+                entries[m.uid] = m
+                by_base[m.base] = m.uid
+            self._unannounced.update(m.uid for m in new_msgs)
             for m in updates:
                 entries[m.uid] = m
         self._pending_flags.update(u for u in notify if self._in_view(u))

@@ -75,8 +75,14 @@ def name_field(base: str, key: str) -> int | None:
 
 def imap_size(base: str) -> int | None:
     """RFC822.SIZE from the name: ``W=`` (CRLF size) if present, else ``S=``."""
-    w = name_field(base, "W")
-    return w if w is not None else name_field(base, "S")
+    size = None
+    for field in base.split(",")[1:]:  # one pass: this runs for every new file
+        key, value = field[:2], field[2:]
+        if key == "W=" and value.isdigit():
+            return int(value)
+        if key == "S=" and size is None and value.isdigit():
+            size = int(value)
+    return size
 
 
 def normalize_flag(flag: str) -> str:
