@@ -906,3 +906,28 @@ def test_counts_for_select_and_status(root: Path, writer: MaildirWriter) -> None
     assert b.total_size() == sum(b.size(u) for u in b.uids) and len(b) == 3
     b.store_flags([1], ["$Label1", *(f"x{i}" for i in range(30))])
     assert set(b.keywords()) == {"$Label1", *(f"x{i}" for i in range(30))}
+
+
+def test_snapshot_identity_includes_the_file_nonce(root: Path, writer: MaildirWriter) -> None:
+    import dataclasses
+
+    from mailserver.storage.indexstore import IndexStore
+
+    deliver(writer, root, 3)
+    a = MailboxIndex(root)
+    a.sync()
+    meta = a._meta
+    assert meta is not None and meta.nonce != 0
+    with a._locked():
+        assert a._usable_snapshot(meta) is a._snapshot is not None
+        # A file made again at the same path, given the old inode number and (within the
+        # same second) the same UIDVALIDITY, still differs in its nonce.
+        assert a._usable_snapshot(dataclasses.replace(meta, nonce=meta.nonce + 1)) is None
+        assert a._usable_snapshot(dataclasses.replace(meta, uidvalidity=meta.uidvalidity + 1)) is None
+    store = IndexStore(root / INDEX_FILE)
+    store.connect()
+    assert store.read_meta() == meta  # kept in the file
+    store.conn.execute("DELETE FROM meta WHERE key = 'nonce'")  # a file from before nonces
+    again = store.read_meta()
+    assert again is not None and again.nonce == 0 and again.uidvalidity == meta.uidvalidity
+    store.close()

@@ -145,14 +145,16 @@ class _Snapshot:
     :class:`MailboxIndex` objects of that folder in this process.
 
     Rows are a function of (index file, UIDVALIDITY, HIGHESTMODSEQ): every row write and
-    every expunge takes a new modseq (see :mod:`.indexstore`). So a new session whose
-    store says the same three things copies the two dicts (~10 ms for 100k messages)
-    instead of reading and building every row (~0.5 s), and one whose store has moved on
-    since reads only the rows and expunges after ``highestmodseq`` - the same incremental
-    catch-up every open session does. The Message tuples themselves are shared.
+    every expunge takes a new modseq (see :mod:`.indexstore`); the file is its device and
+    inode number plus the random nonce written at its creation. So a new session whose
+    store says the same things shares the two dicts instead of reading and building every
+    row (~0.5 s for 100k messages), and one whose store has moved on since copies them
+    and reads only the rows and expunges after ``highestmodseq`` - the same incremental
+    catch-up every open session does. The Message tuples are shared either way.
     """
 
     ident: tuple[int, int]  # (st_dev, st_ino) of the index file
+    nonce: int  # Meta.nonce: the same file, not a new one that got the same inode number
     uidvalidity: int
     highestmodseq: int
     entries: dict[int, Message]  # never modified once published
@@ -991,6 +993,7 @@ class MailboxIndex:
         if (
             snap is None
             or snap.ident != self._store.ident
+            or snap.nonce != meta.nonce
             or snap.uidvalidity != meta.uidvalidity
             # Not a past state of this store, or the expunge log no longer reaches back.
             or not meta.expunge_floor <= snap.highestmodseq <= meta.highestmodseq
@@ -1010,7 +1013,12 @@ class MailboxIndex:
         stamp = None if self._scan_stamp is None else (*self._scan_stamp, meta.highestmodseq)
         with _snapshots_lock:
             snap = _snapshots.get(self._key)
-            usable = snap is not None and snap.ident == ident and snap.uidvalidity == meta.uidvalidity
+            usable = (
+                snap is not None
+                and snap.ident == ident
+                and snap.nonce == meta.nonce
+                and snap.uidvalidity == meta.uidvalidity
+            )
             if usable and snap.highestmodseq <= meta.highestmodseq:
                 # Whoever loads the rows this mirror has may trust what it trusts: the
                 # files matched them when the directories had these mtimes.
@@ -1025,7 +1033,7 @@ class MailboxIndex:
             if usable and not self._publish_due and drift < max(_SHARE_AFTER, len(self._entries) >> 3):
                 return
             entries, by_base = self._shared_src or self._own()
-            snap = _Snapshot(ident, meta.uidvalidity, meta.highestmodseq, entries, by_base, stamp)
+            snap = _Snapshot(ident, meta.nonce, meta.uidvalidity, meta.highestmodseq, entries, by_base, stamp)
             _snapshots[self._key] = snap
             self._use_shared(entries, by_base)
         self._snapshot, self._shared_at, self._publish_due = snap, meta.highestmodseq, False

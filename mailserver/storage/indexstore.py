@@ -17,7 +17,8 @@ buy nothing.
 Schema (version 1):
 
     meta(key, value)            uidvalidity, uidnext, highestmodseq, first_recent_uid,
-                                expunge_floor (modseqs <= it have left the expunge log)
+                                expunge_floor (modseqs <= it have left the expunge log),
+                                nonce (random, set at creation; absent in older files)
     messages(uid, base, sub, suffix, modseq, size, internal_date, extra)
                                 sub: "new"|"cur"; suffix: ":2,<letters>" or "" as on disk;
                                 extra: keywords beyond the 26 letters, one per line
@@ -42,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import operator
 import os
+import secrets
 import sqlite3
 import threading
 from collections.abc import Iterable
@@ -87,6 +89,9 @@ class Meta:
     highestmodseq: int
     first_recent_uid: int
     expunge_floor: int
+    # Tells this file from an earlier one at the same path and inode number with the same
+    # UIDVALIDITY (deleted and recreated within a second): 0 for files made before it.
+    nonce: int = 0
 
 
 def _corrupt(exc: sqlite3.Error) -> bool:
@@ -270,6 +275,7 @@ class IndexStore:
                 values["highestmodseq"],
                 values["first_recent_uid"],
                 values["expunge_floor"],
+                values.get("nonce", 0),
             )
         except KeyError as exc:
             raise CorruptIndex(f"meta key {exc} missing") from exc
@@ -321,12 +327,13 @@ class IndexStore:
 
     def create(self, uidvalidity: int) -> Meta:
         """Lay down the schema and counters of a new, empty index (in one transaction)."""
-        meta = Meta(uidvalidity, 1, 0, 1, 0)
+        meta = Meta(uidvalidity, 1, 0, 1, 0, secrets.randbits(62) or 1)
         with self.transaction():
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     self._c().execute(stmt)
             self._c().execute("INSERT INTO meta VALUES ('version', ?)", (SCHEMA_VERSION,))
+            self._c().execute("INSERT INTO meta VALUES ('nonce', ?)", (meta.nonce,))
             self.set_meta(meta)
         return meta
 
