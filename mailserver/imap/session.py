@@ -507,12 +507,7 @@ class IMAPSession:
             index = MailboxIndex(path, read_only=cmd.readonly, hostname=self.backend.hostname)
             try:
                 index.sync()
-                first_unseen = None
-                for seq, uid in enumerate(index.uids, 1):
-                    if "S" not in index.message(uid).letters:
-                        first_unseen = seq
-                        break
-                return index, FetchCache(path), index.keywords(), first_unseen
+                return index, FetchCache(path), index.keywords(), index.first_unseen()
             except BaseException:
                 index.close()
                 raise
@@ -707,11 +702,11 @@ class IMAPSession:
                 elif item == "UIDVALIDITY":
                     values.append((item, index.uidvalidity))
                 elif item == "UNSEEN":
-                    values.append((item, sum(1 for u in index.uids if "S" not in index.message(u).letters)))
+                    values.append((item, index.count_without("S")))
                 elif item == "DELETED":
-                    values.append((item, sum(1 for u in index.uids if "T" in index.message(u).letters)))
+                    values.append((item, index.count_with("T")))
                 elif item == "SIZE":
-                    values.append((item, sum(index.message(u).size for u in index.uids)))
+                    values.append((item, index.total_size()))
                 elif item == "HIGHESTMODSEQ":
                     values.append((item, index.highestmodseq))
                 elif item == "APPENDLIMIT":
