@@ -117,7 +117,9 @@ class _Pool:
             for i in range(len(self._idle) - 1, -1, -1):
                 p, idt, owner, conn = self._idle[i]
                 if owner != pid:
-                    del self._idle[i]  # inherited through fork: never use, never close
+                    # Inherited through fork: never used, and never closed either (kept
+                    # referenced, so no finalizer closes the parent's file under it).
+                    _INHERITED.append(self._idle.pop(i)[3])
                 elif p != path:
                     continue
                 elif idt != ident:
@@ -138,6 +140,8 @@ class _Pool:
         for _p, _i, owner, old in evicted:
             if owner == os.getpid():
                 _close(old)
+            else:
+                _INHERITED.append(old)
 
     def clear(self) -> None:
         """Close every idle connection (tests, shutdown)."""
@@ -146,12 +150,15 @@ class _Pool:
         for _p, _i, owner, conn in idle:
             if owner == os.getpid():
                 _close(conn)
+            else:
+                _INHERITED.append(conn)
 
     def __len__(self) -> int:
         return len(self._idle)
 
 
 POOL = _Pool()
+_INHERITED: list[sqlite3.Connection] = []
 
 
 def _close(conn: sqlite3.Connection) -> None:
