@@ -30,6 +30,8 @@ Rows:
                     last session opened)
   uid->seq map      seq(uid) for every UID (what FETCH 1:* / UID FETCH resolve)
   flags all         flags(uid) for every UID (FETCH 1:* FLAGS without I/O)
+  reopen after close   a new session once every session of the folder has closed
+  open, nothing kept   the same with nothing of the folder in memory (a daemon restart)
 
 The index commits with real fsyncs; only the fill skips them. Nothing here is a test.
 """
@@ -48,6 +50,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from mailserver.delivery.maildir import MaildirWriter
+from mailserver.storage import index as index_module
 from mailserver.storage.index import MailboxIndex
 from mailserver.storage.indexstore import INDEX_FILE, IndexStore
 from mailserver.storage.maildirpp import create_maildirpp
@@ -222,6 +225,12 @@ def run(base: Path, count: int) -> None:
     timed("flags all", lambda: [ix.flags(u) for u in uids])
     ix.close()
     ix2.close()
+    time.sleep(1.1)
+    timed("reopen after close", open_session, "(every session had closed: LOGOUT, then LOGIN+SELECT)")
+    kept = getattr(index_module, "_kept", None)
+    if kept is not None:
+        kept.clear()  # as after a daemon restart: nothing in memory
+    timed("open, nothing kept", open_session, "(a new session in a new process: reads the index)")
 
 
 def main() -> None:

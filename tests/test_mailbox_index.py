@@ -931,3 +931,32 @@ def test_snapshot_identity_includes_the_file_nonce(root: Path, writer: MaildirWr
     again = store.read_meta()
     assert again is not None and again.nonce == 0 and again.uidvalidity == meta.uidvalidity
     store.close()
+
+
+def test_snapshot_kept_a_while_after_the_last_session_closes(
+    root: Path, writer: MaildirWriter, counted: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mailserver.storage.index as index_mod
+
+    deliver(writer, root, 5)
+    a = MailboxIndex(root)
+    a.sync()
+    a.close()  # the only session: LOGOUT
+    b = MailboxIndex(root)  # the client comes back
+    assert b.sync().new == [1, 2, 3, 4, 5] and counted["all_rows"] == 1
+    b.close()
+    # Not for ever: after KEEP_SECONDS the next open reads the index again.
+    real = index_mod.time.monotonic
+    monkeypatch.setattr(index_mod.time, "monotonic", lambda: real() + index_mod.KEEP_SECONDS + 1)
+    c = MailboxIndex(root)
+    c.sync()
+    assert counted["all_rows"] == 2 and not index_mod._kept
+    c.close()
+    assert list(index_mod._kept) == [str(root)]
+    # And not beyond KEEP_ROWS in all: a folder bigger than that is not kept.
+    monkeypatch.setattr(index_mod, "KEEP_ROWS", 4)
+    d = MailboxIndex(root)
+    d.sync()
+    assert counted["all_rows"] == 3 and not index_mod._kept
+    d.close()
+    assert not index_mod._kept

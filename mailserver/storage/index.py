@@ -166,9 +166,37 @@ class _Snapshot:
     stamp: tuple[int, int, int] | None = None
 
 
-# Folder directory -> its newest snapshot, alive as long as some index object holds it.
+# Folder directory -> its newest snapshot, alive as long as some index object holds it
+# or it is among the recently closed ones kept below.
 _snapshots: weakref.WeakValueDictionary[str, _Snapshot] = weakref.WeakValueDictionary()
 _snapshots_lock = threading.Lock()
+# The snapshots of folders whose last session closed, kept for a client that comes back
+# (a phone or mbsync reconnecting, a client reopening a folder): KEEP_ROWS messages in
+# all (~0.5 KiB each), least recently closed dropped first, and none older than
+# KEEP_SECONDS (dropped at the next index open after that). Reopening a 100k folder from
+# a kept snapshot takes ~0.05-0.2 s instead of ~0.7 s.
+KEEP_ROWS = 200_000
+KEEP_SECONDS = 300.0
+_kept: collections.OrderedDict[str, tuple[_Snapshot, float]] = collections.OrderedDict()
+
+
+def _keep(key: str, snap: _Snapshot) -> None:
+    """Hold ``snap`` a while after its last session let go of it (call with the lock)."""
+    _kept.pop(key, None)
+    if len(snap.entries) <= KEEP_ROWS and KEEP_SECONDS > 0:
+        _kept[key] = (snap, time.monotonic() + KEEP_SECONDS)
+    _expire_kept()
+
+
+def _expire_kept() -> None:
+    now = time.monotonic()
+    total = sum(len(snap.entries) for snap, _t in _kept.values())
+    while _kept:
+        key, (snap, until) = next(iter(_kept.items()))
+        if until > now and total <= KEEP_ROWS:
+            break
+        del _kept[key]
+        total -= len(snap.entries)
 # A session republishes its mirror once it is this many modseqs past the snapshot it last
 # matched (and past an eighth of the folder): new sessions then never replay much.
 _SHARE_AFTER = 1024
@@ -221,6 +249,7 @@ class MailboxIndex:
         # stays alive for the next session), and the modseq at which the mirror equalled it.
         self._key = str(self.dir)
         self._snapshot: _Snapshot | None = None
+        self._ident_seen: tuple[int, int] | None = None  # the index file's, at the last operation
         self._shared_at = 0
         self._publish_due = False  # loaded from the store: offer it to the next session
         # (letters, extra) -> flag names: FETCH FLAGS of 10k messages shares a few dozen.
@@ -765,8 +794,15 @@ class MailboxIndex:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
+            # The mirror as it is now is the best start for the next session: hand it
+            # over (free: no more changes come from here) and keep it a while.
+            self._share(final=True)
             self._stale = True
-            self._snapshot = None
+            snap, self._snapshot = self._snapshot, None
+            if snap is not None:
+                with _snapshots_lock:
+                    if _snapshots.get(self._key) is snap:  # (not one since replaced)
+                        _keep(self._key, snap)
 
     def __enter__(self) -> MailboxIndex:
         return self
@@ -989,6 +1025,8 @@ class MailboxIndex:
 
     def _usable_snapshot(self, meta: Meta) -> _Snapshot | None:
         with _snapshots_lock:
+            if _kept:
+                _expire_kept()
             snap = _snapshots.get(self._key)
         if (
             snap is None
@@ -1001,15 +1039,17 @@ class MailboxIndex:
             return None
         return snap
 
-    def _share(self) -> None:
+    def _share(self, final: bool = False) -> None:
         """After an operation: keep this folder's snapshot useful for the next session.
 
         Costs a dictionary lookup. When the mirror was just read from the store or has
         moved far past the snapshot, it is published: its dicts become the snapshot's and
-        this index shares them like any other until it changes something (_own)."""
-        meta, ident = self._meta, self._store.ident
+        this index shares them like any other until it changes something (_own). At
+        close (``final``) it is published if it is any newer than the snapshot."""
+        meta, ident = self._meta, self._store.ident or self._ident_seen
         if self._stale or meta is None or ident is None:
             return
+        self._ident_seen = ident
         stamp = None if self._scan_stamp is None else (*self._scan_stamp, meta.highestmodseq)
         with _snapshots_lock:
             snap = _snapshots.get(self._key)
@@ -1030,11 +1070,13 @@ class MailboxIndex:
             if usable and snap.highestmodseq > meta.highestmodseq:
                 return  # another session published a newer one
             drift = meta.highestmodseq - self._shared_at
-            if usable and not self._publish_due and drift < max(_SHARE_AFTER, len(self._entries) >> 3):
+            due = self._publish_due or final
+            if usable and not due and drift < max(_SHARE_AFTER, len(self._entries) >> 3):
                 return
             entries, by_base = self._shared_src or self._own()
             snap = _Snapshot(ident, meta.nonce, meta.uidvalidity, meta.highestmodseq, entries, by_base, stamp)
             _snapshots[self._key] = snap
+            _kept.pop(self._key, None)  # an older one: this one is held by this index
             self._use_shared(entries, by_base)
         self._snapshot, self._shared_at, self._publish_due = snap, meta.highestmodseq, False
 
