@@ -31,6 +31,7 @@ from .delivery.results import DeliveryResult
 from .dkim_keys import DKIMKey, ensure_keys
 from .dns.records import first_start_banner
 from .dns.resolver import Resolver
+from .imap import searcheval
 from .imap.backend import IMAPBackend, IMAPLimits
 from .imap.hub import MailboxHub
 from .imap.server import IMAPEndpoint
@@ -324,6 +325,9 @@ class Daemon:
             except OSError as exc:
                 reason = exc.strerror or exc
                 raise StartupError(f"cannot listen on {host}:{port} (listen.{kind}): {reason}") from None
+        if cfg.listen.imap or cfg.listen.imaps:
+            # SEARCH BODY/TEXT tables, built once off the loop instead of in the first search.
+            await asyncio.to_thread(searcheval.prepare)
         await self._start_http(cfg)
         self._tasks.append(asyncio.create_task(self._watch_certificates()))
         self._tasks.append(asyncio.create_task(self.parts.queue.start()))

@@ -57,6 +57,7 @@ log = logging.getLogger("pymaild.imap")
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 _FETCH_CHUNK = 500
+_SEARCH_SLICE = 500
 _STATUS_CACHE = 8
 
 
@@ -788,21 +789,29 @@ class IMAPSession:
         if uses_modseq(cmd.criteria):
             self.condstore = True
 
-        def run() -> list[searcheval.Candidate]:
+        def candidates() -> tuple[list[searcheval.Candidate], searcheval.SearchContext]:
             view = index.uids
             cands = []
             for seq, uid in enumerate(view, 1):
                 m = index.message(uid)
                 cands.append(searcheval.Candidate(seq, uid, index.flags(uid), index.is_recent(uid), m.size,
                                                   m.internal_date, m.modseq))
-            ctx = searcheval.SearchContext(max_seq=len(view), max_uid=view[-1] if view else 0)
-            load = SearchLoader(index, sel.cache)
-            try:
-                return searcheval.search(cmd.criteria, cands, ctx, load)
-            finally:
-                load.flush()
+            return cands, searcheval.SearchContext(max_seq=len(view), max_uid=view[-1] if view else 0)
 
-        found = await asyncio.to_thread(run)
+        cands, ctx = await asyncio.to_thread(candidates)
+        load = SearchLoader(index, sel.cache)
+        # Content searches run in slices, each its own worker-thread call: the evaluator
+        # holds the GIL, and other sessions get the interpreter between slices.
+        step = len(cands) or 1
+        if searcheval.content_needed(cmd.criteria) != "none":
+            step = _SEARCH_SLICE
+        found: list[searcheval.Candidate] = []
+        try:
+            for start in range(0, len(cands), step):
+                found += await asyncio.to_thread(searcheval.search, cmd.criteria, cands[start:start + step],
+                                                 ctx, load)
+        finally:
+            await asyncio.to_thread(load.flush)
         numbers = [c.uid if cmd.uid else c.seq for c in found]
         modseq = max((c.modseq for c in found), default=0) if uses_modseq(cmd.criteria) else None
         if cmd.returns is not None:
