@@ -16,7 +16,7 @@ import ssl
 import typing
 from collections.abc import Callable
 
-from mailserver.smtp.server import ConnectionLimiter
+from mailserver.smtp.server import ConnectionLimiter, drain_listeners
 
 from . import format as fmt
 from .backend import IMAPBackend
@@ -71,16 +71,9 @@ class IMAPEndpoint:
     async def drain(self) -> None:
         """Stop accepting; every session gets ``* BYE`` once its current command is done."""
         self.draining = True
-        for server in self.servers:
-            server.close()
-        for session in list(self.sessions):
-            session.shutdown()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.backend.limits.drain_timeout
-        while self.sessions and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        for session in list(self.sessions):
-            session.abort()
+        await drain_listeners(self.servers, self.sessions, self.backend.limits.drain_timeout,
+                              notify=lambda session: session.shutdown(),
+                              abort=lambda session: session.abort())
         await self.backend.hub.stop()
 
 

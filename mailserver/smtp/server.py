@@ -21,6 +21,7 @@ from ..metrics import Metrics
 from . import protocol as p
 
 log = logging.getLogger("pymaild.smtp")
+S = typing.TypeVar("S")
 
 # Pause reading when this much unprocessed input is buffered (a client pipelining while a
 # slow check runs): bounded memory per connection without dropping anything.
@@ -156,18 +157,29 @@ class SMTPEndpoint:
     async def drain(self) -> None:
         """Stop accepting; idle sessions get 421 now, transactions may finish first."""
         self.draining = True
-        for server in self.servers:
-            server.close()
-        for session in list(self.sessions):
-            session.wake()
-        deadline = asyncio.get_running_loop().time() + self.limits.drain_timeout
-        while self.sessions and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
-        for session in list(self.sessions):
-            session.abort("4.3.2", "Service shutting down")
-        for server in self.servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 1)
+        await drain_listeners(self.servers, self.sessions, self.limits.drain_timeout,
+                              notify=lambda session: session.wake(),
+                              abort=lambda session: session.abort("4.3.2", "Service shutting down"))
+
+
+async def drain_listeners(servers: list[asyncio.base_events.Server], sessions: set[S], timeout: float, *,
+                          notify: Callable[[S], None], abort: Callable[[S], None]) -> None:
+    """The shutdown of one service (SMTP or IMAP): stop accepting, ``notify`` every session
+    (they finish what they are doing and say goodbye), wait up to ``timeout`` for them to
+    go, ``abort`` the rest."""
+    for server in servers:
+        server.close()
+    for session in list(sessions):
+        notify(session)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while sessions and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    for session in list(sessions):
+        abort(session)
+    for server in servers:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 1)
 
 
 class _SMTPProtocol(asyncio.Protocol):
