@@ -1,4 +1,4 @@
-"""Public facade of the IMAP protocol layer (sans-I/O; not yet served by the daemon).
+"""Public facade of the IMAP protocol layer (sans-I/O; served by ``session.py`` and ``server.py``).
 
 * ``IMAPConnection`` (framing): bytes in, events out — ``CommandReceived``, ``CommandError``,
   ``ContinuationRequest``, ``AuthResponse``, ``IdleDone``, ``ConnectionClosed``.

@@ -1,6 +1,6 @@
 """Index of one Maildir folder for IMAP: stable UIDs, flags, MODSEQ, \\Recent, expunge log.
 
-This is the storage foundation of the IMAP server (not served yet). One
+This is the storage under the IMAP server (``mailserver/imap/session.py``). One
 :class:`MailboxIndex` object is one session's view of one folder:
 
 * The store (:mod:`.indexstore`, ``pymaild-index.sqlite`` in the folder directory) is
