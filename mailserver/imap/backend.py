@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
+from mailserver.auth.login import AuthResult, LoginChecker
 from mailserver.auth.passwords import PasswordChecker
 from mailserver.auth.ratelimit import AuthThrottle
 from mailserver.auth.store import AccountStore
@@ -38,18 +37,6 @@ class IMAPLimits:
         return FramingLimits(max_line_length=self.max_line_length, max_literal=self.max_append_size)
 
 
-class AuthResult(Enum):
-    OK = "ok"
-    INVALID = "invalid"
-    THROTTLED = "throttled"
-
-
-def loggable(text: str) -> str:
-    """A client-chosen name, safe for one log line (fail2ban reads these lines)."""
-    out = "".join(ch if ch.isprintable() and not ch.isspace() else f"\\x{ord(ch):02x}" for ch in text)
-    return out[:200]
-
-
 class IMAPBackend:
     def __init__(self, *, hostname: str, store: AccountStore, passwords: PasswordChecker,
                  throttle: AuthThrottle, limits: IMAPLimits | None = None, hub: MailboxHub | None = None,
@@ -62,21 +49,10 @@ class IMAPBackend:
         self.hub = hub or MailboxHub()
         self.metrics = metrics or Metrics()
         self.sessions_per_user: dict[str, int] = {}
+        self.logins = LoginChecker(store, passwords, throttle, self.metrics, log)
 
     async def authenticate(self, ip: str, user: str, password: str, listener: str) -> AuthResult:
-        user = user.strip().lower()
-        shown = loggable(user)
-        if self.throttle.ip_blocked(ip) or self.throttle.account_blocked(user):
-            log.warning("auth throttled client=%s user=%s", ip, shown)
-            return AuthResult.THROTTLED
-        stored = await asyncio.to_thread(self.store.password_hash, user) if "@" in user else None
-        ok = await self.passwords.verify(stored, password)  # hashes even for unknown users
-        if not ok:
-            self.throttle.failure(ip, user)
-            self.metrics.inc("auth_failures_total", listener=listener)
-            log.warning("auth failed client=%s user=%s", ip, shown)  # fail2ban matches this line
-            return AuthResult.INVALID
-        return AuthResult.OK
+        return await self.logins.check(ip, user.strip().lower(), password, listener)
 
     def acquire_session(self, user: str) -> bool:
         n = self.sessions_per_user.get(user, 0)

@@ -20,13 +20,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mailserver.auth.login import AuthResult, loggable
 from mailserver.storage.fetchcache import FetchCache
 from mailserver.storage.index import ChangeSet, MailboxIndex, ReadOnlyMailbox
 from mailserver.storage.indexstore import CorruptIndex
 
 from . import format as fmt
 from . import searcheval
-from .backend import AuthResult, IMAPBackend, loggable
+from .backend import IMAPBackend
 from .commands import (
     Append,
     Authenticate,

@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from ..auth.login import AuthResult, LoginChecker
 from ..auth.passwords import PasswordChecker
 from ..auth.ratelimit import AuthThrottle
 from ..auth.store import AccountStore
@@ -82,6 +83,7 @@ class SubmissionHandler:
         self.store = store
         self.passwords = passwords
         self.throttle = throttle
+        self.logins = LoginChecker(store, passwords, throttle, self.metrics, log)
         self.writer = writer
         self.enqueue = enqueue
         self.unqueue = unqueue
@@ -151,20 +153,11 @@ class SubmissionHandler:
     async def _check(self, session: Session, user: str, password: str) -> Answer | AuthOK:
         user = user.strip().lower()
         ip = session.client_ip
-        shown = _loggable(user)  # the name comes from the client: never let it forge log lines
-        if self.throttle.ip_blocked(ip) or self.throttle.account_blocked(user):
-            log.warning("auth throttled client=%s user=%s", ip, shown)
-            return (421, "4.7.0", f"{self.hostname} Too many failed logins, try again later")
-        stored = await asyncio.to_thread(self.store.password_hash, user) if "@" in user else None
-        # verify() hashes even for an unknown user, so timing does not reveal accounts.
-        ok = await self.passwords.verify(stored, password)
-        if not ok:
-            self.throttle.failure(ip, user)
-            self.metrics.inc("auth_failures_total", listener=session.listener)
-            log.warning("auth failed client=%s user=%s", ip, shown)  # fail2ban matches this line
-            if self.throttle.ip_blocked(ip):
-                return (421, "4.7.0", f"{self.hostname} Too many failed logins, try again later")
+        result = await self.logins.check(ip, user, password, session.listener)
+        if result is AuthResult.INVALID and not self.throttle.ip_blocked(ip):
             return (535, "5.7.8", "Authentication credentials invalid")
+        if result is not AuthResult.OK:  # throttled, now or by this very failure
+            return (421, "4.7.0", f"{self.hostname} Too many failed logins, try again later")
         self._senders[session.id] = await asyncio.to_thread(self.store.sender_addresses, user)
         return AuthOK(user)
 
@@ -304,15 +297,6 @@ class SubmissionHandler:
             extra += f"Message-ID: {email.utils.make_msgid(domain=domain)}\r\n".encode()
         return extra + data
 
-
-def _loggable(text: str, limit: int = 320) -> str:
-    """Client-supplied text for a log line: no control characters, no spaces, bounded.
-
-    A newline in a SASL user name would otherwise start a forged log line, e.g. an
-    "auth failed client=<admin's IP>" that fail2ban would act on.
-    """
-    cleaned = "".join(c if c.isprintable() and not c.isspace() else f"\\x{ord(c):02x}" for c in text)
-    return cleaned[:limit]
 
 
 def _utf8(data: bytes) -> str:
