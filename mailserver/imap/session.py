@@ -11,7 +11,6 @@ SEARCH by sequence number, because EXPUNGE would shift the numbers the client is
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import time
@@ -219,10 +218,9 @@ class IMAPSession:
 
     def close(self) -> None:
         self._deselect()
-        for index in self._status_indexes.values():
-            with contextlib.suppress(Exception):
-                index.close()
+        indexes = list(self._status_indexes.values())
         self._status_indexes.clear()
+        _off_loop(*(index.close for index in indexes))
         if self.user is not None:
             self.backend.release_session(self.user)
             self.user = None
@@ -317,17 +315,7 @@ class IMAPSession:
             return
         self.selected = None
         self.backend.hub.unregister(sel.hub_key, self)
-        # Closing takes a lock and may wait on the disk: never on the event loop.
-        loop = asyncio.get_event_loop()
-
-        def close() -> None:
-            sel.index.close()
-            sel.cache.close()
-
-        if loop.is_running():
-            loop.run_in_executor(None, close)
-        else:
-            close()
+        _off_loop(sel.index.close, sel.cache.close)
 
     def _notify_others(self, paths: Sequence[Path]) -> None:
         self.backend.hub.changed(paths, origin=self)
@@ -1028,6 +1016,23 @@ class IMAPSession:
         self.idling = False
         self.last_activity = time.monotonic()
         self._ok(tag, "IDLE terminated")
+
+
+def _off_loop(*closers: Callable[[], None]) -> None:
+    """Run ``closers`` in a worker thread when a loop runs (closing an index takes a lock
+    and may wait on the disk), else here; a failing one does not stop the others."""
+
+    def run() -> None:
+        for close in closers:
+            try:
+                close()
+            except Exception:
+                log.exception("closing a mailbox index or cache failed")
+
+    try:
+        asyncio.get_running_loop().run_in_executor(None, run)
+    except RuntimeError:  # no running loop: tests, or after the loop stopped
+        run()
 
 
 Handler = Callable[[IMAPSession, Command], Awaitable[Action]]
