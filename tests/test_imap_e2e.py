@@ -759,3 +759,16 @@ def test_sigterm_says_bye_to_idle_and_waiting_clients(ca, tmp_path):
     assert d.proc.wait(15) == 0
     idler.close()
     waiting.close()
+
+
+def test_disk_error_fails_the_command_not_the_session(imapd, ca):
+    user = new_account(imapd)
+    folder = imapd.state_dir / "mail/example.test" / user.split("@")[0] / ".Drafts"
+    (folder / "tmp").rmdir()
+    (folder / "tmp").write_bytes(b"")  # APPEND's write to tmp/ now fails with an OSError
+    raw = RawIMAP(imapd.imaps_port, tls=client_ctx(ca))
+    raw.cmd(b"a", f"LOGIN {user} {PASSWORD}".encode())
+    reply = raw.cmd(b"b", b"APPEND Drafts {12+}\r\nSubject: x\r\n")[-1]
+    assert reply.startswith(b"b NO [SERVERBUG]"), reply
+    assert raw.cmd(b"c", b"SELECT INBOX")[-1].startswith(b"c OK")
+    raw.close()
