@@ -86,6 +86,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import dovecot_anchor  # noqa: E402
 from mailserver.delivery.maildir import MaildirWriter, size_from_name  # noqa: E402
 from tests.support.ca import TestCA  # noqa: E402
 from tests.support.daemon import PymaildProcess  # noqa: E402
@@ -474,7 +475,7 @@ class Row:
 @dataclass
 class Bench:
     args: argparse.Namespace
-    d: PymaildProcess
+    d: PymaildProcess | dovecot_anchor.DovecotServer
     ctx: ssl.SSLContext
     filled: Filled
     rows: list[Row] = field(default_factory=list)
@@ -501,7 +502,9 @@ class Bench:
         return lines
 
     def rss(self) -> tuple[int, int]:
-        """The daemon's (RSS, PSS) in KiB."""
+        """The server's (RSS, PSS) in KiB (Dovecot: summed over all its processes)."""
+        if isinstance(self.d, dovecot_anchor.DovecotServer):
+            return self.d.memory_kib()
         assert self.d.proc is not None
         return read_memory(self.d.proc.pid)
 
@@ -906,6 +909,7 @@ def raise_nofile() -> None:
 
 
 def dovecot(key: str, count: int) -> str:
+    """Dovecot's figure from an earlier sitting (used only when no Dovecot runs here)."""
     figures = DOVECOT.get(key)
     if not figures:
         return ""
@@ -913,6 +917,75 @@ def dovecot(key: str, count: int) -> str:
         return f"{figures[count]:.2f} s"
     near = min(figures, key=lambda m: abs(m - count))
     return f"~{figures[near] * count / near:.3f} s"
+
+
+def server_trouble(b: Bench, code: int | None) -> None:
+    """Error lines in the server's log, and a bad exit, are findings too."""
+    log = b.d.log_lines
+    if isinstance(b.d, dovecot_anchor.DovecotServer):
+        trouble = [i for i, line in enumerate(log) if re.search(r" (Error|Fatal|Panic): ", line)]
+    else:
+        trouble = [i for i, line in enumerate(log) if "Traceback" in line or " ERROR " in line
+                   or " CRITICAL " in line]
+    if trouble:
+        first = trouble[0]
+        b.bugs.append(f"server log has {len(trouble)} error lines; the first:\n      "
+                      + "\n      ".join(log[first:first + 25]))
+    warnings = [line for line in log if " WARNING " in line]
+    if warnings:
+        print(f"server log: {len(warnings)} WARNING lines, e.g.:\n  " + "\n  ".join(warnings[:5]))
+    if code not in (0, None):
+        b.bugs.append(f"server exited with {code}")
+
+
+def sessions(b: Bench, restart: Callable[[], None]) -> None:
+    """The three sessions (cold, warm, after a restart) against one server."""
+    print("session 1: cold (index and header cache are built)")
+    session(b, "cold", first=True, stores=False)
+    print("session 2: warm (a new session, same server)")
+    session(b, "warm", first=False, stores=True)
+    print("session 3: after a server restart (index and cache from disk)")
+    restart()
+    session(b, "restart", first=False, stores=False)
+    rss = ", ".join(
+        f"{k[10:]} {v[0] / 1024:.0f} MiB"
+        for k, v in b.memory.items()
+        if k.startswith("rss_after")
+    )
+    print(f"  server RSS after: {rss}")
+
+
+def prepare_anchor(base: Path, ca: TestCA, args: argparse.Namespace, mailboxes: dict[str, Path]
+                   ) -> dovecot_anchor.DovecotServer | None:
+    """Dovecot over hard-link copies of the freshly filled Maildirs (before pymaild touches them)."""
+    if args.no_dovecot:
+        return None
+    if not dovecot_anchor.available():
+        print("  (no Dovecot here: `apt-get install dovecot-imapd` runs it as the anchor in the same "
+              "sitting; older figures are printed instead)")
+        return None
+    cert, key = ca.issue("mx.example.test", "localhost", stem="dovecot")
+    anchor = dovecot_anchor.DovecotServer(base / "dovecot", cert, key,
+                                          max_connections=max(1000, args.connections + 100))
+    t0 = time.perf_counter()
+    for user, maildir in mailboxes.items():
+        copy = base / "dovecot-mail" / user
+        dovecot_anchor.copy_maildir(maildir, copy)
+        anchor.add_user(user, PASSWORD, copy)
+    print(f"  Dovecot's copy of the Maildirs (hard links) in {time.perf_counter() - t0:.1f} s")
+    return anchor
+
+
+def memory_line(b: Bench, who: str, per_idle: str) -> None:
+    if not b.memory.get("idle_n"):
+        return
+    n = b.memory["idle_n"]
+    (r0, p0), (r1, p1) = b.memory["idle_before"], b.memory["idle_after"]
+    print(f"  {'KiB per idle IDLE connection':<34} {who}: RSS {(r1 - r0) / n:.1f}, PSS {(p1 - p0) / n:.1f}"
+          f"  (N = {n}{per_idle})")
+    c0, c1 = b.memory["idle_closed"], b.memory["idle2_closed"]
+    print(f"  {'  RSS kept after all closed':<34} {who}: {(c0[0] - r0) / n:.1f} KiB each after round 1, "
+          f"{(c1[0] - r0) / n:.1f} after round 2")
 
 
 def run(base: Path, args: argparse.Namespace) -> int:
@@ -938,6 +1011,7 @@ def run(base: Path, args: argparse.Namespace) -> int:
         if problems:
             return 1
     users: list[str] = []
+    mailboxes = {OWNER: root}
     if args.connections:
         t0 = time.perf_counter()
         writer = MaildirWriter(fsync=False, hostname="bench")
@@ -949,63 +1023,72 @@ def run(base: Path, args: argparse.Namespace) -> int:
                         f"Message-ID: <i{k}.{j}@bench>\r\n\r\nshort note {j}\r\n")
                 writer.deliver(path, None, [note.encode()])
             users.append(user)
+            mailboxes[user] = path
         print(f"  {len(users)} small accounts for the IDLE phase in {time.perf_counter() - t0:.1f} s")
+    anchor = prepare_anchor(base, ca, args, mailboxes)
 
+    print("== pymaild")
     try:
         t0 = time.perf_counter()
         d.start()
         print(f"  {'daemon start':<34} {time.perf_counter() - t0:9.3f} s  pid {d.proc.pid}"  # type: ignore[union-attr]
               f", RSS {b.rss()[0]} KiB")
         b.new_log_lines()
-        print("session 1: cold (index and header cache are built)")
-        session(b, "cold", first=True, stores=False)
-        print("session 2: warm (a new session, same daemon)")
-        session(b, "warm", first=False, stores=True)
-        print("session 3: after a daemon restart (index and cache from disk)")
-        d.stop()
-        d.start()
-        session(b, "restart", first=False, stores=False)
-        rss = ", ".join(f"{k[10:]} {v[0] / 1024:.0f} MiB" for k, v in b.memory.items()
-                        if k.startswith("rss_after"))
-        print(f"  daemon RSS after: {rss}")
+
+        def restart_pymaild() -> None:
+            d.stop()
+            d.start()
+
+        sessions(b, restart_pymaild)
         if args.connections:
             print(f"memory: {args.connections} IDLE connections over {len(users)} accounts "
                   "(daemon restarted)")
-            d.stop()
-            d.start()
+            restart_pymaild()
             asyncio.run(idle_phase(b, users))
     finally:
-        code = d.stop()
-        log = d.log_lines
-        trouble = [i for i, line in enumerate(log) if "Traceback" in line or " ERROR " in line
-                   or " CRITICAL " in line]
-        if trouble:
-            first = trouble[0]
-            b.bugs.append(f"daemon log has {len(trouble)} ERROR/Traceback lines; the first:\n      "
-                          + "\n      ".join(log[first:first + 25]))
-        warnings = [line for line in log if " WARNING " in line]
-        if warnings:
-            print(f"daemon log: {len(warnings)} WARNING lines, e.g.:\n  " + "\n  ".join(warnings[:5]))
-        if code not in (0, None):
-            b.bugs.append(f"daemon exited with {code}")
+        server_trouble(b, d.stop())
+
+    ba: Bench | None = None
+    if anchor is not None:
+        print("== Dovecot (the same client, the same messages, in the same sitting)")
+        ba = Bench(args, anchor, client_ctx(ca), filled)
+        try:
+            anchor.start()
+
+            def restart_anchor() -> None:
+                anchor.stop()
+                anchor.start()
+
+            sessions(ba, restart_anchor)
+            if args.connections:
+                print(f"memory: {args.connections} IDLE connections over {len(users)} accounts "
+                      "(Dovecot restarted)")
+                restart_anchor()
+                asyncio.run(idle_phase(ba, users))
+        finally:
+            server_trouble(ba, anchor.stop())
 
     print()
-    print(f"{'M = ' + str(count):<36} {'pymaild':>10}  {'Dovecot':>8}")
+    anchor_rows = {r.key: r.seconds for r in ba.rows} if ba else {}
+    head = "Dovecot" if ba else "Dovecot (earlier)"
+    print(f"{'M = ' + str(count):<36} {'pymaild':>10}  {head:>10}  {'ratio':>6}")
     for r in b.rows:
         if r.key.startswith(("select_", "fetch_", "search_", "bodies_", "store_", "unstore_")):
             shown = f"{r.seconds:8.3f} s" if r.seconds is not None else "    FAILED"
-            print(f"  {r.label:<34} {shown}  {dovecot(r.key, count):>8}")
-    if b.memory.get("idle_n"):
-        n = b.memory["idle_n"]
-        (r0, p0), (r1, p1) = b.memory["idle_before"], b.memory["idle_after"]
-        print(f"  {'KiB per idle IDLE connection':<34} RSS {(r1 - r0) / n:.1f}, PSS {(p1 - p0) / n:.1f}"
-              f"  (Dovecot ~{DOVECOT_KIB_PER_IDLE}, target <= {TARGET_KIB_PER_IDLE}; N = {n})")
-        c0, c1 = b.memory["idle_closed"], b.memory["idle2_closed"]
-        print(f"  {'  RSS kept after all closed':<34} {(c0[0] - r0) / n:.1f} KiB each after round 1, "
-              f"{(c1[0] - r0) / n:.1f} after round 2")
-    if b.bugs:
-        print(f"\n{len(b.bugs)} server problems:")
-        for text in b.bugs:
+            if ba:
+                other = anchor_rows.get(r.key)
+                theirs = f"{other:8.3f} s" if other is not None else "       n/a"
+                ratio = f"{r.seconds / other:6.2f}" if r.seconds and other else ""
+            else:
+                theirs, ratio = f"{dovecot(r.key, count):>10}", ""
+            print(f"  {r.label:<34} {shown}  {theirs}  {ratio:>6}")
+    memory_line(b, "pymaild", f", Dovecot's earlier figure ~{DOVECOT_KIB_PER_IDLE}" if not ba else "")
+    if ba:
+        memory_line(ba, "Dovecot", ", summed over all its processes")
+    bugs = b.bugs + [f"(Dovecot) {text}" for text in (ba.bugs if ba else [])]
+    if bugs:
+        print(f"\n{len(bugs)} server problems:")
+        for text in bugs:
             print("  - " + text)
     return 1 if b.bugs else 0
 
@@ -1018,6 +1101,8 @@ def main() -> None:
     ap.add_argument("--skip-fill-check", action="store_true",
                     help="do not check the generated Maildir (sizes, MIME of a sample)")
     ap.add_argument("--dir", type=Path, default=None, help="where to make the temporary directory")
+    ap.add_argument("--no-dovecot", action="store_true",
+                    help="do not run Dovecot (the anchor) after pymaild in the same sitting")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for one answer")
     ap.add_argument("--profile", default="",
                     help="py-spy the warm header FETCH into this file (.svg flamegraph, .json "
