@@ -252,6 +252,8 @@ class IMAPConfig:
     max_connections_per_ip: int = field(default=100, metadata=_parser(_positive_int))
     max_sessions_per_user: int = field(default=50, metadata=_parser(_positive_int))
     max_errors: int = field(default=50, metadata=_parser(_positive_int))
+    max_keywords_per_message: int = field(default=50, metadata=_parser(_positive_int))
+    max_keywords_per_folder: int = field(default=200, metadata=_parser(_positive_int))
 
 
 @dataclass(frozen=True)

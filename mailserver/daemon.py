@@ -42,6 +42,7 @@ from .smtp.mx import Checker, CheckOutcome, MXHandler
 from .smtp.recipients import RecipientTable
 from .smtp.server import Limits, Session, SMTPEndpoint
 from .smtp.submission import SubmissionHandler
+from .storage.index import MailboxIndex
 from .tls import TLSManager
 from .web import WebServer, required_names, uncovered_names
 
@@ -215,6 +216,9 @@ def build_imap(cfg: Config, store: AccountStore, passwords: PasswordChecker, thr
         max_connections=c.max_connections, max_connections_per_ip=c.max_connections_per_ip,
         max_sessions_per_user=c.max_sessions_per_user, max_errors=c.max_errors,
     )
+    # Per process, like the rest of the config: every folder index of this daemon.
+    MailboxIndex.max_keywords_per_message = c.max_keywords_per_message
+    MailboxIndex.max_keywords_per_folder = c.max_keywords_per_folder
     backend = IMAPBackend(hostname=cfg.hostname, store=store, passwords=passwords, throttle=throttle,
                           limits=limits, hub=MailboxHub(c.poll_interval), metrics=metrics)
     metrics.gauge("imap_sessions", lambda: sum(backend.sessions_per_user.values()))
