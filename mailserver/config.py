@@ -254,6 +254,7 @@ class IMAPConfig:
     max_errors: int = field(default=50, metadata=_parser(_positive_int))
     max_keywords_per_message: int = field(default=50, metadata=_parser(_positive_int))
     max_keywords_per_folder: int = field(default=200, metadata=_parser(_positive_int))
+    max_folders: int = field(default=1000, metadata=_parser(_positive_int))
 
 
 @dataclass(frozen=True)

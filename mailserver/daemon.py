@@ -34,6 +34,7 @@ from .dns.resolver import Resolver
 from .imap import searcheval
 from .imap.backend import IMAPBackend, IMAPLimits
 from .imap.hub import MailboxHub
+from .imap.mailboxes import MailboxTree
 from .imap.server import IMAPEndpoint
 from .metrics import Metrics, MetricsServer
 from .pipeline import trace
@@ -219,6 +220,7 @@ def build_imap(cfg: Config, store: AccountStore, passwords: PasswordChecker, thr
     # Per process, like the rest of the config: every folder index of this daemon.
     MailboxIndex.max_keywords_per_message = c.max_keywords_per_message
     MailboxIndex.max_keywords_per_folder = c.max_keywords_per_folder
+    MailboxTree.max_folders = c.max_folders
     backend = IMAPBackend(hostname=cfg.hostname, store=store, passwords=passwords, throttle=throttle,
                           limits=limits, hub=MailboxHub(c.poll_interval), metrics=metrics)
     metrics.gauge("imap_sessions", lambda: sum(backend.sessions_per_user.values()))

@@ -1,0 +1,80 @@
+"""Counts with no cap before: LIST pattern wildcards (regex backtracking), mailboxes and
+subscriptions per account."""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from mailserver.imap.mailboxes import MailboxError, MailboxTree, pattern_matches
+from mailserver.storage.maildirpp import create_maildirpp
+from tests.support.imap import imap_daemon, login, new_account
+
+
+def regex_reference(pattern: str, name: str) -> bool:
+    """The old implementation: right, but exponential on many wildcards."""
+    rx = "".join(".*" if c == "*" else "[^.]*" if c == "%" else re.escape(c) for c in pattern)
+    return re.fullmatch(rx, name, re.DOTALL) is not None
+
+
+def test_list_pattern_matcher_agrees_with_the_regex() -> None:
+    rng = random.Random(7)
+    for _ in range(20000):
+        pattern = "".join(rng.choice("ab.*%") for _ in range(rng.randrange(0, 7)))
+        name = "".join(rng.choice("ab.") for _ in range(rng.randrange(0, 7)))
+        assert pattern_matches("", pattern, name) == regex_reference(pattern, name), (pattern, name)
+    assert pattern_matches("Work.", "%", "Work.Reports")
+    assert not pattern_matches("Work.", "%", "Work.Reports.2026")
+    assert pattern_matches("", "inbox", "INBOX")
+
+
+@pytest.mark.timeout(20)
+def test_list_pattern_with_many_wildcards_does_not_backtrack() -> None:
+    # With the regex, 8 stars against 60 characters took 30 s; this took for ever.
+    assert not pattern_matches("", "*a" * 40 + "b", "a" * 200)
+    assert not pattern_matches("", "%a" * 40 + "b", "a" * 200)
+    assert pattern_matches("", "*a" * 40 + "*", "a" * 200)
+    assert not pattern_matches("", "*%" * 20000 + "x", "a" * 200)
+
+
+def test_mailboxes_and_subscriptions_are_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    create_maildirpp(tmp_path, durable=False)  # with the special-use folders
+    tree = MailboxTree(tmp_path)
+    base = len(tree.names()) - 1
+    monkeypatch.setattr(MailboxTree, "max_folders", base + 4)
+    tree.create("Work.Reports")  # two: Work and Work.Reports
+    tree.create("Lists")
+    with pytest.raises(MailboxError) as exc:
+        tree.create("A.B")  # two more would be one too many
+    assert exc.value.code == "LIMIT"
+    tree.create("Family")  # the last one
+    with pytest.raises(MailboxError):
+        tree.create("Other")
+    assert len(tree.names()) == 1 + base + 4
+    monkeypatch.setattr(MailboxTree, "max_folders", len(tree.subscriptions()) + 2)
+    tree.subscribe("x1")
+    tree.subscribe("x2")
+    with pytest.raises(MailboxError) as exc:
+        tree.subscribe("x3")
+    assert exc.value.code == "LIMIT"
+    tree.subscribe("x1")  # already subscribed: fine
+
+
+def test_imap_create_past_max_folders_is_no_limit(ca, tmp_path: Path) -> None:
+    d = imap_daemon(tmp_path, ca, imap={"max_folders": 7})  # 5 special-use folders + 2
+    try:
+        user = new_account(d)
+        m = login(d, ca, user)
+        typ, folders = m.list()
+        assert typ == "OK" and len(folders) == 6, folders  # INBOX Archive Drafts Junk Sent Trash
+        assert m.create("One")[0] == "OK"
+        assert m.create("Two")[0] == "OK"
+        typ, data = m.create("Three")
+        assert typ == "NO" and data[0].startswith(b"[LIMIT]"), data
+        assert m.noop()[0] == "OK"
+        m.logout()
+    finally:
+        d.stop()
