@@ -255,6 +255,8 @@ class IMAPConfig:
     max_keywords_per_message: int = field(default=50, metadata=_parser(_positive_int))
     max_keywords_per_folder: int = field(default=200, metadata=_parser(_positive_int))
     max_folders: int = field(default=1000, metadata=_parser(_positive_int))
+    max_command_size: int = field(default=1024**2, metadata=_parser(parse_size))  # not APPEND
+    max_literals_per_command: int = field(default=1000, metadata=_parser(_positive_int))
 
 
 @dataclass(frozen=True)

@@ -216,6 +216,7 @@ def build_imap(cfg: Config, store: AccountStore, passwords: PasswordChecker, thr
         login_timeout=c.login_timeout, idle_timeout=c.idle_timeout, idle_keepalive=c.idle_keepalive,
         max_connections=c.max_connections, max_connections_per_ip=c.max_connections_per_ip,
         max_sessions_per_user=c.max_sessions_per_user, max_errors=c.max_errors,
+        max_command_size=c.max_command_size, max_literals=c.max_literals_per_command,
     )
     # Per process, like the rest of the config: every folder index of this daemon.
     MailboxIndex.max_keywords_per_message = c.max_keywords_per_message

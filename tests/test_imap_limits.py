@@ -78,3 +78,44 @@ def test_imap_create_past_max_folders_is_no_limit(ca, tmp_path: Path) -> None:
         m.logout()
     finally:
         d.stop()
+
+
+def events_of(conn, data: bytes) -> list:
+    from mailserver.imap.protocol import NEED_DATA
+
+    conn.receive_data(data)
+    out = []
+    while (event := conn.next_event()) is not NEED_DATA:
+        out.append(event)
+    return out
+
+
+def test_literals_per_command_are_capped_and_the_rest_is_discarded() -> None:
+    from mailserver.imap.protocol import CommandError, CommandReceived, IMAPConnection, Limits
+
+    conn = IMAPConnection(Limits(max_literals=10))
+    ok = b"a SEARCH" + b" SUBJECT {1+}\r\nx" * 10 + b"\r\n"
+    (event,) = events_of(conn, ok)
+    assert isinstance(event, CommandReceived)
+    too_many = b"b SEARCH" + b" SUBJECT {1+}\r\nx" * 5000 + b"\r\nc NOOP\r\n"
+    events = events_of(conn, too_many)
+    assert isinstance(events[0], CommandError) and events[0].error.code == "LIMIT"
+    assert "more than 10 literals" in str(events[0].error)
+    # Nothing of the refused command is read as a command; the next one is.
+    assert [e.command.name for e in events[1:] if isinstance(e, CommandReceived)] == ["NOOP"]
+    assert all(isinstance(e, CommandReceived) for e in events[1:]), events[1:]
+
+
+def test_commands_other_than_append_have_their_own_size_cap() -> None:
+    from mailserver.imap.protocol import CommandError, CommandReceived, IMAPConnection, Limits
+
+    conn = IMAPConnection(Limits(max_line_length=8192, max_small_command=64 * 1024, max_literals=10_000))
+    line = b" SUBJECT " + b"y" * 4000
+    big = b"a SEARCH" + (line + b" SUBJECT {0+}\r\n") * 40 + b"ALL\r\nb NOOP\r\n"  # 160 KB of criteria
+    events = events_of(conn, big)
+    assert isinstance(events[0], CommandError) and events[0].error.code == "TOOBIG"
+    assert [e.command.name for e in events if isinstance(e, CommandReceived)] == ["NOOP"]
+    # APPEND keeps the big limit.
+    msg = b"z" * 200_000
+    (event,) = events_of(conn, b"c APPEND INBOX {%d+}\r\n" % len(msg) + msg + b"\r\n")
+    assert isinstance(event, CommandReceived)
