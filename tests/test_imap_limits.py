@@ -119,3 +119,14 @@ def test_commands_other_than_append_have_their_own_size_cap() -> None:
     msg = b"z" * 200_000
     (event,) = events_of(conn, b"c APPEND INBOX {%d+}\r\n" % len(msg) + msg + b"\r\n")
     assert isinstance(event, CommandReceived)
+
+
+def test_id_fields_and_values_are_bounded_as_rfc_2971_says() -> None:
+    from mailserver.imap.commands import parse_command
+    from mailserver.imap.errors import IMAPParseError
+
+    assert parse_command(b'a ID ("name" "' + b"v" * 1024 + b'")\r\n').params[0][1] == "v" * 1024
+    for bad in (b'a ID ("name" "' + b"v" * 1025 + b'")\r\n', b'a ID ("' + b"n" * 31 + b'" "x")\r\n',
+                b'a ID ("name" {5000+}\r\n' + b"v" * 5000 + b")\r\n"):
+        with pytest.raises(IMAPParseError, match="RFC 2971"):
+            parse_command(bad)
