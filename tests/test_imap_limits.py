@@ -130,3 +130,15 @@ def test_id_fields_and_values_are_bounded_as_rfc_2971_says() -> None:
                 b'a ID ("name" {5000+}\r\n' + b"v" * 5000 + b")\r\n"):
         with pytest.raises(IMAPParseError, match="RFC 2971"):
             parse_command(bad)
+
+
+def test_search_criteria_are_capped() -> None:
+    from mailserver.imap.commands import parse_command
+    from mailserver.imap.errors import IMAPParseError
+    from mailserver.imap.search import MAX_KEYS
+
+    parse_command(b"a SEARCH" + b" SEEN" * MAX_KEYS + b"\r\n")
+    with pytest.raises(IMAPParseError, match="search criteria"):
+        parse_command(b"a SEARCH" + b" SEEN" * (MAX_KEYS + 1) + b"\r\n")
+    with pytest.raises(IMAPParseError, match="search criteria"):
+        parse_command(b"a SEARCH" + b" (OR SEEN DRAFT)" * 400 + b"\r\n")  # 1,200 with the ORs
