@@ -7,6 +7,8 @@ error (systemd's RestartPreventExitStatus=2 stops restart loops on a broken conf
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 
 from . import __version__
@@ -73,24 +75,56 @@ def _run(args: argparse.Namespace, cfg: object) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Whatever goes wrong ends as one line on stderr: ConfigError exit 2,
+    CommandError and OS errors exit 1, anything unexpected exit 1 with its type named
+    (``PYMAILD_DEBUG=1`` shows the traceback), so no input gives a Python traceback."""
+    try:
+        return _main(argv)
+    except ConfigError as exc:
+        _say(f"config error: {exc}")
+        return 2
+    except CommandError as exc:
+        _say(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `pymaild queue list | head`: the reader left; not an error worth a line.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        _say(f"{where}{exc.strerror or exc}")
+        return 1
+    except Exception as exc:
+        if os.environ.get("PYMAILD_DEBUG"):
+            raise
+        _say(f"internal error: {type(exc).__name__}: {exc} (PYMAILD_DEBUG=1 shows the traceback;"
+             " please report it)")
+        return 1
+
+
+MAX_ERROR_LENGTH = 400
+
+
+def _say(message: str) -> None:
+    """One line on stderr, whatever the message holds (echoed input may be long or multi-line)."""
+    text = " ".join(message.split())
+    if len(text) > MAX_ERROR_LENGTH:
+        text = text[: MAX_ERROR_LENGTH - 1] + "…"
+    print(f"pymaild: {text}", file=sys.stderr)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     path = resolve_config_path(getattr(args, "config", None) or args.config_global)
     args.config_path = path  # commands that write the config (init) need where, not what
     cfg = None
     if getattr(args, "needs_config", True):
-        try:
-            cfg = load_config(path)
-        except ConfigError as exc:
-            print(f"pymaild: config error: {exc}", file=sys.stderr)
-            return 2
-    try:
-        return int(args.func(args, cfg))
-    except CommandError as exc:
-        print(f"pymaild: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+        cfg = load_config(path)
+    return int(args.func(args, cfg))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ dataclass fields, so unknown keys and wrong types are caught generically and the
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -65,6 +66,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration like 30s, 5m, 1h or 5d")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite duration, got {value!r}")
         if value < 0:
             raise ValueError("a duration cannot be negative")
         return float(value)
@@ -249,6 +252,11 @@ class IMAPConfig:
     max_connections_per_ip: int = field(default=100, metadata=_parser(_positive_int))
     max_sessions_per_user: int = field(default=50, metadata=_parser(_positive_int))
     max_errors: int = field(default=50, metadata=_parser(_positive_int))
+    max_keywords_per_message: int = field(default=50, metadata=_parser(_positive_int))
+    max_keywords_per_folder: int = field(default=200, metadata=_parser(_positive_int))
+    max_folders: int = field(default=1000, metadata=_parser(_positive_int))
+    max_command_size: int = field(default=1024**2, metadata=_parser(parse_size))  # not APPEND
+    max_literals_per_command: int = field(default=1000, metadata=_parser(_positive_int))
 
 
 @dataclass(frozen=True)
@@ -442,14 +450,29 @@ def _convert(value: Any, tp: Any, meta: typing.Mapping[str, Any], file: str, key
         if tp is float:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"expected a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"expected a finite number, got {value!r}")
             return float(value)
         if tp is str:
             if not isinstance(value, str):
                 raise ValueError(f"expected a string, got {type(value).__name__} {value!r}")
+            _check_text(value)
             return value
     except ValueError as exc:
         raise ConfigError(file, key, str(exc)) from None
     raise ConfigError(file, key, f"expected {_type_name(tp)}")
+
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _check_text(value: str) -> None:
+    """No control characters in any string value: a NUL in a path is a crash later, a
+    CR/LF in a name an injection later. Only the string parsers see strings that have
+    their own grammar, so plain strings are checked here."""
+    m = _CONTROL_RE.search(value)
+    if m:
+        raise ValueError(f"contains the control character U+{ord(m.group()):04X}")
 
 
 def _build(cls: type, table: dict[str, Any], file: str, prefix: str) -> Any:
@@ -498,6 +521,8 @@ def _validate(cfg: Config, file: str) -> None:
         raise ConfigError(file, "accounts.plus_separator", "must be one character such as + or -")
     if not cfg.state_dir:
         raise ConfigError(file, "state_dir", "must not be empty")
+    if os.path.exists(cfg.state_dir) and not os.path.isdir(cfg.state_dir):
+        raise ConfigError(file, "state_dir", f"{cfg.state_dir} exists and is not a directory")
     # TLS: with self_signed the pair is generated when missing; otherwise the files must exist.
     if cfg.tls.cert or cfg.tls.key or not cfg.tls.self_signed:
         if bool(cfg.tls.cert) != bool(cfg.tls.key):
@@ -538,18 +563,50 @@ def _validate(cfg: Config, file: str) -> None:
         raise ConfigError(file, "accounts.postmaster", "expected an address like admin@example.org")
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a config file; raise ConfigError naming file, key and problem."""
-    file = os.fspath(path)
+# A config is a few KiB of text; reading more than this means the wrong file was named
+# (a log, an mbox, /dev/zero) and must not take the memory of the machine.
+MAX_CONFIG_SIZE = 1024 * 1024
+
+
+def read_config_text(file: str) -> str:
+    """The file's text, or ConfigError(file, "", problem) for anything that is not a
+    readable UTF-8 text file: missing, unreadable, a directory, too big, binary, not UTF-8.
+    Every OSError is covered (not only the expected ones), so no input gives a traceback."""
     try:
         with open(file, "rb") as fh:
-            raw = tomllib.load(fh)
+            data = fh.read(MAX_CONFIG_SIZE + 1)
     except FileNotFoundError:
         raise ConfigError(file, "", "config file not found (use -c FILE or PYMAILD_CONFIG)") from None
     except PermissionError:
         raise ConfigError(file, "", "config file not readable (permission denied)") from None
+    except IsADirectoryError:
+        raise ConfigError(file, "", "is a directory, not a config file") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        reason = getattr(exc, "strerror", None) or exc
+        raise ConfigError(file, "", f"cannot read config file: {reason}") from None
+    if len(data) > MAX_CONFIG_SIZE:
+        raise ConfigError(file, "", f"larger than {MAX_CONFIG_SIZE // 1024} KiB: not a config file")
+    if b"\0" in data:
+        raise ConfigError(file, "", "binary file (contains NUL bytes), not a TOML config")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(file, "", f"not UTF-8 text: byte 0x{data[exc.start]:02x} at line {line}, "
+                          f"column {column} (TOML files are UTF-8)") from None
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a config file; raise ConfigError naming file, key and problem."""
+    file = os.fspath(path)
+    text = read_config_text(file)
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(file, "", f"not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses per nesting level of arrays and tables
+        raise ConfigError(file, "", "not valid TOML: nested too deeply") from None
     return config_from_dict(raw, file)
 
 

@@ -34,6 +34,7 @@ from .dns.resolver import Resolver
 from .imap import searcheval
 from .imap.backend import IMAPBackend, IMAPLimits
 from .imap.hub import MailboxHub
+from .imap.mailboxes import MailboxTree
 from .imap.server import IMAPEndpoint
 from .metrics import Metrics, MetricsServer
 from .pipeline import trace
@@ -42,6 +43,7 @@ from .smtp.mx import Checker, CheckOutcome, MXHandler
 from .smtp.recipients import RecipientTable
 from .smtp.server import Limits, Session, SMTPEndpoint
 from .smtp.submission import SubmissionHandler
+from .storage.index import MailboxIndex
 from .tls import TLSManager
 from .web import WebServer, required_names, uncovered_names
 
@@ -214,7 +216,12 @@ def build_imap(cfg: Config, store: AccountStore, passwords: PasswordChecker, thr
         login_timeout=c.login_timeout, idle_timeout=c.idle_timeout, idle_keepalive=c.idle_keepalive,
         max_connections=c.max_connections, max_connections_per_ip=c.max_connections_per_ip,
         max_sessions_per_user=c.max_sessions_per_user, max_errors=c.max_errors,
+        max_command_size=c.max_command_size, max_literals=c.max_literals_per_command,
     )
+    # Per process, like the rest of the config: every folder index of this daemon.
+    MailboxIndex.max_keywords_per_message = c.max_keywords_per_message
+    MailboxIndex.max_keywords_per_folder = c.max_keywords_per_folder
+    MailboxTree.max_folders = c.max_folders
     backend = IMAPBackend(hostname=cfg.hostname, store=store, passwords=passwords, throttle=throttle,
                           limits=limits, hub=MailboxHub(c.poll_interval), metrics=metrics)
     metrics.gauge("imap_sessions", lambda: sum(backend.sessions_per_user.values()))

@@ -36,3 +36,43 @@ class Message:
     data: bytes
     id: str = field(default_factory=new_message_id)
     received_at: float = field(default_factory=time.time)
+
+
+# RFC 5322 2.1.1: "Each line of characters MUST be no more than 998 characters ... excluding
+# the CRLF". RFC 5321 4.5.3.1.6 says the same of SMTP text lines (1000 with CRLF).
+MAX_LINE_OCTETS = 998
+
+
+def has_long_line(data: bytes, limit: int = MAX_LINE_OCTETS) -> bool:
+    """Is any line of ``data`` longer than ``limit`` octets, its CRLF not counted?
+
+    Exact for CRLF line ends (what is relayed); a bare-LF line is allowed one octet more.
+    Jumps from the last LF of one ``limit + 2``-octet window to the next, so a message of
+    short lines is checked in about len/limit C-level searches, not one step per line.
+    """
+    span = limit + 2  # the longest allowed line with its CRLF
+    n, pos = len(data), 0
+    while n - pos > span:
+        nl = data.rfind(b"\n", pos, pos + span)
+        if nl < 0:
+            return True
+        pos = nl + 1
+    nl = data.rfind(b"\n", pos)
+    tail = n - (nl + 1 if nl >= 0 else pos)  # an unterminated last line
+    if tail and data.endswith(b"\r"):
+        tail -= 1
+    return tail > limit
+
+
+def transport_problem(data: bytes) -> str | None:
+    """Why ``data`` must not be handed to another mail server as it is, or None.
+
+    A NUL octet is allowed by no SMTP body type we offer or use (RFC 5321 2.3.8, RFC 6152:
+    not even 8BITMIME), and a line over 998 octets breaks RFC 5322 and is cut or refused
+    by the next hop. Both checks are C-level scans (``in``, ``rfind``).
+    """
+    if b"\0" in data:
+        return "contains a NUL octet"
+    if has_long_line(data):
+        return f"has a line longer than {MAX_LINE_OCTETS} octets"
+    return None

@@ -525,9 +525,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(resolve_config_path(args.config))
+    except ConfigError as exc:  # like pymaild: config errors exit 2
+        print(f"pymaild: config error: {exc}", file=sys.stderr)
+        return 2
+    try:
         for path in write_static_files(cfg, args.directory):
             print(path)
-    except (ConfigError, OSError) as exc:
+    except OSError as exc:
         print(f"pymaild: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -401,7 +401,7 @@ def test_static_files_match_what_is_served(tmp_path: Path, cfg: Config) -> None:
     for path in ("mail/config-v1.1.xml", ".well-known/autoconfig/mail/config-v1.1.xml"):
         assert (out / path).read_text() == autoconfig_xml(cfg, "example.test")
         assert (out / path).parent.stat().st_mode & 0o777 == 0o755
-    assert web_main(["-c", str(tmp_path / "missing.toml"), str(out)]) == 1
+    assert web_main(["-c", str(tmp_path / "missing.toml"), str(out)]) == 2  # config error
 
 
 async def test_close_ends_open_connections(cfg: Config, tls: TLSManager, ca: TestCA) -> None:

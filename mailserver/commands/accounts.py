@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import sqlite3
 import sys
 from collections.abc import Callable
 from typing import TypeVar
 
-from ..auth.store import AccountError, AccountStore
+from ..auth.store import MAX_PASSWORD_LENGTH, AccountError, AccountStore
 from ..config import Config
 from . import CommandError
 
@@ -26,6 +27,8 @@ def _store(cfg: Config) -> AccountStore:
         return AccountStore.in_state_dir(cfg.state_path)
     except OSError as exc:
         raise CommandError(f"{cfg.state_dir}: {exc.strerror or exc}") from None
+    except sqlite3.DatabaseError as exc:  # not a database, or damaged: say which file
+        raise CommandError(f"{cfg.accounts_db}: {exc} (restore it from a backup)") from None
 
 
 def _do(cfg: Config, action: Callable[[AccountStore], T]) -> T:
@@ -42,13 +45,34 @@ def _check_domain(cfg: Config, address: str) -> None:
         raise CommandError(f"{domain} is not in local_domains of {cfg.path}; add it there first")
 
 
+def _password_from_stdin() -> str:
+    """The first line of standard input, read as bytes and bounded: a binary file or an
+    endless stream piped in by mistake gives a one-line error, not a traceback or a hang
+    on megabytes of input."""
+    limit = MAX_PASSWORD_LENGTH * 4 + 2  # UTF-8 octets of the longest password, plus CRLF
+    too_long = f"password on standard input is longer than {MAX_PASSWORD_LENGTH} characters"
+    stream = getattr(sys.stdin, "buffer", None)
+    try:
+        line = stream.readline(limit) if stream is not None else sys.stdin.readline(limit).encode()
+    except OSError as exc:
+        raise CommandError(f"cannot read the password from standard input: {exc.strerror or exc}") from None
+    if len(line) >= limit and not line.endswith(b"\n"):
+        raise CommandError(too_long)
+    raw = line.rstrip(b"\r\n")
+    if not raw:
+        raise CommandError("no password on standard input")
+    try:
+        password = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CommandError("password on standard input is not UTF-8 text") from None
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise CommandError(too_long)
+    return password
+
+
 def read_password(args: argparse.Namespace, *, confirm: bool = True) -> str:
     if args.password_stdin:
-        line = sys.stdin.readline()
-        password = line.rstrip("\r\n")
-        if not password:
-            raise CommandError("no password on standard input")
-        return password
+        return _password_from_stdin()
     if not sys.stdin.isatty():
         raise CommandError("no terminal to prompt for a password: use --password-stdin")
     password = getpass.getpass("Password: ")

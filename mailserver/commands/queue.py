@@ -213,6 +213,17 @@ def _remove(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _wait_seconds(text: str) -> float:
+    """--wait: a finite number of seconds, 0 to one hour (argparse turns the error into one line)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= 3600:  # also false for nan
+        raise argparse.ArgumentTypeError(f"must be 0 to 3600 seconds, got {text!r}")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     queue = sub.add_parser("queue", help="inspect and manage the outbound queue")
     actions = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -224,11 +235,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     show.set_defaults(func=_show)
     flush = actions.add_parser("flush", help="retry one message (or all) now")
     flush.add_argument("id", nargs="?")
-    flush.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
+    flush.add_argument("--wait", type=_wait_seconds, default=10.0, metavar="SECONDS",
                        help="how long to wait for a running daemon to confirm (default 10)")
     flush.set_defaults(func=_flush)
     remove = actions.add_parser("remove", help="delete messages from the queue (no bounce)")
     remove.add_argument("ids", nargs="+", metavar="ID")
-    remove.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
+    remove.add_argument("--wait", type=_wait_seconds, default=10.0, metavar="SECONDS",
                         help="how long to wait for a running daemon to confirm (default 10)")
     remove.set_defaults(func=_remove)

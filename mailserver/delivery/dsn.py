@@ -36,6 +36,7 @@ SUBJECTS: dict[str, str] = {
 # bounce can never be much larger than the limit of an ordinary message.
 MAX_ORIGINAL_HEADER = 64 * 1024
 
+_NOT_7BIT_TEXT = re.compile(r"[^\t\r\n\x20-\x7e]")
 _STATUS_RE = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
 
 
@@ -200,7 +201,9 @@ def _original_header(original: bytes) -> str:
 
 def _encode_text(text: str) -> tuple[str, str]:
     """(body, Content-Transfer-Encoding): 7bit when ASCII, else UTF-8 quoted-printable."""
-    if text.isascii() and all(len(line) <= 998 for line in text.split("\r\n")):
+    # 7bit means printable ASCII (and tab) in lines of at most 998 octets (RFC 2045 2.7): a
+    # NUL or other control octet from the original header is quoted-printable-encoded too.
+    if not _NOT_7BIT_TEXT.search(text) and all(len(line) <= 998 for line in text.split("\r\n")):
         return text, "7bit"
     encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True).decode("ascii")
     # b2a_qp keeps the line endings it was given; make them CRLF whatever it produced.

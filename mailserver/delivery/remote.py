@@ -23,6 +23,8 @@ How aiosmtplib is used, and why (see shared/library-notes.md):
 - Opportunistic TLS (no policy) does not verify certificates, as RFC 7435 intends; an
   MTA-STS ``enforce`` policy and the smarthost require a certificate valid for the name.
   A failed TLS handshake is never followed by a plaintext retry.
+- A message with a NUL octet or a line over 998 octets is never sent: it fails
+  permanently (554 5.6.0) and the sender gets a bounce (``transport_problem``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import aiosmtplib
 from mailserver.delivery.mtasts import MTASTS, Policy
 from mailserver.delivery.results import DeliveryResult
 from mailserver.dns.resolver import DNSTempError, Resolver
+from mailserver.message import transport_problem
 from mailserver.smtp.address import AddressError, parse_mailbox
 
 log = logging.getLogger(__name__)
@@ -213,8 +216,17 @@ class RemoteDelivery:
             return results
         if len(data) < _THREAD_BYTES:
             data = canonical_crlf(data)
+            unsendable = transport_problem(data)
         else:
             data = await asyncio.to_thread(canonical_crlf, data)
+            unsendable = await asyncio.to_thread(transport_problem, data)
+        if unsendable is not None:
+            # Last line of defence (submission refuses such messages, DSNs are 7-bit with
+            # short lines): never hand the next hop a NUL or a line over 998 octets. A
+            # permanent failure, so the sender gets a bounce that says why.
+            log.warning("delivery refused for %s: the message %s", ", ".join(recipients), unsendable)
+            bad = perm(554, "5.6.0", f"not sent: the message {unsendable} (RFC 5322 2.1.1)")
+            return {**results, **dict.fromkeys((r for g in groups.values() for r in g), bad)}
         slots: dict[tuple[str, int], _Slot] = {}
         try:
             outcomes = await asyncio.gather(

@@ -32,9 +32,12 @@ class IMAPLimits:
     max_errors: int = 50  # BAD answers in one session before BYE
     tls_handshake_timeout: float = 30.0
     drain_timeout: float = 5.0
+    max_command_size: int = 1024 * 1024  # any command but APPEND, literals included
+    max_literals: int = 1000  # per command
 
     def framing(self) -> FramingLimits:
-        return FramingLimits(max_line_length=self.max_line_length, max_literal=self.max_append_size)
+        return FramingLimits(max_line_length=self.max_line_length, max_literal=self.max_append_size,
+                             max_small_command=self.max_command_size, max_literals=self.max_literals)
 
 
 class IMAPBackend:

@@ -513,9 +513,12 @@ def _id(r: Reader, tag: str, name: str) -> Command:
     pairs: list[tuple[str, str | None]] = []
     if not r.try_char(b")"):
         while True:
-            key = decode_text(r.string(), r.tag, "ID field")
+            raw_key = r.string()
             r.sp()
             value = r.nstring()
+            if len(raw_key) > 30 or (value is not None and len(value) > 1024):
+                raise r.error("ID fields are at most 30 octets, values 1024 (RFC 2971 3.3)")
+            key = decode_text(raw_key, r.tag, "ID field")
             pairs.append((key, None if value is None else decode_text(value, r.tag, "ID value")))
             if len(pairs) > 30:
                 raise r.error("ID takes at most 30 field-value pairs (RFC 2971)")

@@ -60,10 +60,18 @@ class Limits:
     max_small_literal: int = 64 * 1024  # a literal in any other command
     max_command_size: int | None = None  # lines + literals of one command; None: max_literal + 1 MiB
     max_discard: int = 128 * 1024 * 1024  # a too-big {n+} above this closes instead of discarding
+    # Every command but APPEND: lines + literals. Without it a SEARCH could be 65 MB of
+    # 64 KiB lines joined by {0+} literals: millions of criteria for the parser.
+    max_small_command: int = 1024 * 1024
+    max_literals: int = 1000  # literals in one command (an APPEND has one, a LOGIN two)
 
     @property
     def command_size(self) -> int:
         return self.max_command_size if self.max_command_size is not None else self.max_literal + (1 << 20)
+
+    def size_limit(self, name: str | None) -> int:
+        """Lines + literals allowed for a command called ``name``."""
+        return self.command_size if name == "APPEND" else min(self.command_size, self.max_small_command)
 
 
 # ---------------------------------------------------------------------------- events
@@ -169,6 +177,7 @@ class IMAPConnection:
         self._cmd_tag: str | None = None
         self._cmd_name: str | None = None
         self._remaining = 0  # literal octets still to read or discard
+        self._literals = 0  # literals of the command being read
         self._tail = b""  # end of the line being discarded
         self._paused_for: str | None = None  # AUTHENTICATE, AUTH-RESPONSE, IDLE, STARTTLS
         self._exchange_tag = ""
@@ -353,11 +362,20 @@ class IMAPConnection:
                 self._events.append(CommandError(IMAPParseError(None, "empty command line")))
                 return
             self._cmd_tag, self._cmd_name = split_tag_and_name(line)
-        if len(self._cmd) + len(line) + 2 > self.limits.command_size:
+        if first:
+            self._literals = 0
+        if len(self._cmd) + len(line) + 2 > self.limits.size_limit(self._cmd_name):
             error = IMAPParseError(self._cmd_tag, "command too long", code="TOOBIG")
             self._fail(error, line, check_quotes=True)
             return
         marker = _literal_marker(line)
+        if marker is not None:
+            self._literals += 1
+            if self._literals > self.limits.max_literals:
+                error = IMAPParseError(self._cmd_tag, f"more than {self.limits.max_literals} literals"
+                                       " in one command", code="LIMIT")
+                self._fail(error, line, check_quotes=True)
+                return
         self._cmd += line
         self._cmd += b"\r\n"
         if marker is None:
@@ -375,7 +393,7 @@ class IMAPConnection:
             self._fail(IMAPParseError(tag, f"unknown command {(name or '')[:30]}"), line)
             return
         limit = self.limits.max_literal if name == "APPEND" else self.limits.max_small_literal
-        if size > limit or len(self._cmd) + size > self.limits.command_size:
+        if size > limit or len(self._cmd) + size > self.limits.size_limit(name):
             text = f"literal of {size} octets is too large (limit {limit})"
             if nonsync:
                 self._fail(IMAPParseError(tag, text, code="TOOBIG"), line)

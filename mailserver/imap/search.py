@@ -17,6 +17,9 @@ from .lexer import MAX_NUMBER64, Reader, decode_text
 from .seqset import SequenceSet
 
 MAX_DEPTH = 32  # nesting of (), NOT and OR
+# Criteria in one SEARCH: each is evaluated per message, so 100k criteria (what fits in
+# imap.max_command_size) on a 100k-message folder would be 10^10 steps of one command.
+MAX_KEYS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +204,20 @@ def read_search_program(r: Reader) -> SearchKey:
     while not r.at_end():
         r.sp()
         keys.append(read_search_key(r))
-    return keys[0] if len(keys) == 1 else AndKey(tuple(keys))
+    program = keys[0] if len(keys) == 1 else AndKey(tuple(keys))
+    if _count_keys(program) > MAX_KEYS:
+        raise r.error(f"more than {MAX_KEYS} search criteria")
+    return program
+
+
+def _count_keys(key: SearchKey) -> int:
+    if isinstance(key, NotKey):
+        return 1 + _count_keys(key.key)
+    if isinstance(key, OrKey):
+        return 1 + _count_keys(key.left) + _count_keys(key.right)
+    if isinstance(key, AndKey):
+        return sum(_count_keys(k) for k in key.keys)
+    return 1
 
 
 def uses_modseq(key: SearchKey) -> bool:

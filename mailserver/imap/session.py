@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mailserver.auth.login import AuthResult, loggable
 from mailserver.storage.fetchcache import FetchCache
-from mailserver.storage.index import ChangeSet, MailboxIndex, ReadOnlyMailbox
+from mailserver.storage.index import ChangeSet, KeywordLimit, MailboxIndex, ReadOnlyMailbox
 from mailserver.storage.indexstore import CorruptIndex
 
 from . import format as fmt
@@ -177,6 +177,9 @@ class IMAPSession:
             return Action.NONE
         except ReadOnlyMailbox:
             self.out.write(fmt.tagged(cmd.tag, "NO", "mailbox is read-only (EXAMINE)", code="READ-ONLY"))
+            return Action.NONE
+        except KeywordLimit as exc:
+            self.out.write(fmt.tagged(cmd.tag, "NO", str(exc), code=exc.code))
             return Action.NONE
         except OSError as exc:
             # A full disk or a permission problem fails this command, not the session.

@@ -3,7 +3,8 @@
     AUTH  -> password check off the loop, throttled per IP and per account   535 5.7.8 / 421
     MAIL  -> authenticated? owns the address?                               530 5.7.0 / 553 5.7.1
     RCPT  -> local: must exist (550 5.1.1); remote: allowed (authenticated)
-    DATA  -> one From: owned by the account -> Message-ID/Date added if missing
+    DATA  -> no NUL, no line over 998 octets (what the next hop gets)       554 5.6.0
+          -> one From: owned by the account -> Message-ID/Date added if missing
           -> Received (client IP hidden by default) -> DKIM signature
           -> remote recipients queued (fsync), local ones delivered (fsync)  250 after both
 """
@@ -23,6 +24,7 @@ from ..auth.passwords import PasswordChecker
 from ..auth.ratelimit import AuthThrottle
 from ..auth.store import AccountStore
 from ..delivery.maildir import MaildirWriter
+from ..message import transport_problem
 from ..metrics import Metrics
 from ..pipeline import trace
 from . import protocol as p
@@ -217,6 +219,13 @@ class SubmissionHandler:
                 f" to={','.join([*tx.local, *tx.remote])} size={len(data)}")
         if not (tx.local or tx.remote):
             return (554, "5.5.1", "No valid recipients")
+        unsendable = transport_problem(data)
+        if unsendable is not None:
+            # Refused rather than re-encoded: the client can encode (every MUA does), while
+            # changing the body here would change what the user signed or encrypted.
+            log.info("%s outcome=rejected reason=%r", base, unsendable)
+            return (554, "5.6.0", f"Message {unsendable}; encode it (quoted-printable or base64)"
+                    " before sending (RFC 5322 2.1.1)")
         hops = trace.count_received(data)
         if hops >= self.max_received_headers:
             log.info("%s outcome=rejected reason=loop hops=%d", base, hops)

@@ -92,6 +92,14 @@ class ReadOnlyMailbox(Exception):
     """A write (STORE, EXPUNGE) through a read-only (EXAMINE) view."""
 
 
+class KeywordLimit(Exception):
+    """A STORE, APPEND or COPY would give a message more than ``max_keywords_per_message``
+    keywords, or a folder more than ``max_keywords_per_folder`` distinct ones (IMAP
+    ``NO [LIMIT]``). Raised before anything is changed on disk for the message."""
+
+    code = "LIMIT"
+
+
 class Message(NamedTuple):
     """One index row. A NamedTuple because 100k of them are built on a cold load."""
 
@@ -136,6 +144,11 @@ _SIZE = operator.itemgetter(5)
 _EXTRA = operator.itemgetter(7)
 _NO_CHANGE = object()
 _new_message = tuple.__new__  # _new_message(Message, row): no argument parsing per row
+
+
+def _keyword_count(suffix: str, extra: str) -> int:
+    """Keywords of a message named with ``suffix`` (lower-case letters) plus index ``extra``."""
+    return sum(c.islower() for c in letters_of(suffix)) + (extra.count("\n") + 1 if extra else 0)
 
 
 def _split_extra(extra: str) -> list[str]:
@@ -216,6 +229,11 @@ class MailboxIndex:
     # Skip the readdir of an idle folder by its directory mtimes (see _dirs_unchanged).
     # Set False for file systems with unreliable directory mtimes.
     trust_dir_mtime = True
+    # Keyword caps ([imap] max_keywords_per_message / _per_folder; the daemon sets them).
+    # Past the 26 Maildir letters keywords live in the index rows, so without a cap one
+    # client could grow every row and the FLAGS response without bound.
+    max_keywords_per_message = 50
+    max_keywords_per_folder = 200
 
     def __init__(
         self, folder_dir: Path, *, read_only: bool = False, hostname: str | None = None
@@ -443,9 +461,12 @@ class MailboxIndex:
         if mode not in ("add", "remove", "replace"):
             raise ValueError(f"bad store mode {mode!r}")
         sys_letters, kws = self._parse_flags(flags)
+        if mode != "remove":
+            self._check_message_keywords(len(kws))
         with self._locked():
             meta = self._meta_copy()
             if kws and mode != "remove":
+                self._check_folder_keywords(kws)
                 self._assign_keywords(kws)
             entries = self._entries
             new_message = _new_message
@@ -468,6 +489,8 @@ class MailboxIndex:
                 result = memo.get(key, _NO_CHANGE)
                 if result is _NO_CHANGE:
                     result = memo[key] = self._store_result(suffix, extra, sys_letters, kws, mode)
+                    if result is not None and mode == "add":  # replace was checked above
+                        self._check_message_keywords(_keyword_count(result[0] or suffix, result[1]))
                 if result is None:
                     continue
                 new_suffix, new_extra = result
@@ -679,6 +702,7 @@ class MailboxIndex:
         index row. The message reaches this view at the next :meth:`sync`.
         """
         sys_letters, kws = self._parse_flags(flags)
+        self._check_message_keywords(len(kws))
         base = self._names.make(len(data))
         tmp = self.dir / "tmp" / base
         fd = os.open(tmp, _OPEN_FLAGS, FILE_MODE)
@@ -695,6 +719,7 @@ class MailboxIndex:
                 os.utime(tmp, (ts, ts))
             with self._locked():
                 if kws:
+                    self._check_folder_keywords(kws)
                     self._assign_keywords(kws)
                 letters, extra = self._apply("", "", sys_letters, kws, "replace")
                 suffix = make_suffix(letters)
@@ -747,6 +772,7 @@ class MailboxIndex:
             with other._locked():
                 kws = sorted({n for _m, names, _b, _t in staged for n in names if n[0] != "\\"})
                 if kws:
+                    other._check_folder_keywords(kws)
                     other._assign_keywords(kws)
                 meta = other._meta_copy()
                 rows = []
@@ -1469,6 +1495,20 @@ class MailboxIndex:
             cur = keep | sys_letters | kw_letters
             more = {k.casefold(): k for k in kw_extra}
         return "".join(sorted(cur)), "\n".join(sorted(more.values(), key=str.casefold))
+
+    def _check_message_keywords(self, count: int) -> None:
+        if count > self.max_keywords_per_message:
+            raise KeywordLimit(f"a message may have at most {self.max_keywords_per_message} keywords")
+
+    def _check_folder_keywords(self, kws: list[str]) -> None:
+        """Under the lock: would ``kws`` take the folder past its distinct-keyword cap?"""
+        if all(self._keywords.letter(k) for k in kws):
+            return  # the common case: every keyword has its letter already
+        known = {k.casefold() for k in self.keywords()}
+        new = {k.casefold() for k in kws} - known
+        if new and len(known) + len(new) > self.max_keywords_per_folder:
+            raise KeywordLimit(f"a folder may have at most {self.max_keywords_per_folder} distinct "
+                               "keywords; remove unused ones first")
 
     def _assign_keywords(self, kws: list[str]) -> None:
         # A letter given out may already sit, unnamed, in some file name.

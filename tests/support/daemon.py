@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,13 +14,9 @@ from typing import Any
 from mailserver.auth.passwords import make_hasher
 from mailserver.auth.store import AccountStore
 
+from .ports import free_port  # noqa: F401  (race-free, see ports.py; tests import it from here)
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def toml_value(value: Any) -> str:

@@ -22,11 +22,12 @@ import asyncio
 import base64
 import contextlib
 import errno
-import socket
 import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .ports import free_port  # race-free (see ports.py); re-exported for the tests
 
 
 @dataclass
@@ -321,12 +322,6 @@ async def start_sinks(hosts: Iterable[str], **options: object) -> list[SMTPSink]
             continue
         return sinks
     raise OSError("no port free on all of " + ", ".join(hosts))
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 # --------------------------------------------------------------------- HTTPS for MTA-STS
