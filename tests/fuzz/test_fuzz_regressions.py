@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from mailserver.imap import framing
+from mailserver.pipeline import dmarc
 from tests.fuzz import checks
 
 
@@ -16,3 +19,16 @@ def test_overlong_line_tag_does_not_depend_on_the_split() -> None:
     assert [e.error.tag for e in whole] == [None]
     short = checks.imap_transcript(limits, checks.split(b"a1 NOOP " + b"y" * 40 + b"\r\n", [1]))
     assert [e.error.tag for e in short] == ["a1"]
+
+
+@pytest.mark.parametrize("txt", ["v=DMARC1; p=reject; pct=\u00b2", "v=DMARC1; p=reject; ri=\u00b2",
+                                 "v=DMARC1; p=reject; pct=\u0661"])
+def test_dmarc_unicode_digits_are_not_numbers(txt: str) -> None:
+    """Found by fuzzing: pct=\u00b2 passed str.isdigit() and then int() raised ValueError, out of
+    the DMARC check of every message from a domain publishing such a record."""
+    checks.check_dmarc_record(txt)
+    if "pct" in txt:
+        with pytest.raises(dmarc.DMARCRecordError):
+            dmarc.parse_dmarc_record(txt)
+    else:
+        assert dmarc.parse_dmarc_record(txt).ri == 86400
