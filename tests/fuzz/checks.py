@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import itertools
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -209,7 +210,9 @@ def split(data: bytes, sizes: Sequence[int]) -> list[bytes]:
     return out
 
 
-def check_smtp(params: smtp.ServerParams, stream: bytes, sizes: Sequence[int], *, bytewise: bool = True) -> None:
+def check_smtp(
+    params: smtp.ServerParams, stream: bytes, sizes: Sequence[int], *, bytewise: bool = True
+) -> None:
     whole = smtp_transcript(params, [stream])
     pieces = smtp_transcript(params, split(stream, sizes))
     assert pieces == whole, "transcript depends on how the input was split"
@@ -318,8 +321,9 @@ def imap_transcript(limits: framing.Limits, chunks: Sequence[bytes]) -> list[Any
     return events
 
 
-def check_imap_framer(limits: framing.Limits, stream: bytes, sizes: Sequence[int], *,
-                      bytewise: bool = True) -> list[Any]:
+def check_imap_framer(
+    limits: framing.Limits, stream: bytes, sizes: Sequence[int], *, bytewise: bool = True
+) -> list[Any]:
     whole = imap_transcript(limits, [stream])
     assert imap_transcript(limits, split(stream, sizes)) == whole, "events depend on the split"
     if bytewise and len(stream) <= 4096:
@@ -407,7 +411,7 @@ class _Wire:
         if m:
             self.pos = m.end()
             return int(m.group(0))
-        assert d.startswith(b"NIL", p), f"unexpected {d[p:p + 20]!r}"
+        assert d.startswith(b"NIL", p), f"unexpected {d[p : p + 20]!r}"
         self.pos = p + 3
         return None
 
@@ -415,7 +419,7 @@ class _Wire:
 def parse_wire(data: bytes) -> tuple[Any, int]:
     w = _Wire(data)
     v = w.value()
-    assert w.pos == len(data), f"trailing data {data[w.pos:w.pos + 20]!r}"
+    assert w.pos == len(data), f"trailing data {data[w.pos : w.pos + 20]!r}"
     return v, w.max_depth
 
 
@@ -424,8 +428,9 @@ def _nstr(v: Any) -> bool:
 
 
 def _str_list(v: Any, *, even: bool = False) -> bool:
-    return v is None or (isinstance(v, list) and v and all(isinstance(x, bytes) for x in v)
-                         and (not even or len(v) % 2 == 0))
+    return v is None or (
+        isinstance(v, list) and v and all(isinstance(x, bytes) for x in v) and (not even or len(v) % 2 == 0)
+    )
 
 
 def _check_envelope(env: Any) -> None:
@@ -439,8 +444,12 @@ def _check_envelope(env: Any) -> None:
 
 def _check_ext(ext: list[Any]) -> None:
     disp, lang, loc = ext
-    assert disp is None or (isinstance(disp, list) and len(disp) == 2 and isinstance(disp[0], bytes)
-                            and _str_list(disp[1], even=True)), disp
+    assert disp is None or (
+        isinstance(disp, list)
+        and len(disp) == 2
+        and isinstance(disp[0], bytes)
+        and _str_list(disp[1], even=True)
+    ), disp
     assert _str_list(lang) and _nstr(loc)
 
 
@@ -503,7 +512,9 @@ def _check_sections(pm: mime.ParsedMessage) -> None:
     walk(pm.root, ())
 
 
-def check_mime(data: bytes, section_paths: Sequence[tuple[int, ...]] = (), fields: Sequence[str] = ()) -> None:
+def check_mime(
+    data: bytes, section_paths: Sequence[tuple[int, ...]] = (), fields: Sequence[str] = ()
+) -> None:
     pm = mime.ParsedMessage(data)
     for extended in (True, False):
         wire = imap_format.format_value(pm.body_structure(extended=extended))
@@ -561,7 +572,7 @@ def check_seqset(text: str | bytes, largest: int) -> None:
         return
     for clamp in (False, True):
         spans = s.resolve(largest, clamp=clamp)
-        for (lo, hi), nxt in zip(spans, spans[1:], strict=False):
+        for (lo, hi), nxt in itertools.pairwise(spans):
             assert lo <= hi < nxt[0] - 1, spans
         for lo, hi in spans:
             assert 1 <= lo <= hi <= max(largest, MAX_NUMBER)
@@ -647,8 +658,13 @@ class StubResolver:
         for v in values:
             if rdtype in ("TXT", "SPF"):
                 chunks = [v[i : i + 255] for i in range(0, len(v), 255)] or [b""]
-                recs.append(dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.TXT,
-                                                " ".join(dns_records._escape_txt_chunk(c) for c in chunks)))
+                recs.append(
+                    dns.rdata.from_text(
+                        dns.rdataclass.IN,
+                        dns.rdatatype.TXT,
+                        " ".join(dns_records._escape_txt_chunk(c) for c in chunks),
+                    )
+                )
             else:
                 recs.append(dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(rdtype), v))
         return DNSAnswer(name, rdtype, tuple(recs))

@@ -15,10 +15,15 @@ from hypothesis import HealthCheck, settings
 
 _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 
-settings.register_profile("ci", max_examples=40, deadline=None, suppress_health_check=_SLOW_OK,
-                          print_blob=True)
-settings.register_profile("long", max_examples=20_000, deadline=None, suppress_health_check=_SLOW_OK,
-                          print_blob=True)
+settings.register_profile(
+    "ci", max_examples=40, deadline=None, suppress_health_check=_SLOW_OK, print_blob=True
+)
+settings.register_profile(
+    "long", max_examples=20_000, deadline=None, suppress_health_check=_SLOW_OK, print_blob=True
+)
+settings.register_profile(
+    "dev", max_examples=500, deadline=None, suppress_health_check=_SLOW_OK, print_blob=True
+)
 settings.register_profile("smoke", max_examples=5, deadline=None, suppress_health_check=_SLOW_OK)
 
 PROFILE = os.environ.get("PYMAILD_FUZZ_PROFILE", "ci")

@@ -38,13 +38,18 @@ _MESSAGE = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: hi\r\n\r\nHell
 
 
 @FUZZ
-@given(st.sampled_from([b"simple/simple", b"relaxed/relaxed", b"relaxed/simple"]),
-       st.data())
+@given(st.sampled_from([b"simple/simple", b"relaxed/relaxed", b"relaxed/simple"]), st.data())
 def test_dkim_signed_message(canon: bytes, data: Any) -> None:
     """A message signed by dkimpy passes; mutated copies and mutated signatures give a
     verdict (never an exception)."""
-    sig = dkim.sign(_MESSAGE, b"sel", b"example.org", keys.rsa_private_pem(), canonicalize=tuple(canon.split(b"/")),
-                    include_headers=[b"from", b"to", b"subject"])
+    sig = dkim.sign(
+        _MESSAGE,
+        b"sel",
+        b"example.org",
+        keys.rsa_private_pem(),
+        canonicalize=tuple(canon.split(b"/")),
+        include_headers=[b"from", b"to", b"subject"],
+    )
     key = {"sel._domainkey.example.org": b"v=DKIM1; k=rsa; p=" + _KEYS["rsa"]}
     signed = sig + _MESSAGE
     assert [r.result for r in checks.check_dkim_message(signed, key)] == ["pass"]
@@ -76,10 +81,13 @@ def test_dmarc_from_header(value: bytes) -> None:
 
 
 @FUZZ
-@given(grammar.spf_record(), grammar.spf_extra,
-       st.sampled_from(["192.0.2.1", "192.0.2.99", "2001:db8::1", "::ffff:192.0.2.1", "bogus"]),
-       st.sampled_from(["a@example.org", "postmaster@example.org", "x@%{d}.example.org"]),
-       st.sampled_from(["mx.example.org", "[192.0.2.1]", ""]))
+@given(
+    grammar.spf_record(),
+    grammar.spf_extra,
+    st.sampled_from(["192.0.2.1", "192.0.2.99", "2001:db8::1", "::ffff:192.0.2.1", "bogus"]),
+    st.sampled_from(["a@example.org", "postmaster@example.org", "x@%{d}.example.org"]),
+    st.sampled_from(["mx.example.org", "[192.0.2.1]", ""]),
+)
 def test_spf_wrapper(record: bytes, extra: dict[Any, Any], ip: str, sender: str, helo: str) -> None:
     """pyspf through our DNS dispatcher: every record gives one of the RFC 7208 results."""
     checks.check_spf(record, extra, ip, sender, helo)

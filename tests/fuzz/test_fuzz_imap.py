@@ -87,16 +87,22 @@ def test_utf7_decode_is_canonical(wire: str | bytes) -> None:
 
 
 @FUZZ
-@given(st.one_of(grammar.seqsets, st.text("0123456789:*,$", max_size=20), st.binary(max_size=10)),
-       st.integers(0, 5000))
+@given(
+    st.one_of(grammar.seqsets, st.text("0123456789:*,$", max_size=20), st.binary(max_size=10)),
+    st.integers(0, 5000),
+)
 def test_seqset(text: str | bytes, largest: int) -> None:
     checks.check_seqset(text, largest)
 
 
 @FUZZ
-@given(st.one_of(
-    st.from_regex(r"( ?[0-9]{1,2})-[A-Za-z]{3}-[0-9]{4}( [0-9]{2}:[0-9]{2}:[0-9]{2} [+-][0-9]{4})?", fullmatch=True),
-    st.text(max_size=30)))
+@given(
+    st.one_of(
+        st.from_regex(
+            r"( ?[0-9]{1,2})-[A-Za-z]{3}-[0-9]{4}( [0-9]{2}:[0-9]{2}:[0-9]{2} [+-][0-9]{4})?", fullmatch=True
+        ),
+        st.text(max_size=30),
+    )
+)
 def test_dates(text: str) -> None:
     checks.check_dates(text)
-

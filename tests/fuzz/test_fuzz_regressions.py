@@ -21,8 +21,10 @@ def test_overlong_line_tag_does_not_depend_on_the_split() -> None:
     assert [e.error.tag for e in short] == ["a1"]
 
 
-@pytest.mark.parametrize("txt", ["v=DMARC1; p=reject; pct=\u00b2", "v=DMARC1; p=reject; ri=\u00b2",
-                                 "v=DMARC1; p=reject; pct=\u0661"])
+@pytest.mark.parametrize(
+    "txt",
+    ["v=DMARC1; p=reject; pct=\u00b2", "v=DMARC1; p=reject; ri=\u00b2", "v=DMARC1; p=reject; pct=\u0661"],
+)
 def test_dmarc_unicode_digits_are_not_numbers(txt: str) -> None:
     """Found by fuzzing: pct=\u00b2 passed str.isdigit() and then int() raised ValueError, out of
     the DMARC check of every message from a domain publishing such a record."""

@@ -21,11 +21,14 @@ def test_smtp_session_any_split(params: ServerParams, stream: bytes, sizes: list
 @FUZZ
 @given(grammar.smtp_params, st.binary(max_size=300), grammar.chunk_sizes)
 def test_smtp_random_bytes(params: ServerParams, stream: bytes, sizes: list[int]) -> None:
-    checks.check_smtp(params, b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n" + stream,
-                      sizes)
+    checks.check_smtp(
+        params, b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n" + stream, sizes
+    )
 
 
-_LINES = st.lists(st.sampled_from([b"", b".", b"..", b".x", b"a", b"x" * 50, b"\xc3\xa9", b" .", b"\t"]), max_size=10)
+_LINES = st.lists(
+    st.sampled_from([b"", b".", b"..", b".x", b"a", b"x" * 50, b"\xc3\xa9", b" .", b"\t"]), max_size=10
+)
 
 
 @FUZZ
@@ -34,8 +37,11 @@ def test_smtp_data_transparency(lines: list[bytes], sizes: list[int]) -> None:
     """Content dot-stuffed by the client comes out exactly as it went in (RFC 5321 4.5.2)."""
     content = b"".join(line + b"\r\n" for line in lines)
     stuffed = b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines)
-    stream = (b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n"
-              + stuffed + b".\r\nQUIT\r\n")
+    stream = (
+        b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n"
+        + stuffed
+        + b".\r\nQUIT\r\n"
+    )
     events, _out = checks.smtp_transcript(ServerParams("mx.example"), checks.split(stream, sizes))
     received = [e.data for e in events if isinstance(e, MessageReceived)]
     assert received == [content]
