@@ -6,7 +6,7 @@ import pytest
 
 from mailserver.imap import framing
 from mailserver.pipeline import dmarc
-from tests.fuzz import checks
+from tests.fuzz import checks, keys
 
 
 def test_overlong_line_tag_does_not_depend_on_the_split() -> None:
@@ -34,3 +34,11 @@ def test_dmarc_unicode_digits_are_not_numbers(txt: str) -> None:
             dmarc.parse_dmarc_record(txt)
     else:
         assert dmarc.parse_dmarc_record(txt).ri == 86400
+
+
+def test_dkim_header_section_starting_with_whitespace() -> None:
+    """Found by fuzzing: a header section whose first line starts with a space made dkimpy's
+    parser raise IndexError, out of verify_dkim and out of the inbound checks."""
+    key = {"sel._domainkey.example.org": b"v=DKIM1; k=rsa; p=" + keys.public_keys()["rsa"]}
+    results = checks.check_dkim_message(b" \r\nDKIM-Signature: \r\n\r\nbody\r\n", key)
+    assert [(r.result, r.reason) for r in results] == [("permerror", "malformed header section")]
