@@ -8,6 +8,7 @@ drawn from the grammars in ``grammar.py``: the fuzzer mutates valid sessions, no
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 
@@ -80,9 +81,19 @@ def _address(data: bytes) -> None:
     checks.check_address(text, utf8=bool(data[0] & 1), allow_empty=bool(data[0] & 2))
 
 
+@functools.cache
+def _rsa_key() -> bytes:
+    from tests.fuzz import keys
+
+    return keys.public_keys()["rsa"]
+
+
 def _dkim(data: bytes) -> None:
     sig, _, key = data.partition(b"\0")
     checks.check_dkim_tags(sig, key)
+    # The whole verification, with the fuzzed bytes as a signature and as header lines.
+    record = {"sel._domainkey.example.org": b"v=DKIM1; k=rsa; p=" + _rsa_key()}
+    checks.check_dkim_message(b"DKIM-Signature: " + sig + b"\r\n" + key + b"\r\n\r\nbody\r\n", record)
     if data:
         limit = None if data[0] & 2 else data[0] >> 2
         checks.check_dkim_body_hash(data[1:], "relaxed" if data[0] & 1 else "simple", limit)

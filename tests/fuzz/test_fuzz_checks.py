@@ -97,3 +97,12 @@ def test_spf_wrapper(record: bytes, extra: dict[Any, Any], ip: str, sender: str,
 @given(st.text(max_size=600))
 def test_txt_rendering(value: str) -> None:
     checks.check_txt_rendering(value)
+
+
+@FUZZ
+@given(st.binary(max_size=200), grammar.dkim_signature())
+def test_dkim_random_header_section(junk: bytes, sig: bytes) -> None:
+    """Whatever the header section looks like, verify_dkim gives verdicts, not exceptions."""
+    key = {"sel._domainkey.example.org": b"v=DKIM1; k=rsa; p=" + _KEYS["rsa"]}
+    checks.check_dkim_message(b"DKIM-Signature: " + sig + b"\r\n" + junk + b"\r\n\r\nbody\r\n", key)
+    checks.check_dkim_message(junk + b"\r\nDKIM-Signature: " + sig + b"\r\n\r\nbody\r\n", key)
