@@ -284,12 +284,21 @@ class IMAPConnection:
 
     # ---------------------------------------------------------------- internals
 
-    def _tag_for_errors(self, line: bytes | None = None) -> str | None:
+    def _tag_for_errors(self, line: bytes | None = None, *, overlong: bool = False) -> str | None:
         if self._mode in (_Mode.AUTH, _Mode.IDLE):
             return self._exchange_tag
         if self._cmd:
             return self._cmd_tag
-        return split_tag_and_name(line)[0] if line is not None else None
+        if line is None:
+            return None
+        if overlong:
+            # Only what every split of the input shows: the first max_line_length + 1 octets,
+            # and a tag only once the space after it is there (else a tag cut short by the
+            # limit would be answered as if it were the client's).
+            line = line[: self.limits.max_line_length + 1]
+            tag = split_tag_and_name(line)[0]
+            return tag if tag is not None and line[len(tag) : len(tag) + 1] == b" " else None
+        return split_tag_and_name(line)[0]
 
     def _take_line(self) -> bytes | None:
         """A complete CRLF line without its CRLF, or None (need data, or an error was
@@ -299,7 +308,7 @@ class IMAPConnection:
         idx = buf.find(b"\n")
         if idx < 0:
             if len(buf) > limit:
-                tag = self._tag_for_errors(bytes(buf[:80]))
+                tag = self._tag_for_errors(bytes(buf[: limit + 1]), overlong=True)
                 self._tail = bytes(buf[-_TAIL:])
                 buf.clear()
                 self._fail(IMAPParseError(tag, f"line too long (limit {limit} octets)"), None)
@@ -307,7 +316,8 @@ class IMAPConnection:
         line = bytes(buf[: idx + 1])
         del buf[: idx + 1]
         if len(line) > limit:
-            self._fail(IMAPParseError(self._tag_for_errors(line), f"line too long (limit {limit} octets)"),
+            self._fail(IMAPParseError(self._tag_for_errors(line, overlong=True),
+                                      f"line too long (limit {limit} octets)"),
                        line.rstrip(b"\r\n"))
             return None
         if not line.endswith(b"\r\n") or b"\r" in line[:-2]:

@@ -328,7 +328,9 @@ async def verify_dkim(resolver: Resolver, data: bytes, *, max_signatures: int = 
         return []
     try:
         headers, _ = dkim.rfc822_parse(head)
-    except dkim.MessageFormatError:
+    except (dkim.MessageFormatError, IndexError):
+        # IndexError: dkimpy 1.1.8 reads a first line that starts with whitespace as the
+        # continuation of a previous header that does not exist.
         return [DKIMResult("permerror", "", "", "", "", "malformed header section")]
     raw_sigs = [value for name, value in headers if name.lower() == b"dkim-signature"]
     sigs = [_read_signature(i, raw) for i, raw in enumerate(raw_sigs[:max_signatures])]

@@ -83,6 +83,7 @@ class DMARCRecord:
 
 _VERSION = re.compile(r"^[ \t]*v[ \t]*=[ \t]*DMARC1[ \t]*(;|$)")
 _TAG = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_DIGITS = re.compile(r"[0-9]{1,10}")
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^\s,!;]+(![0-9]+[kmgtKMGT]?)?")
 
 
@@ -124,7 +125,8 @@ def parse_dmarc_record(txt: str) -> DMARCRecord:
         p, sp, p_inferred = "none", None, True
 
     pct_text = tags.get("pct", "100")
-    if not pct_text.isdigit() or not 0 <= int(pct_text) <= 100:
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+    if not _DIGITS.fullmatch(pct_text) or not 0 <= int(pct_text) <= 100:
         raise DMARCRecordError(f"pct={pct_text[:10]!r} is not 0..100")
     alignment: dict[str, str] = {}
     for tag in ("adkim", "aspf"):
@@ -150,7 +152,7 @@ def parse_dmarc_record(txt: str) -> DMARCRecord:
         ruf=ruf or (),
         fo=fo,
         rf=rf,
-        ri=int(ri_text) if ri_text.isdigit() else 86400,
+        ri=int(ri_text) if _DIGITS.fullmatch(ri_text) else 86400,
         p_inferred=p_inferred,
     )
 
