@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 FILE, DIR, LINK = "f", "d", "l"
+_DEBUG = bool(os.environ.get("POWERCUTFS_DEBUG"))
 
 
 def _err(code: int) -> OSError:
@@ -149,11 +150,16 @@ class Model:
             "st_blocks": (size + 511) // 512,
         }
 
-    def readdir(self, path: str | None, fh: int | None) -> list[str]:
+    def readdir(self, path: str | None, fh: int | None) -> list[tuple[str, dict[str, int], int]]:
+        # With use_ino, an entry without its inode number would have d_ino 0, which
+        # readdir(3) skips: give mode and inode of each.
         node = self.node(path, fh)
         if node.entries is None:
             raise _err(errno.ENOTDIR)
-        return [".", "..", *node.entries]
+        me = {"st_mode": node.mode, "st_ino": node.ino}
+        return [(".", me, 0), ("..", me, 0), *(
+            (name, {"st_mode": child.mode, "st_ino": child.ino}, 0) for name, child in node.entries.items()
+        )]
 
     def opendir(self, path: str) -> int:
         node = self.lookup(path)
@@ -228,6 +234,8 @@ class Model:
         assert node.entries is not None
         ino = node.ino
         self.dur_entries[ino] = {name: child.ino for name, child in node.entries.items()}
+        if _DEBUG:
+            print(f"fsyncdir {path} fh={fh} ino={ino} {sorted(self.dur_entries[ino])[:6]}", file=sys.stderr)
         # Renames with a side in this directory are atomic: their other side is durable now.
         keep = []
         for rename in self.pending_renames:
@@ -443,8 +451,7 @@ def materialise(tree: list[tuple[str, str, bytes, int, int]], target: Path) -> t
                     view = view[os.write(fd, view) :]
             finally:
                 os.close(fd)
-            os.chmod(path, stat.S_IMODE(mode))
-            os.utime(path, ns=(mtime, mtime))
+            os.utime(path, ns=(mtime, mtime))  # the Maildir internal date
             files += 1
             size += len(data)
     for path, mode, mtime in reversed(dirs):
@@ -481,7 +488,7 @@ def _operations(model: Model) -> Any:
             return model.getattr(path, fh)
 
         @locked
-        def readdir(self, path: str | None, fh: int) -> list[str]:
+        def readdir(self, path: str | None, fh: int) -> list[tuple[str, dict[str, int], int]]:
             return model.readdir(path, fh)
 
         @locked
@@ -696,12 +703,13 @@ class PowerCutFS:
         repo = Path(__file__).resolve().parents[2]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.support.powercutfs", str(self.mountpoint), str(self.control)],
-            cwd=repo, env=dict(os.environ, PYTHONPATH=str(repo)), stderr=subprocess.PIPE,
+            cwd=repo, env=dict(os.environ, PYTHONPATH=str(repo)), stderr=None if _DEBUG else subprocess.PIPE,
         )
         deadline = time.monotonic() + timeout
         while not os.path.ismount(self.mountpoint) or not self.control.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                err = self.proc.stderr.read().decode() if self.proc.poll() is not None and self.proc.stderr else ""
+                dead = self.proc.poll() is not None and self.proc.stderr
+                err = self.proc.stderr.read().decode() if dead else ""
                 self.stop()
                 raise RuntimeError(f"powercutfs did not mount: {err}")
             time.sleep(0.02)
