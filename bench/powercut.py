@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.ca import TestCA  # noqa: E402
-from tests.support.powercut import Harness  # noqa: E402
+from tests.support.ca import TestCA
+from tests.support.powercut import Harness
 
 
 def main() -> int:

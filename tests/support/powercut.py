@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.ca import TestCA
-from tests.support.daemon import REPO, PymaildProcess, free_port, write_config
+from tests.support.daemon import REPO, PymaildProcess, free_port
 from tests.support.powercutfs import PowerCutFS
 
 PASSWORD = "password-123456"
@@ -335,7 +335,7 @@ class Harness:
         m = imaplib.IMAP4_SSL("127.0.0.1", self.ports["imaps"], ssl_context=ctx, timeout=30)
         m.login("alice@example.test", PASSWORD)
         for folder in FOLDERS:
-            typ, _ = m.create(folder)
+            m.create(folder)
         def ok(resp: tuple[str, list[Any]], what: str) -> bytes:
             typ, data = resp
             if typ != "OK":
