@@ -99,6 +99,10 @@ class Sink(socketserver.ThreadingTCPServer):
 
 class _SinkHandler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
+        with contextlib.suppress(OSError):  # the daemon killed at the end resets connections
+            self._handle()
+
+    def _handle(self) -> None:
         server: Sink = self.server  # type: ignore[assignment]
         w = self.wfile.write
         w(b"220 sink.remote.example ESMTP\r\n")
@@ -392,15 +396,17 @@ class Harness:
             i += 1
             target = self.cuts_dir / f"cut-{i}"
             mode = "names" if i % 4 == 0 else "strict"
-            with self.lock:  # acknowledgements from before the cut only
-                acks = self.acks.copy()
             t0 = time.perf_counter()
-            with self.sink.lock:  # no 250 from the remote while the cut is taken
-                delivered = set(self.sink.delivered)
-                self.fs.cut(target, mode)
-            t1 = time.perf_counter()
-            with self.lock:  # every message sent before the cut (sent only grows)
+            # Clients record an acknowledgement after the reply and widen what they
+            # require (MOVE, EXPUNGE) before the command, both under self.lock: holding
+            # it across the cut makes the copy exact. No 250 from the remote either.
+            with self.lock:
+                acks = self.acks.copy()
+                with self.sink.lock:
+                    delivered = set(self.sink.delivered)
+                    self.fs.cut(target, mode)
                 sent = dict(self.sent)
+            t1 = time.perf_counter()
             problems = self.check(target / "state", acks, sent, delivered,
                                   open_it=(i % self.open_every == 0))
             self.timing["cut"] += t1 - t0
