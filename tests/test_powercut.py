@@ -9,12 +9,16 @@ checker notices. The long run is ``python3 bench/powercut.py`` (see its docstrin
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.daemon import REPO, write_config
 from tests.support.fsyncskip import SQLITE_SITES, fsync_sites
-from tests.support.powercut import Harness, mounted_ok
+from tests.support.powercut import PASSWORD, Harness, mounted_ok
+from tests.support.powercutfs import PowerCutFS
 
 why_not = mounted_ok()
 if why_not is None and os.geteuid() != 0:
@@ -42,6 +46,14 @@ NOT_DETECTABLE = {
     "mailserver/storage/index.py:_copy_durably": "COPY on file systems without hard links",
     "mailserver/fsutil.py:write_file_atomic": "subscriptions, keywords, TLS and MTA-STS files",
     "mailserver/storage/maildirpp.py:_write_new_file": "the subscriptions file of a new mailbox",
+    "mailserver/storage/maildirpp.py:ensure_maildir":
+        "the `maildirfolder` marker: folders are found by name, their mail is unaffected",
+    "mailserver/dkim_keys.py:_create_exclusive":
+        "the .dns file written next fsyncs the same directory before the daemon is ready",
+    "mailserver/fsutil.py:mkdir_durable":
+        "a state_dir made by pymaild itself: test_fresh_install_state_dir_survives_a_cut",
+    "mailserver/dkim_keys.py:_ensure_dir":
+        "state_dir is fsync'd again at the same start (queue/, mail/) before it is ready",
 }
 
 
@@ -68,7 +80,7 @@ def test_power_cuts_lose_no_acknowledged_message(tmp_path: Path, ca, capsys) -> 
     h = Harness(tmp_path, ca, seed=1)
     try:
         h.start()
-        h.run(float(os.environ.get("POWERCUT_SECONDS", "25")))
+        h.run(float(os.environ.get("POWERCUT_SECONDS", "20")))
     finally:
         h.stop()
     with capsys.disabled():
@@ -110,3 +122,35 @@ def test_removed_fsync_is_detected(site: str, tmp_path: Path, ca) -> None:
         h.stop()
     assert not h.errors, h.errors
     assert h.violations, f"{site} removed, yet {h.cuts} cuts found nothing"
+
+
+MKDIR_SITE = next((s for s in fsync_sites() if s.startswith("mailserver/fsutil.py:mkdir_durable:")), "")
+
+
+@pytest.mark.parametrize("site", ["", MKDIR_SITE], ids=["as-is", "fsync-removed"])
+def test_fresh_install_state_dir_survives_a_cut(site: str, tmp_path: Path, ca) -> None:
+    """`pymaild creds create` before the first start makes state_dir itself: a cut right
+    after it reported success must keep the account (it was lost before mkdir_durable)."""
+    cert, key = ca.issue("mx.example.test", stem="fresh")
+    with PowerCutFS(tmp_path / "mnt", tmp_path / "ctl.sock") as fs:
+        (fs.mountpoint / "var").mkdir()
+        fs.sync_all()  # the installation: /var exists, state_dir does not
+        config = write_config(tmp_path / "pymaild.toml", {
+            "hostname": "mx.example.test", "primary_domain": "example.test",
+            "local_domains": ["example.test"], "state_dir": str(fs.mountpoint / "var" / "pymaild"),
+            "tls": {"cert": str(cert), "key": str(key)},
+        })
+        r = subprocess.run(
+            [sys.executable, "-m", "tests.support.fsyncskip", site, "creds", "create",
+             "alice@example.test", "--password-stdin", "-c", str(config)],
+            input=PASSWORD + "\n", capture_output=True, text=True, cwd=REPO, timeout=60,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+        )
+        assert r.returncode == 0, r.stderr
+        fs.cut(tmp_path / "cut")
+    from mailserver.auth.store import AccountStore
+
+    state = tmp_path / "cut" / "var" / "pymaild"
+    survived = (state / "accounts.db").exists() and AccountStore.in_state_dir(state).get_account(
+        "alice@example.test") is not None
+    assert survived == (site == "")

@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailserver.auth.passwords import make_hasher
+from mailserver.auth.store import AccountStore
 from tests.support.ca import TestCA
 from tests.support.daemon import REPO, PymaildProcess, free_port
 from tests.support.powercutfs import PowerCutFS
@@ -218,8 +220,17 @@ class Harness:
         self.fs.sync_all()
         # The cutter runs from the first byte: account creation and the first start too.
         self._spawn(self._cutter)
-        for address in ("alice@example.test", "bob@example.test"):
-            self._creds(address)
+        # The two accounts the load uses: made here (cheap hashes: fast logins); the
+        # creds worker covers `pymaild creds create` with the site removed.
+        cheap = make_hasher(time_cost=1, memory_cost_kib=8, parallelism=1)
+        store = AccountStore.in_state_dir(daemon.state_dir, hasher=cheap)
+        try:
+            for address in ("alice@example.test", "bob@example.test"):
+                store.create_account(address, PASSWORD)
+                with self.lock:
+                    self.acks.accounts.add(address)
+        finally:
+            store.close()
         daemon.start()
         with self.lock:
             for path in sorted((daemon.state_dir / "dkim").iterdir()):
