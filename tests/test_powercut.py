@@ -112,7 +112,7 @@ def _load_for(site: str) -> tuple[str, ...]:
 
 
 @pytest.mark.parametrize("site", SITES)
-def test_removed_fsync_is_detected(site: str, tmp_path: Path, ca) -> None:
+def test_removed_fsync_is_detected(site: str, tmp_path: Path, ca, capsys) -> None:
     """Remove this one fsync (or make SQLite skip its own): some cut must show it."""
     h = Harness(tmp_path, ca, site=site, seed=2, paths=_load_for(site))
     try:
@@ -120,6 +120,9 @@ def test_removed_fsync_is_detected(site: str, tmp_path: Path, ca) -> None:
         h.run(20, until_violation=True)
     finally:
         h.stop()
+    with capsys.disabled():
+        print(f"\n{site} removed: {h.cuts} cuts, first violation: "
+              f"{h.violations[0] if h.violations else None}")
     assert not h.errors, h.errors
     assert h.violations, f"{site} removed, yet {h.cuts} cuts found nothing"
 
