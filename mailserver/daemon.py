@@ -31,6 +31,7 @@ from .delivery.results import DeliveryResult
 from .dkim_keys import DKIMKey, ensure_keys
 from .dns.records import first_start_banner
 from .dns.resolver import Resolver
+from .fsutil import mkdir_durable
 from .imap import searcheval
 from .imap.backend import IMAPBackend, IMAPLimits
 from .imap.hub import MailboxHub
@@ -118,7 +119,7 @@ def build(cfg: Config) -> Components:
     tls = TLSManager(cfg.hostname, cfg.cert_path, cfg.key_path,
                      self_signed=cfg.tls.self_signed, min_version=cfg.tls.min_version)
     try:
-        cfg.state_path.mkdir(parents=True, exist_ok=True, mode=0o750)
+        mkdir_durable(cfg.state_path, 0o750)  # a power cut must not take a new state_dir
         tls.load()
     except OSError as exc:
         raise StartupError(f"{exc.filename or cfg.state_dir}: {exc.strerror or exc}") from None

@@ -22,6 +22,25 @@ def fsync_dir(path: Path | str) -> None:
         os.close(fd)
 
 
+def mkdir_durable(path: Path, mode: int = 0o700) -> None:
+    """``mkdir -p`` whose new entries survive a crash: each parent that gained one is fsync'd."""
+    missing: list[Path] = []
+    p = Path(path)
+    while not p.is_dir():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, mode)
+        except FileExistsError:
+            if not d.is_dir():
+                raise
+            continue
+        fsync_dir(d.parent)
+
+
 def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from ..auth.store import MAX_PASSWORD_LENGTH, AccountError, AccountStore
 from ..config import Config
+from ..fsutil import mkdir_durable
 from . import CommandError
 
 T = TypeVar("T")
@@ -23,7 +24,7 @@ T = TypeVar("T")
 
 def _store(cfg: Config) -> AccountStore:
     try:
-        cfg.state_path.mkdir(parents=True, exist_ok=True, mode=0o750)
+        mkdir_durable(cfg.state_path, 0o750)  # a power cut must not take a new state_dir
         return AccountStore.in_state_dir(cfg.state_path)
     except OSError as exc:
         raise CommandError(f"{cfg.state_dir}: {exc.strerror or exc}") from None
