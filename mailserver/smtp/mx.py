@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from ..auth.store import AccountStore
 from ..delivery.maildir import MaildirWriter
+from ..fsutil import describe_error, storage_failure_reply
 from ..metrics import Metrics
 from ..pipeline import trace
 from ..pipeline.authresults import strip_forged
@@ -191,10 +192,10 @@ class MXHandler:
                 for account, rcpt in per_account.items()
             ])
         except OSError as exc:
-            # Disk full, permissions...: nothing was promised, the sender retries.
-            log.error("%s outcome=deferred reason=%r", base, exc)
+            # Disk full, I/O error...: nothing was promised, the sender retries.
+            log.error("%s outcome=deferred reason=local-delivery %s", base, describe_error(exc))
             self.metrics.inc("messages_total", direction="in", result="deferred")
-            return (451, "4.3.0", "Local delivery failed, try again later")
+            return storage_failure_reply(exc, "Local delivery")
         self.accepted += 1
         self.metrics.inc("messages_total", direction="in",
                          result="junk" if folder else "delivered")

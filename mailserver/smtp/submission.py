@@ -23,6 +23,7 @@ from ..auth.passwords import PasswordChecker
 from ..auth.ratelimit import AuthThrottle
 from ..auth.store import AccountStore
 from ..delivery.maildir import MaildirWriter
+from ..fsutil import describe_error, storage_failure_reply
 from ..metrics import Metrics
 from ..pipeline import trace
 from . import protocol as p
@@ -244,8 +245,8 @@ class SubmissionHandler:
             try:
                 queue_id = await self.enqueue(tx.mail_from, tx.remote, data, msg_id)
             except OSError as exc:
-                log.error("%s outcome=deferred reason=%r", base, exc)
-                return (451, "4.3.0", "Could not queue the message, try again later")
+                log.error("%s outcome=deferred reason=queue %s", base, describe_error(exc))
+                return storage_failure_reply(exc, "Queueing the message")
         if tx.local:
             per_account: dict[str, str] = {}
             for rcpt, accounts in tx.local.items():
@@ -263,8 +264,8 @@ class SubmissionHandler:
                 # does not send the remote part twice.
                 if queue_id and self.unqueue is not None:
                     await self.unqueue(queue_id)
-                log.error("%s outcome=deferred reason=%r", base, exc)
-                return (451, "4.3.0", "Local delivery failed, try again later")
+                log.error("%s outcome=deferred reason=local-delivery %s", base, describe_error(exc))
+                return storage_failure_reply(exc, "Local delivery")
         ms = (time.perf_counter() - started) * 1000
         log.info("%s outcome=accepted local=%d queued=%s ms=%.1f", base, len(tx.local),
                  queue_id or "-", ms)
