@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import errno
 import smtplib
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.support.daemon import PymaildProcess
 from tests.support.faults import FaultControl
-from tests.support.imap import imap_daemon, new_account
+from tests.support.imap import PASSWORD, imap_daemon, new_account
 
 ENOSPC, EIO = errno.ENOSPC, errno.EIO
 REPLY = {ENOSPC: (452, b"4.3.1"), EIO: (451, b"4.3.0")}
@@ -61,6 +62,18 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, ca):
     d.stop()
 
 
+def wait_line(d: PymaildProcess, *needles: str, timeout: float = 5.0) -> str:
+    """The first log line holding every needle (the log is read by a thread)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in d.log_lines:
+            if all(n in line for n in needles):
+                return line
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no log line with {needles}:\n" + d.log_text()[-3000:])
+        time.sleep(0.02)
+
+
 def check_clean(maildir: Path) -> None:
     for sub in ("new", "cur", "tmp"):
         assert files(maildir / sub) == [], f"{sub}/ of {maildir} is not empty"
@@ -94,9 +107,64 @@ def test_mx_delivery_fault(daemon: PymaildProcess, site: str, err: int) -> None:
     assert faults.hits(), "the fault was never met"
     assert (code, text.split()[0]) == REPLY[err], (code, text)
     check_clean(maildir)
-    log = daemon.wait_log(f"errno={err}")
-    assert any(f"errno={err}" in line and str(maildir) in line for line in log.splitlines()), log[-2000:]
+    wait_line(daemon, f"to={user}", f"errno={err}", f"path={maildir}/")
     # The same daemon delivers the next message.
     code, text = send_to(daemon, user, f"after-{site}-{err}")
     assert code == 250, (code, text)
     assert len(files(maildir / "new")) == 1
+
+
+# ------------------------------------------------------------------ submission
+
+
+def submit(d: PymaildProcess, ca, user: str, rcpts: list[str], subject: str) -> tuple[int, bytes]:
+    with smtplib.SMTP(d.host, d.sub_port, local_hostname="laptop.example.net",  # type: ignore[attr-defined]
+                      timeout=10) as client:
+        client._host = "mx.example.test"  # type: ignore[attr-defined]  # verify the certificate name
+        client.starttls(context=ca.client_context())
+        client.ehlo("laptop.example.net")
+        client.login(user, PASSWORD)
+        client.mail(user)
+        for rcpt in rcpts:
+            assert client.rcpt(rcpt)[0] == 250
+        msg = (f"From: <{user}>\r\nTo: {', '.join(rcpts)}\r\nSubject: {subject}\r\n\r\n"
+               f"body of {subject}\r\n").encode()
+        code, text = client.data(msg)
+        return code, text
+
+
+def queue_files(d: PymaildProcess) -> list[str]:
+    return [n for n in files(d.state_dir / "queue") if n.endswith((".eml", ".json"))
+            or n.startswith(".")]
+
+
+QUEUE_SITES = {
+    "data-create": ("open", r"/queue/[^/.]+\.eml$"),
+    "data-write": ("write", r"/queue/[^/.]+\.eml$"),
+    "data-fsync": ("fsync", r"/queue/[^/.]+\.eml$"),
+    "state-write": ("write", r"/queue/\.[^/]+\.json\."),
+    "state-fsync": ("fsync", r"/queue/\.[^/]+\.json\."),
+    "state-rename": ("rename", r"/queue/[^/.]+\.json$"),
+    "dir-fsync": ("fsync", r"/queue$"),
+}
+
+
+@pytest.mark.parametrize("err", [ENOSPC, EIO], ids=["ENOSPC", "EIO"])
+@pytest.mark.parametrize("site", list(QUEUE_SITES))
+def test_submission_enqueue_fault(daemon: PymaildProcess, ca, site: str, err: int) -> None:
+    """Mail to another domain: the queue write fails, nothing is queued, 452/451."""
+    faults: FaultControl = daemon.faults  # type: ignore[attr-defined]
+    user = new_account(daemon)
+    before = queue_files(daemon)
+    op, pattern = QUEUE_SITES[site]
+    faults.reset_hits()
+    faults.fail(op, pattern, err)
+    code, text = submit(daemon, ca, user, ["someone@remote.example"], f"q-{site}-{err}")
+    faults.clear()
+    assert faults.hits(), "the fault was never met"
+    assert (code, text.split()[0]) == REPLY[err], (code, text)
+    assert queue_files(daemon) == before
+    wait_line(daemon, f"user={user}", "reason=queue", f"errno={err}", f"path={daemon.state_dir}/queue")
+    code, text = submit(daemon, ca, user, ["someone@remote.example"], f"q-after-{site}-{err}")
+    assert code == 250, (code, text)
+    assert len(queue_files(daemon)) == len(before) + 2
