@@ -168,3 +168,26 @@ def test_submission_enqueue_fault(daemon: PymaildProcess, ca, site: str, err: in
     code, text = submit(daemon, ca, user, ["someone@remote.example"], f"q-after-{site}-{err}")
     assert code == 250, (code, text)
     assert len(queue_files(daemon)) == len(before) + 2
+
+
+@pytest.mark.parametrize("err", [ENOSPC, EIO], ids=["ENOSPC", "EIO"])
+@pytest.mark.parametrize("site", ["write", "rename", "dir-fsync"])
+def test_submission_local_copy_fault_takes_the_queued_copy_back(
+        daemon: PymaildProcess, ca, site: str, err: int) -> None:
+    """A local and a remote recipient: the local copy fails, the queued one is removed."""
+    faults: FaultControl = daemon.faults  # type: ignore[attr-defined]
+    user, friend = new_account(daemon), new_account(daemon)
+    maildir = daemon.state_dir / "mail/example.test" / friend.split("@")[0]
+    before = queue_files(daemon)
+    op, pattern = MX_SITES[site]
+    faults.reset_hits()
+    faults.fail(op, pattern.format(user=friend.split("@")[0]), err)
+    code, text = submit(daemon, ca, user, [friend, "someone@remote.example"], f"l-{site}-{err}")
+    faults.clear()
+    assert faults.hits(), "the fault was never met"
+    assert (code, text.split()[0]) == REPLY[err], (code, text)
+    assert queue_files(daemon) == before
+    check_clean(maildir)
+    code, text = submit(daemon, ca, user, [friend, "someone@remote.example"], f"l-after-{site}-{err}")
+    assert code == 250, (code, text)
+    assert len(files(maildir / "new")) == 1

@@ -69,6 +69,7 @@ class SubmissionHandler:
         writer: MaildirWriter,
         enqueue: Enqueue | None,
         unqueue: Unqueue | None = None,
+        release: Callable[[str], None] | None = None,
         sign: Sign | None = None,
         plus_separator: str = "+",
         postmaster: str = "",
@@ -88,6 +89,9 @@ class SubmissionHandler:
         self.writer = writer
         self.enqueue = enqueue
         self.unqueue = unqueue
+        # With ``enqueue`` holding what it queues: lets it go once the local copies are
+        # on disk, so a failed local copy takes the message back before it can leave.
+        self.release = release
         self.sign = sign
         self.plus_separator = plus_separator
         self.hide_client_ip = hide_client_ip
@@ -266,6 +270,14 @@ class SubmissionHandler:
                     await self.unqueue(queue_id)
                 log.error("%s outcome=deferred reason=local-delivery %s", base, describe_error(exc))
                 return storage_failure_reply(exc, "Local delivery")
+            except BaseException:
+                # Cancelled (or a bug) with the local copies in an unknown state: the
+                # client retries and may get a duplicate, never a loss; send it.
+                if queue_id and self.release is not None:
+                    self.release(queue_id)
+                raise
+        if queue_id and self.release is not None:
+            self.release(queue_id)
         ms = (time.perf_counter() - started) * 1000
         log.info("%s outcome=accepted local=%d queued=%s ms=%.1f", base, len(tx.local),
                  queue_id or "-", ms)
