@@ -21,7 +21,7 @@ import pytest
 
 from tests.support.daemon import PymaildProcess
 from tests.support.faults import FaultControl
-from tests.support.imap import PASSWORD, imap_daemon, new_account
+from tests.support.imap import PASSWORD, RawIMAP, client_ctx, imap_daemon, new_account
 
 ENOSPC, EIO = errno.ENOSPC, errno.EIO
 REPLY = {ENOSPC: (452, b"4.3.1"), EIO: (451, b"4.3.0")}
@@ -191,3 +191,133 @@ def test_submission_local_copy_fault_takes_the_queued_copy_back(
     code, text = submit(daemon, ca, user, [friend, "someone@remote.example"], f"l-after-{site}-{err}")
     assert code == 250, (code, text)
     assert len(files(maildir / "new")) == 1
+
+
+# ------------------------------------------------------------------ IMAP
+
+IMAP_NO = {ENOSPC: b"NO [OVERQUOTA]", EIO: b"NO [SERVERBUG]"}
+
+
+def imap_user(d: PymaildProcess, ca) -> tuple[str, Path, RawIMAP]:
+    user = new_account(d)
+    raw = RawIMAP(d.imaps_port, tls=client_ctx(ca))  # type: ignore[attr-defined]
+    assert raw.cmd(b"L", f"LOGIN {user} {PASSWORD}".encode())[-1].startswith(b"L OK")
+    return user, d.state_dir / "mail/example.test" / user.split("@")[0], raw
+
+
+def tagged(lines: list[bytes]) -> bytes:
+    return lines[-1].split(b" ", 1)[1]
+
+
+def append(raw: RawIMAP, tag: bytes, folder: str, subject: str) -> bytes:
+    msg = f"From: a@example.net\r\nSubject: {subject}\r\n\r\nhello\r\n".encode()
+    return tagged(raw.cmd(tag, f"APPEND {folder} {{{len(msg)}+}}\r\n".encode() + msg))
+
+
+APPEND_SITES = {
+    "create": ("open", r"/{user}/tmp/"),
+    "write": ("write", r"/{user}/tmp/"),
+    "fsync": ("fsync", r"/{user}/tmp/."),
+    "rename": ("rename", r"/{user}/cur/."),
+    "dir-fsync": ("fsync", r"/{user}/cur$"),
+}
+
+
+@pytest.mark.parametrize("err", [ENOSPC, EIO], ids=["ENOSPC", "EIO"])
+@pytest.mark.parametrize("site", list(APPEND_SITES))
+def test_imap_append_fault(daemon: PymaildProcess, ca, site: str, err: int) -> None:
+    faults: FaultControl = daemon.faults  # type: ignore[attr-defined]
+    user, maildir, raw = imap_user(daemon, ca)
+    op, pattern = APPEND_SITES[site]
+    faults.reset_hits()
+    faults.fail(op, pattern.format(user=maildir.name), err)
+    reply = append(raw, b"A1", "INBOX", f"{site}-{err}")
+    faults.clear()
+    assert faults.hits(), "the fault was never met"
+    assert reply.startswith(IMAP_NO[err]), reply
+    check_clean(maildir)
+    wait_line(daemon, f"user={user}", "APPEND", f"errno={err}", f"path={maildir}/")
+    # The same session goes on: the message is not there, the next APPEND works.
+    lines = raw.cmd(b"A2", b"SELECT INBOX")
+    assert b"* 0 EXISTS\r\n" in lines and tagged(lines).startswith(b"OK"), lines
+    assert append(raw, b"A3", "INBOX", "after").startswith(b"OK [APPENDUID")
+    assert len(files(maildir / "cur")) == 1
+    raw.close()
+
+
+COPY_SITES = {
+    "link": ("link", r"/\.Drafts/tmp/."),
+    "rename": ("rename", r"/\.Drafts/cur/."),
+    "dir-fsync": ("fsync", r"/\.Drafts/cur$"),
+}
+
+
+@pytest.mark.parametrize("err", [ENOSPC, EIO], ids=["ENOSPC", "EIO"])
+@pytest.mark.parametrize("command", ["COPY", "MOVE"])
+@pytest.mark.parametrize("site", list(COPY_SITES))
+def test_imap_copy_move_fault(daemon: PymaildProcess, ca, site: str, command: str, err: int) -> None:
+    faults: FaultControl = daemon.faults  # type: ignore[attr-defined]
+    _user, maildir, raw = imap_user(daemon, ca)
+    assert append(raw, b"A0", "INBOX", "to-copy").startswith(b"OK")
+    assert tagged(raw.cmd(b"A1", b"SELECT INBOX")).startswith(b"OK")
+    op, pattern = COPY_SITES[site]
+    faults.reset_hits()
+    faults.fail(op, pattern, err)
+    reply = tagged(raw.cmd(b"A2", f"{command} 1 Drafts".encode()))
+    faults.clear()
+    assert faults.hits(), "the fault was never met"
+    assert reply.startswith(IMAP_NO[err]), reply
+    check_clean(maildir / ".Drafts")
+    assert len(files(maildir / "cur")) == 1  # the source is untouched
+    lines = raw.cmd(b"A3", b"STATUS Drafts (MESSAGES)")
+    assert b"(MESSAGES 0)" in lines[0], lines
+    assert tagged(raw.cmd(b"A4", f"{command} 1 Drafts".encode())).startswith(b"OK")
+    assert len(files(maildir / ".Drafts" / "cur")) == 1
+    assert len(files(maildir / "cur")) == (0 if command == "MOVE" else 1)
+    raw.close()
+
+
+@pytest.mark.parametrize("err", [ENOSPC, EIO], ids=["ENOSPC", "EIO"])
+@pytest.mark.parametrize("site", ["rename", "dir-fsync"])
+def test_imap_store_fault(daemon: PymaildProcess, ca, site: str, err: int) -> None:
+    faults: FaultControl = daemon.faults  # type: ignore[attr-defined]
+    _user, maildir, raw = imap_user(daemon, ca)
+    assert append(raw, b"A0", "INBOX", "to-flag").startswith(b"OK")
+    assert tagged(raw.cmd(b"A1", b"SELECT INBOX")).startswith(b"OK")
+    before = files(maildir / "cur")
+    op, pattern = {"rename": ("rename", r"/{user}/cur/."), "dir-fsync": ("fsync", r"/{user}/cur$")}[site]
+    faults.reset_hits()
+    faults.fail(op, pattern.format(user=maildir.name), err)
+    reply = tagged(raw.cmd(b"A2", b"STORE 1 +FLAGS (\\Flagged)"))
+    faults.clear()
+    assert faults.hits(), "the fault was never met"
+    assert reply.startswith(IMAP_NO[err]), reply
+    assert files(maildir / "cur") == before  # not flagged on disk either
+    lines = raw.cmd(b"A3", b"FETCH 1 FLAGS")
+    assert b"\\Flagged" not in b"".join(lines) and tagged(lines).startswith(b"OK"), lines
+    lines = raw.cmd(b"A4", b"STORE 1 +FLAGS (\\Flagged)")
+    assert b"\\Flagged" in b"".join(lines) and tagged(lines).startswith(b"OK"), lines
+    assert files(maildir / "cur")[0].endswith(":2,F")
+    raw.close()
+
+
+@pytest.mark.parametrize("err", [ENOSPC, EIO], ids=["ENOSPC", "EIO"])
+def test_imap_expunge_fault(daemon: PymaildProcess, ca, err: int) -> None:
+    faults: FaultControl = daemon.faults  # type: ignore[attr-defined]
+    _user, maildir, raw = imap_user(daemon, ca)
+    assert append(raw, b"A0", "INBOX", "to-delete").startswith(b"OK")
+    assert tagged(raw.cmd(b"A1", b"SELECT INBOX")).startswith(b"OK")
+    assert tagged(raw.cmd(b"A2", b"STORE 1 +FLAGS.SILENT (\\Deleted)")).startswith(b"OK")
+    faults.reset_hits()
+    faults.fail("fsync", f"/{maildir.name}/cur$", err)
+    reply = tagged(raw.cmd(b"A3", b"EXPUNGE"))
+    faults.clear()
+    assert faults.hits(), "the fault was never met"
+    assert reply.startswith(IMAP_NO[err]), reply
+    # The unlink itself cannot be taken back: the session reports the expunge next.
+    lines = raw.cmd(b"A4", b"EXPUNGE")
+    assert tagged(lines).startswith(b"OK"), lines
+    assert b"* 1 EXPUNGE\r\n" in lines, lines
+    check_clean(maildir)
+    assert tagged(raw.cmd(b"A5", b"NOOP")).startswith(b"OK")
+    raw.close()

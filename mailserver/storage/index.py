@@ -62,6 +62,7 @@ from types import MappingProxyType
 from typing import BinaryIO, Literal, NamedTuple, cast
 
 from mailserver.delivery.maildir import maildir_hostname
+from mailserver.fsutil import with_path
 from mailserver.storage.indexstore import INDEX_FILE, CorruptIndex, IndexStore, Meta
 from mailserver.storage.keywords import KEYWORDS_FILE, DovecotKeywords
 from mailserver.storage.maildirname import (
@@ -519,13 +520,40 @@ class MailboxIndex:
         subs = self._sub
         cur = subs["cur"]
         rename = os.rename
-        for m, _new, new_suffix in plan:
-            if new_suffix is not None:
-                try:
-                    rename(subs[m.sub] + m.base + m.suffix, cur + m.base + new_suffix)
-                    renamed = True
-                except FileNotFoundError:
-                    missed.append(m)  # renamed or deleted by another program meanwhile
+        done: list[tuple[str, str]] = []  # (old name, new name): undone if the STORE fails
+        try:
+            for m, _new, new_suffix in plan:
+                if new_suffix is not None:
+                    old_name, new_name = subs[m.sub] + m.base + m.suffix, cur + m.base + new_suffix
+                    try:
+                        rename(old_name, new_name)
+                        renamed = True
+                        done.append((old_name, new_name))
+                    except FileNotFoundError:
+                        missed.append(m)  # renamed or deleted by another program meanwhile
+            return self._store_finish(rows, missed, renamed, meta, failed, sys_letters, kws, mode,
+                                      unchanged_since)
+        except BaseException:
+            # The client hears NO and the index rolls back: put the names back too, so
+            # the flags on disk stay what the index says (best effort).
+            for old_name, new_name in reversed(done):
+                with contextlib.suppress(OSError):
+                    os.rename(new_name, old_name)
+            raise
+
+    def _store_finish(
+        self,
+        rows: list[Message],
+        missed: list[Message],
+        renamed: bool,
+        meta: Meta,
+        failed: list[int],
+        sys_letters: set[str],
+        kws: list[str],
+        mode: str,
+        unchanged_since: int | None,
+    ) -> tuple[list[int], list[int], list[Message], dict[int, Message]]:
+        """The rest of :meth:`_store_apply` once the files are renamed."""
         self._store.update(rows)
         updates = {new.uid: new for new in rows}
         external: list[int] = []
@@ -681,6 +709,7 @@ class MailboxIndex:
         sys_letters, kws = self._parse_flags(flags)
         base = self._names.make(len(data))
         tmp = self.dir / "tmp" / base
+        placed: Path | None = None  # in cur/ but not yet in the index
         fd = os.open(tmp, _OPEN_FLAGS, FILE_MODE)
         try:
             try:
@@ -688,6 +717,9 @@ class MailboxIndex:
                 while view:
                     view = view[os.write(fd, view) :]
                 os.fsync(fd)
+            except OSError as exc:
+                with_path(exc, tmp)
+                raise
             finally:
                 os.close(fd)
             if internal_date is not None:
@@ -700,15 +732,20 @@ class MailboxIndex:
                 suffix = make_suffix(letters)
                 final = self.dir / "cur" / (base + suffix)
                 os.rename(tmp, final)
+                placed = final
                 fsync_dir(final.parent)
                 meta = self._meta_copy()
                 m = self._new_message(meta, base, "cur", suffix, len(data), final.stat().st_mtime, extra)
                 with self._commit(meta):
                     self._store.upsert([m])
+                placed = None
                 self._add(m)
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            # The client hears NO: the message must not turn up at the next sync either.
+            for leftover in (tmp, placed):
+                if leftover is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(leftover)
             raise
         return m.uid
 
@@ -727,6 +764,7 @@ class MailboxIndex:
                 if self._in_view(uid) and (m := self._entries.get(uid)) is not None
             ]
         staged: list[tuple[Message, frozenset[str], str, Path]] = []
+        placed: list[Path] = []  # in other's cur/ but not yet in its index
         try:
             for m, names in snap:
                 src = self.dir / m.sub / m.name
@@ -755,6 +793,7 @@ class MailboxIndex:
                     letters, extra = other._apply("", "", sys_letters, kw, "replace")
                     suffix = make_suffix(letters)
                     os.rename(tmp, other.dir / "cur" / (base + suffix))
+                    placed.append(other.dir / "cur" / (base + suffix))
                     rows.append(
                         other._new_message(meta, base, "cur", suffix, m.size, m.internal_date, extra)
                     )
@@ -762,13 +801,15 @@ class MailboxIndex:
                 fsync_dir(other.dir / "cur")
                 with other._commit(meta):
                     other._store.upsert(rows)
+                placed.clear()
                 for row in rows:
                     other._add(row)
             return pairs
         except BaseException:
-            for _m, _n, _b, tmp in staged:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
+            # The client hears NO: no copy may turn up at the next sync either.
+            for path in [tmp for _m, _n, _b, tmp in staged] + placed:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
             raise
 
     def release(self) -> None:
@@ -1518,9 +1559,17 @@ def _copy_durably(src: Path, dst: Path, mtime: float) -> None:
     with open(src, "rb") as fin:
         fd = os.open(dst, _OPEN_FLAGS, FILE_MODE)
         try:
-            with os.fdopen(fd, "wb", closefd=False) as fout:
-                shutil.copyfileobj(fin, fout, 1 << 20)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            try:
+                with os.fdopen(fd, "wb", closefd=False) as fout:
+                    shutil.copyfileobj(fin, fout, 1 << 20)
+                os.fsync(fd)
+            except OSError as exc:
+                with_path(exc, dst)
+                raise
+            finally:
+                os.close(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(dst)  # never a partial copy left in tmp/
+            raise
     os.utime(dst, (mtime, mtime))
