@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import secrets
+import sqlite3
 from pathlib import Path
 
 # Errors that mean "no room": SMTP answers 452 4.3.1 (RFC 3463: mail system full).
@@ -25,8 +26,22 @@ def with_path(exc: OSError, path: Path | str) -> OSError:
     return exc
 
 
+_SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for ENOSPC/EDQUOT, and for SQLite's SQLITE_FULL."""
+    if isinstance(exc, OSError):
+        return exc.errno in DISK_FULL
+    if isinstance(exc, sqlite3.Error):
+        return (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == _SQLITE_FULL
+    return False
+
+
 def describe_error(exc: BaseException) -> str:
     """``path=... errno=28 (ENOSPC) No space left on device`` for a log line."""
+    if isinstance(exc, sqlite3.Error):
+        return f"sqlite={getattr(exc, 'sqlite_errorname', '?')} {exc}"
     if not isinstance(exc, OSError):
         return f"error={exc!r}"
     code = errno.errorcode.get(exc.errno, "?") if exc.errno is not None else "?"
@@ -36,9 +51,9 @@ def describe_error(exc: BaseException) -> str:
     return f"path={where} errno={exc.errno} ({code}) {exc.strerror or exc}"
 
 
-def storage_failure_reply(exc: OSError, what: str) -> tuple[int, str, str]:
+def storage_failure_reply(exc: OSError | sqlite3.Error, what: str) -> tuple[int, str, str]:
     """The SMTP answer when the disk refused a write: nothing was accepted, retry later."""
-    if exc.errno in DISK_FULL:
+    if is_disk_full(exc):
         return (452, "4.3.1", f"Insufficient system storage: {what}, try again later")
     return (451, "4.3.0", f"{what} failed, try again later")
 

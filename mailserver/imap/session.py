@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailserver.auth.login import AuthResult, loggable
-from mailserver.fsutil import DISK_FULL, describe_error
+from mailserver.fsutil import describe_error, is_disk_full
 from mailserver.storage.fetchcache import FetchCache
 from mailserver.storage.index import ChangeSet, MailboxIndex, ReadOnlyMailbox
 from mailserver.storage.indexstore import CorruptIndex
@@ -59,7 +59,6 @@ log = logging.getLogger("pymaild.imap")
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 _FETCH_CHUNK = 500
-_SQLITE_FULL = 13  # SQLITE_FULL: database or disk is full
 _SEARCH_SLICE = 500
 _STATUS_CACHE = 8
 
@@ -184,8 +183,7 @@ class IMAPSession:
         except (OSError, sqlite3.OperationalError) as exc:
             # A full disk or an I/O error (in a file or in a folder's SQLite index) fails
             # this command, not the session. Disk full is [OVERQUOTA], as Dovecot says it.
-            full = exc.errno in DISK_FULL if isinstance(exc, OSError) else \
-                getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_FULL
+            full = is_disk_full(exc)
             log.error("session=%s user=%s %s failed: %s", self.id, self.user, cmd.name, describe_error(exc))
             if full:
                 self.out.write(fmt.tagged(cmd.tag, "NO", f"{cmd.name} failed: not enough disk space",

@@ -12,6 +12,7 @@ Data flow for one message (each stage its own module):
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -106,7 +107,13 @@ class MXHandler:
             # quotes undone): there is no way to make a non-local domain look local.
             log.info("relay denied session=%s client=%s rcpt=%s", session.id, session.client_ip, event.raw)
             return (554, "5.7.1", f"<{address}>: Relay access denied")
-        accounts = await self.recipients.accounts_for(str(address))
+        try:
+            accounts = await self.recipients.accounts_for(str(address))
+        except (OSError, sqlite3.Error) as exc:
+            # The accounts database cannot be read (disk full, I/O error): try later.
+            log.error("recipient lookup failed session=%s rcpt=%s %s", session.id, event.raw,
+                      describe_error(exc))
+            return storage_failure_reply(exc, "Recipient lookup")
         if not accounts:
             log.info("unknown recipient session=%s client=%s rcpt=%s", session.id, session.client_ip,
                      event.raw)

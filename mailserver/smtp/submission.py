@@ -14,6 +14,7 @@ import asyncio
 import email.utils
 import logging
 import re
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -199,7 +200,13 @@ class SubmissionHandler:
         address = event.address
         rcpt = str(address)
         if address.domain in self.local_domains:
-            accounts = await self.recipients.accounts_for(rcpt)
+            try:
+                accounts = await self.recipients.accounts_for(rcpt)
+            except (OSError, sqlite3.Error) as exc:
+                # The accounts database cannot be read (disk full, I/O error): try later.
+                log.error("recipient lookup failed session=%s rcpt=%s %s", session.id, rcpt,
+                          describe_error(exc))
+                return storage_failure_reply(exc, "Recipient lookup")
             if not accounts:
                 return (550, "5.1.1", f"<{rcpt}>: Recipient address rejected: no such user")
             tx.local[rcpt] = accounts
