@@ -14,12 +14,13 @@ import contextlib
 import os
 import smtplib
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import PymaildProcess
+from tests.support.daemon import REPO, PymaildProcess
 from tests.support.imap import PASSWORD, RawIMAP, client_ctx, imap_daemon, new_account
 
 SIZE = "24m"
@@ -160,6 +161,38 @@ def test_imap_on_a_full_disk(fulld: PymaildProcess, ca) -> None:
     assert append(raw, b"C2", "INBOX", "room again").startswith(b"OK [APPENDUID")
     assert tagged(raw.cmd(b"C3", b"SELECT Junk")).startswith(b"OK")
     raw.close()
+
+
+def cli(d: PymaildProcess, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mailserver.cli", "-c", str(d.config_path), *args],
+                          input=stdin, capture_output=True, text=True, cwd=REPO, timeout=60)
+
+
+def test_accounts_database_on_a_full_disk(fulld: PymaildProcess) -> None:
+    user = new_account(fulld)
+    before = tree(fulld.state_dir / "mail")
+    with disk_full(fulld.state_dir):
+        r = cli(fulld, "creds", "create", "newcomer@example.test", "--password-stdin",
+                stdin="a-long-password-1\n")
+        assert r.returncode == 1, r
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("pymaild: ") and "no space left" in lines[0], r.stderr
+        r = cli(fulld, "creds", "password", user, "--password-stdin", stdin="another-password-2\n")
+        assert r.returncode == 1, r
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("pymaild: ") and "no space left" in lines[0], r.stderr
+    # No account, and nothing with content under mail/ (the mailbox is made first and may
+    # be left as empty directories, which the next create reuses).
+    added = set(tree(fulld.state_dir / "mail")) - set(before)
+    assert all(os.path.basename(f) == "maildirfolder" for f in added), added
+    # The daemon still knows the old password, and the commands work with room again.
+    assert user in cli(fulld, "creds", "list").stdout
+    assert "newcomer" not in cli(fulld, "creds", "list").stdout
+    r = cli(fulld, "creds", "create", "newcomer@example.test", "--password-stdin",
+            stdin="a-long-password-1\n")
+    assert r.returncode == 0, r
+    code, _text = mx_send(fulld, "newcomer@example.test", "welcome")
+    assert code == 250
 
 
 def test_first_start_on_a_full_disk_fails_cleanly(tmp_path: Path, ca) -> None:
