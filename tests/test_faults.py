@@ -13,6 +13,7 @@ the next transaction. SQLite's own I/O is not reachable from Python:
 from __future__ import annotations
 
 import errno
+import os
 import smtplib
 import time
 from pathlib import Path
@@ -321,3 +322,29 @@ def test_imap_expunge_fault(daemon: PymaildProcess, ca, err: int) -> None:
     check_clean(maildir)
     assert tagged(raw.cmd(b"A5", b"NOOP")).startswith(b"OK")
     raw.close()
+
+
+# ------------------------------------------------------------------ DKIM keys at first start
+
+
+@pytest.mark.parametrize("err", [ENOSPC, EIO], ids=["ENOSPC", "EIO"])
+@pytest.mark.parametrize("op", ["write", "fsync", "link"])
+def test_first_start_dkim_key_fault(tmp_path: Path, ca, op: str, err: int) -> None:
+    """The first start makes the DKIM keys: a failing write stops it with one line naming
+    the file and the error, no key file (whole or partial) is left, and the next start
+    makes them."""
+    d = imap_daemon(tmp_path, ca, start=False)
+    faults = FaultControl(d.directory)
+    faults.fail(op, r"/state/dkim/", err)
+    d.env.update(faults.environment())
+    with pytest.raises(RuntimeError):
+        d.start(timeout=20)
+    assert d.proc is not None and d.proc.wait(10) == 1
+    assert faults.hits(), "the fault was never met"
+    errors = [line for line in d.log_lines if line.startswith("pymaild: ")]
+    assert len(errors) == 1 and "/state/dkim/" in errors[0] and os.strerror(err) in errors[0], d.log_text()
+    assert files(d.state_dir / "dkim") == []
+    faults.clear()
+    d.start()
+    assert any(n.endswith(".key") for n in files(d.state_dir / "dkim"))
+    d.stop()
