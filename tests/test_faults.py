@@ -12,17 +12,23 @@ the next transaction. SQLite's own I/O is not reachable from Python:
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import smtplib
+import subprocess
+import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import PymaildProcess
+from tests.support.daemon import REPO, PymaildProcess, write_config
 from tests.support.faults import FaultControl
 from tests.support.imap import PASSWORD, RawIMAP, client_ctx, imap_daemon, new_account
+from tests.support.smtpsink import SMTPSink
 
 ENOSPC, EIO = errno.ENOSPC, errno.EIO
 REPLY = {ENOSPC: (452, b"4.3.1"), EIO: (451, b"4.3.0")}
@@ -348,3 +354,65 @@ def test_first_start_dkim_key_fault(tmp_path: Path, ca, op: str, err: int) -> No
     d.start()
     assert any(n.endswith(".key") for n in files(d.state_dir / "dkim"))
     d.stop()
+
+
+# ------------------------------------------------------------------ queue: delivery attempts
+
+
+@pytest.fixture
+def sink() -> Iterator[SMTPSink]:
+    """A scriptable SMTP server on its own event loop thread (the daemon's smarthost)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = asyncio.run_coroutine_threadsafe(SMTPSink(offer_starttls=False).start(), loop).result(10)
+    yield server
+    asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("err", [ENOSPC, EIO], ids=["ENOSPC", "EIO"])
+@pytest.mark.parametrize("op", ["write", "fsync", "rename"])
+def test_queue_state_update_fault(tmp_path: Path, ca, sink: SMTPSink, op: str, err: int) -> None:
+    """After a deferred attempt the queue rewrites the message's state: when that write
+    fails the message stays queued (old state file, no tmp left), and once the disk is
+    back a flush delivers it, once, and removes it."""
+    d = imap_daemon(tmp_path, ca, start=False)
+    d.config["delivery"] = {"relay": f"127.0.0.1:{sink.port}", "relay_tls": "none"}
+    write_config(d.config_path, d.config)
+    faults = start_with_faults(d)
+    try:
+        user = new_account(d)
+        sink.script("RCPT", "451 4.7.1 try again later")
+        # The enqueue's own state write passes; the one after the attempt fails.
+        path = r"/queue/[^/.]+\.json$" if op == "rename" else r"/queue/\.[^/]+\.json\."
+        faults.fail(op, path, err, after=1)
+        code, text = submit(d, ca, user, ["someone@remote.example"], f"queued-{op}-{err}")
+        assert code == 250, (code, text)
+        wait_for(lambda: bool(faults.hits()))
+        line = wait_line(d, "processing failed")
+        assert "retrying" in line
+        faults.clear()
+        queue = d.state_dir / "queue"
+        names = queue_files(d)
+        assert len([n for n in names if n.endswith(".json")]) == 1, names  # still queued
+        assert not [n for n in names if n.startswith(".") and n != ".lock"], names  # no tmp state file
+        assert sink.transactions == []
+        r = subprocess.run([sys.executable, "-m", "mailserver.cli", "-c", str(d.config_path),
+                            "queue", "flush"], capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert r.returncode == 0, r
+        wait_for(lambda: len(sink.transactions) == 1 and queue_files(d) in ([], [".lock"]))
+        assert f"queued-{op}-{err}".encode() in sink.transactions[0].data
+        assert files(queue / "corrupt") == []
+    finally:
+        faults.clear()
+        d.stop()

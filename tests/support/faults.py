@@ -10,7 +10,8 @@ functions every durable write goes through::
 Each call first looks at the control file (a stat per call; re-read when it changed).
 It holds a JSON list of rules ``{"op": "fsync", "path": "<regex>", "errno": 28}``: a call
 whose operation is ``op`` and whose path matches ``path`` (``re.search``) raises
-``OSError(errno)`` instead of running. For the descriptor calls the path is the one the
+``OSError(errno)`` instead of running (after ``"after": N`` matching calls let through,
+if the rule says so). For the descriptor calls the path is the one the
 descriptor was opened on (``/proc/self/fd``), so a directory fsync matches the directory;
 ``rename``/``replace``/``link`` match on either name. An empty list, or no file, turns
 every fault off: the test switches faults on and off while the daemon runs.
@@ -43,6 +44,7 @@ class _Rules:
         self.hits = control + ".hits"
         self._stamp: tuple[int, int, int] | None = None
         self._rules: list[tuple[str, re.Pattern[str], int]] = []
+        self._after: list[int] = []
         self._lock = threading.Lock()
 
     def current(self, stat: Any) -> list[tuple[str, re.Pattern[str], int]]:
@@ -59,8 +61,17 @@ class _Rules:
                 except (OSError, ValueError):
                     raw = []
                 self._rules = [(r["op"], re.compile(r["path"]), int(r["errno"])) for r in raw]
+                self._after = [int(r.get("after", 0)) for r in raw]
                 self._stamp = stamp
             return self._rules
+
+    def let_pass(self, index: int) -> bool:
+        """True while the rule's ``after`` count of matching calls has not run out."""
+        with self._lock:
+            if index < len(self._after) and self._after[index] > 0:
+                self._after[index] -= 1
+                return True
+            return False
 
 
 def install(control: str) -> None:
@@ -77,11 +88,13 @@ def install(control: str) -> None:
         active = rules.current(real["stat"])
         if not active:
             return
-        for rule_op, pattern, err in active:
+        for i, (rule_op, pattern, err) in enumerate(active):
             if rule_op != op:
                 continue
             for p in paths:
                 if p and pattern.search(p):
+                    if rules.let_pass(i):
+                        return
                     line = f"{op} {err} {p}\n".encode()
                     fd = real["open"](rules.hits, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
                     try:
@@ -159,8 +172,8 @@ class FaultControl:
         tmp.write_text(json.dumps(rules))
         os.replace(tmp, self.path)  # atomic: the daemon never reads half a file
 
-    def fail(self, op: str, path: str, err: int) -> None:
-        self.set([{"op": op, "path": path, "errno": err}])
+    def fail(self, op: str, path: str, err: int, *, after: int = 0) -> None:
+        self.set([{"op": op, "path": path, "errno": err, "after": after}])
 
     def clear(self) -> None:
         self.set([])
