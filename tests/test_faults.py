@@ -416,3 +416,23 @@ def test_queue_state_update_fault(tmp_path: Path, ca, sink: SMTPSink, op: str, e
     finally:
         faults.clear()
         d.stop()
+
+
+@pytest.mark.parametrize("err", [ENOSPC, EIO], ids=["ENOSPC", "EIO"])
+def test_imap_move_fault_on_the_source_side_keeps_the_message(daemon: PymaildProcess, ca, err: int) -> None:
+    """MOVE copies, then expunges from the source: if that second half fails the client
+    hears NO and the message is in both folders - never in neither."""
+    faults: FaultControl = daemon.faults  # type: ignore[attr-defined]
+    _user, maildir, raw = imap_user(daemon, ca)
+    assert append(raw, b"A0", "INBOX", "to-move").startswith(b"OK")
+    assert tagged(raw.cmd(b"A1", b"SELECT INBOX")).startswith(b"OK")
+    faults.reset_hits()
+    faults.fail("fsync", f"/{maildir.name}/cur$", err)
+    reply = tagged(raw.cmd(b"A2", b"MOVE 1 Drafts"))
+    faults.clear()
+    assert faults.hits(), "the fault was never met"
+    assert reply.startswith(IMAP_NO[err]), reply
+    assert len(files(maildir / "cur")) == 1 and len(files(maildir / ".Drafts" / "cur")) == 1
+    lines = raw.cmd(b"A3", b"FETCH 1 FLAGS")
+    assert tagged(lines).startswith(b"OK") and b"\\Deleted" not in lines[0], lines
+    raw.close()
