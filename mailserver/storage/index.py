@@ -483,10 +483,19 @@ class MailboxIndex:
             vanished: list[Message] = []
             updates: dict[int, Message] = {}
             if plan:
-                with self._commit(meta):
-                    changed, external, vanished, updates = self._store_apply(
-                        plan, meta, failed, sys_letters, kws, mode, unchanged_since
-                    )
+                done: list[tuple[str, str]] = []
+                try:
+                    with self._commit(meta):
+                        changed, external, vanished, updates = self._store_apply(
+                            plan, meta, failed, sys_letters, kws, mode, unchanged_since, done
+                        )
+                except BaseException:
+                    # The client hears NO and the index rolled back: put the names back
+                    # too, so the flags on disk stay what the index says (best effort).
+                    for old_name, new_name in reversed(done):
+                        with contextlib.suppress(OSError):
+                            os.rename(new_name, old_name)
+                    raise
             if updates:
                 self._own()[0].update(updates)
             if external:
@@ -506,10 +515,12 @@ class MailboxIndex:
         kws: list[str],
         mode: str,
         unchanged_since: int | None,
+        done: list[tuple[str, str]],
     ) -> tuple[list[int], list[int], list[Message], dict[int, Message]]:
         """Carry out a STORE inside its index transaction: ``(changed, changed by another
         program instead, vanished, new rows)``. The renames (~20 us each, the floor) come
-        first; nothing is committed before they are fsynced.
+        first; nothing is committed before they are fsynced. Each rename is added to
+        ``done`` as ``(old name, new name)``, for the caller to undo if the STORE fails.
 
         (Writing the rows in a worker thread during the renames was tried: on a busy
         2-core machine the GIL hand-offs ate the ~50 ms per 10k it could save.)
@@ -520,40 +531,15 @@ class MailboxIndex:
         subs = self._sub
         cur = subs["cur"]
         rename = os.rename
-        done: list[tuple[str, str]] = []  # (old name, new name): undone if the STORE fails
-        try:
-            for m, _new, new_suffix in plan:
-                if new_suffix is not None:
-                    old_name, new_name = subs[m.sub] + m.base + m.suffix, cur + m.base + new_suffix
-                    try:
-                        rename(old_name, new_name)
-                        renamed = True
-                        done.append((old_name, new_name))
-                    except FileNotFoundError:
-                        missed.append(m)  # renamed or deleted by another program meanwhile
-            return self._store_finish(rows, missed, renamed, meta, failed, sys_letters, kws, mode,
-                                      unchanged_since)
-        except BaseException:
-            # The client hears NO and the index rolls back: put the names back too, so
-            # the flags on disk stay what the index says (best effort).
-            for old_name, new_name in reversed(done):
-                with contextlib.suppress(OSError):
-                    os.rename(new_name, old_name)
-            raise
-
-    def _store_finish(
-        self,
-        rows: list[Message],
-        missed: list[Message],
-        renamed: bool,
-        meta: Meta,
-        failed: list[int],
-        sys_letters: set[str],
-        kws: list[str],
-        mode: str,
-        unchanged_since: int | None,
-    ) -> tuple[list[int], list[int], list[Message], dict[int, Message]]:
-        """The rest of :meth:`_store_apply` once the files are renamed."""
+        for m, _new, new_suffix in plan:
+            if new_suffix is not None:
+                old_name, new_name = subs[m.sub] + m.base + m.suffix, cur + m.base + new_suffix
+                try:
+                    rename(old_name, new_name)
+                    renamed = True
+                    done.append((old_name, new_name))
+                except FileNotFoundError:
+                    missed.append(m)  # renamed or deleted by another program meanwhile
         self._store.update(rows)
         updates = {new.uid: new for new in rows}
         external: list[int] = []
