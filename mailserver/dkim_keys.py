@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import logging
 import os
 import re
@@ -28,7 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from mailserver.config import Config
-from mailserver.fsutil import fsync_dir
+from mailserver.fsutil import fsync_dir, with_path, write_all
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ MIN_RSA_BITS = 1024  # RFC 8301: verifiers MUST NOT accept smaller keys, so refu
 PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
 # Same syntax config.py accepts for selectors (a DNS label, optionally dotted).
+# link() failing with these means "no hard links here", not a disk problem.
+_NO_LINK = frozenset({errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
 _SELECTOR_RE = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9._-]{0,62})")
 
 
@@ -169,10 +172,17 @@ def _write_tmp(directory: Path, final_name: str, data: bytes, mode: int) -> Path
     tmp = directory / f".{final_name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        try:
+            write_all(fd, data)  # a nearly full disk gives short writes, not an error
+            os.fsync(fd)
+        except OSError as exc:
+            with_path(exc, tmp)
+            raise
+        finally:
+            os.close(fd)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never a half-written key left behind
+        raise
     return tmp
 
 
@@ -189,7 +199,9 @@ def _create_exclusive(path: Path, data: bytes, mode: int) -> bool:
         created = True
     except FileExistsError:
         created = False
-    except OSError:
+    except OSError as exc:
+        if exc.errno not in _NO_LINK:
+            raise  # disk full, I/O error: not a file system without hard links
         # Filesystems without hard links: check-then-rename, racy but still atomic.
         created = not path.exists()
         if created:

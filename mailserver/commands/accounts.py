@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from ..auth.store import MAX_PASSWORD_LENGTH, AccountError, AccountStore
 from ..config import Config
-from ..fsutil import mkdir_durable
+from ..fsutil import describe_error, is_disk_full, mkdir_durable
 from . import CommandError
 
 T = TypeVar("T")
@@ -33,11 +33,15 @@ def _store(cfg: Config) -> AccountStore:
 
 
 def _do(cfg: Config, action: Callable[[AccountStore], T]) -> T:
-    """Run one store operation; its AccountError becomes the command's one-line error."""
+    """Run one store operation; its AccountError becomes the command's one-line error,
+    and so does a disk that refuses the write (full, I/O error): nothing was changed."""
     try:
         return action(_store(cfg))
     except AccountError as exc:
         raise CommandError(str(exc)) from None
+    except (OSError, sqlite3.Error) as exc:
+        what = "no space left on the disk" if is_disk_full(exc) else "cannot write"
+        raise CommandError(f"{cfg.state_dir}: {what}, not done ({describe_error(exc)})") from None
 
 
 def _check_domain(cfg: Config, address: str) -> None:

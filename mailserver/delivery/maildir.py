@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mailserver.delivery.groupsync import DirectorySync
+from mailserver.fsutil import with_path
 from mailserver.storage.maildirpp import (
     FILE_MODE,
     ensure_maildir,
@@ -225,6 +226,9 @@ class MaildirWriter:
                     _write_all(fd, views)
                     if self.fsync:
                         os.fsync(fd)
+                except OSError as exc:
+                    with_path(exc, tmp)
+                    raise
                 finally:
                     os.close(fd)
             except BaseException:

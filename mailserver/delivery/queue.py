@@ -97,6 +97,7 @@ class _Slot:
     removed: bool = False
     remove_requested: bool = False
     retry_at: float = 0.0  # after a failed bounce, write or delete: not before this
+    held: bool = False  # enqueued with hold=True and not yet released: never attempted
 
 
 class Queue:
@@ -208,8 +209,14 @@ class Queue:
         self._wakeup.set()
 
     async def enqueue(self, mail_from: str, recipients: Sequence[str], data: bytes, *,
-                      message_id: str = "") -> str:
-        """Queue a message durably; the returned ID means the message is on disk for good."""
+                      message_id: str = "", hold: bool = False) -> str:
+        """Queue a message durably; the returned ID means the message is on disk for good.
+
+        ``hold``: no attempt starts until :meth:`release` (or :meth:`remove`): for a
+        caller with more to do before the transaction is committed (submission's local
+        copies), so a failure there can take the message back before anything left.
+        A held message found on disk after a restart is an ordinary one.
+        """
         rcpts = list(dict.fromkeys(recipients))
         if not rcpts:
             raise ValueError("a message needs at least one recipient")
@@ -229,11 +236,19 @@ class Queue:
             message_id=message_id,
         )
         await asyncio.to_thread(self._write_new, entry, data)
-        self._add(entry)
+        self._add(entry, held=hold)
         log.info("queue %s: enqueued from=<%s> nrcpt=%d size=%d msgid=%s",
                  entry.id, mail_from, len(rcpts), len(data), entry.message_id or "-")
         self._wakeup.set()
         return entry.id
+
+    def release(self, queue_id: str) -> None:
+        """Let a message enqueued with ``hold=True`` be attempted."""
+        slot = self._slots.get(queue_id)
+        if slot is not None and slot.held:
+            slot.held = False
+            self._reschedule(slot)
+            self._wakeup.set()
 
     def list(self) -> list[QueueEntry]:
         """Snapshots of every queued message, oldest first."""
@@ -268,6 +283,10 @@ class Queue:
         if slot is None or slot.removed:
             return None
         snapshot = slot.entry.copy()
+        if slot.held:
+            # Never attempted: if the removal fails it is retried, not delivered.
+            slot.held = False
+            slot.remove_requested = True
         if slot.running:
             slot.remove_requested = True
         else:
@@ -295,12 +314,13 @@ class Queue:
                 # part): take a new one. O_EXCL guarantees we never wrote over it.
                 entry.id = store.new_queue_id(self.clock)
 
-    def _add(self, entry: QueueEntry) -> None:
+    def _add(self, entry: QueueEntry, *, held: bool = False) -> None:
         if entry.id in self._slots:
             return
-        slot = _Slot(entry)
+        slot = _Slot(entry, held=held)
         self._slots[entry.id] = slot
-        self._reschedule(slot)
+        if not held:
+            self._reschedule(slot)
 
     # ------------------------------------------------------------------ scheduling
 
@@ -347,7 +367,7 @@ class Queue:
                 heapq.heappop(self._heap)
                 slot = self._slots.get(qid)
                 # Stale heap items (rescheduled, running, removed) are skipped lazily.
-                if slot is None or slot.running or slot.removed or slot.due != due:
+                if slot is None or slot.running or slot.removed or slot.held or slot.due != due:
                     continue
                 slot.running = True
                 task = asyncio.create_task(self._process(slot), name=f"queue-{qid}")

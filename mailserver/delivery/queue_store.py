@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mailserver.fsutil import fsync_dir
+from mailserver.fsutil import fsync_dir, with_path
 
 log = logging.getLogger("pymaild.queue")
 
@@ -237,6 +237,9 @@ def _write_state_file(directory: Path, entry: QueueEntry) -> None:
     try:
         try:
             _write_fd(fd, entry.to_json())
+        except OSError as exc:
+            with_path(exc, tmp)
+            raise
         finally:
             os.close(fd)
         os.rename(tmp, state_path(directory, entry.id))
@@ -254,6 +257,9 @@ def write_new(directory: Path, entry: QueueEntry, data: bytes) -> None:
     try:
         try:
             _write_fd(fd, data)
+        except OSError as exc:
+            with_path(exc, path)
+            raise
         finally:
             os.close(fd)
         _write_state_file(directory, entry)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailserver.auth.login import AuthResult, loggable
+from mailserver.fsutil import describe_error, is_disk_full
 from mailserver.storage.fetchcache import FetchCache
 from mailserver.storage.index import ChangeSet, KeywordLimit, MailboxIndex, ReadOnlyMailbox
 from mailserver.storage.indexstore import CorruptIndex
@@ -181,11 +183,18 @@ class IMAPSession:
         except KeywordLimit as exc:
             self.out.write(fmt.tagged(cmd.tag, "NO", str(exc), code=exc.code))
             return Action.NONE
-        except OSError as exc:
-            # A full disk or a permission problem fails this command, not the session.
-            log.error("session=%s user=%s %s failed: %s", self.id, self.user, cmd.name, exc)
-            text = f"{cmd.name} failed: {exc.strerror or 'server error'}"
-            self.out.write(fmt.tagged(cmd.tag, "NO", text, code="SERVERBUG"))
+        except (OSError, sqlite3.OperationalError) as exc:
+            # A full disk or an I/O error (in a file or in a folder's SQLite index) fails
+            # this command, not the session. Disk full is [OVERQUOTA], as Dovecot says it.
+            full = is_disk_full(exc)
+            log.error("session=%s user=%s %s failed: %s", self.id, self.user, cmd.name, describe_error(exc))
+            if full:
+                self.out.write(fmt.tagged(cmd.tag, "NO", f"{cmd.name} failed: not enough disk space",
+                                          code=fmt.CODE_OVERQUOTA))
+            else:
+                reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+                self.out.write(fmt.tagged(cmd.tag, "NO", f"{cmd.name} failed: {reason or 'server error'}",
+                                          code="SERVERBUG"))
             return Action.RESUME if cmd.name in ("AUTHENTICATE", "IDLE", "STARTTLS") else Action.NONE
         return action or Action.NONE
 

@@ -12,12 +12,14 @@ Data flow for one message (each stage its own module):
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from ..auth.store import AccountStore
 from ..delivery.maildir import MaildirWriter
+from ..fsutil import describe_error, storage_failure_reply
 from ..metrics import Metrics
 from ..pipeline import trace
 from ..pipeline.authresults import strip_forged
@@ -105,7 +107,13 @@ class MXHandler:
             # quotes undone): there is no way to make a non-local domain look local.
             log.info("relay denied session=%s client=%s rcpt=%s", session.id, session.client_ip, event.raw)
             return (554, "5.7.1", f"<{address}>: Relay access denied")
-        accounts = await self.recipients.accounts_for(str(address))
+        try:
+            accounts = await self.recipients.accounts_for(str(address))
+        except (OSError, sqlite3.Error) as exc:
+            # The accounts database cannot be read (disk full, I/O error): try later.
+            log.error("recipient lookup failed session=%s rcpt=%s %s", session.id, event.raw,
+                      describe_error(exc))
+            return storage_failure_reply(exc, "Recipient lookup")
         if not accounts:
             log.info("unknown recipient session=%s client=%s rcpt=%s", session.id, session.client_ip,
                      event.raw)
@@ -191,10 +199,10 @@ class MXHandler:
                 for account, rcpt in per_account.items()
             ])
         except OSError as exc:
-            # Disk full, permissions...: nothing was promised, the sender retries.
-            log.error("%s outcome=deferred reason=%r", base, exc)
+            # Disk full, I/O error...: nothing was promised, the sender retries.
+            log.error("%s outcome=deferred reason=local-delivery %s", base, describe_error(exc))
             self.metrics.inc("messages_total", direction="in", result="deferred")
-            return (451, "4.3.0", "Local delivery failed, try again later")
+            return storage_failure_reply(exc, "Local delivery")
         self.accepted += 1
         self.metrics.inc("messages_total", direction="in",
                          result="junk" if folder else "delivered")

@@ -15,6 +15,7 @@ import asyncio
 import email.utils
 import logging
 import re
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from ..auth.passwords import PasswordChecker
 from ..auth.ratelimit import AuthThrottle
 from ..auth.store import AccountStore
 from ..delivery.maildir import MaildirWriter
+from ..fsutil import describe_error, storage_failure_reply
 from ..message import transport_problem
 from ..metrics import Metrics
 from ..pipeline import trace
@@ -70,6 +72,7 @@ class SubmissionHandler:
         writer: MaildirWriter,
         enqueue: Enqueue | None,
         unqueue: Unqueue | None = None,
+        release: Callable[[str], None] | None = None,
         sign: Sign | None = None,
         plus_separator: str = "+",
         postmaster: str = "",
@@ -89,6 +92,9 @@ class SubmissionHandler:
         self.writer = writer
         self.enqueue = enqueue
         self.unqueue = unqueue
+        # With ``enqueue`` holding what it queues: lets it go once the local copies are
+        # on disk, so a failed local copy takes the message back before it can leave.
+        self.release = release
         self.sign = sign
         self.plus_separator = plus_separator
         self.hide_client_ip = hide_client_ip
@@ -196,7 +202,13 @@ class SubmissionHandler:
         address = event.address
         rcpt = str(address)
         if address.domain in self.local_domains:
-            accounts = await self.recipients.accounts_for(rcpt)
+            try:
+                accounts = await self.recipients.accounts_for(rcpt)
+            except (OSError, sqlite3.Error) as exc:
+                # The accounts database cannot be read (disk full, I/O error): try later.
+                log.error("recipient lookup failed session=%s rcpt=%s %s", session.id, rcpt,
+                          describe_error(exc))
+                return storage_failure_reply(exc, "Recipient lookup")
             if not accounts:
                 return (550, "5.1.1", f"<{rcpt}>: Recipient address rejected: no such user")
             tx.local[rcpt] = accounts
@@ -253,8 +265,8 @@ class SubmissionHandler:
             try:
                 queue_id = await self.enqueue(tx.mail_from, tx.remote, data, msg_id)
             except OSError as exc:
-                log.error("%s outcome=deferred reason=%r", base, exc)
-                return (451, "4.3.0", "Could not queue the message, try again later")
+                log.error("%s outcome=deferred reason=queue %s", base, describe_error(exc))
+                return storage_failure_reply(exc, "Queueing the message")
         if tx.local:
             per_account: dict[str, str] = {}
             for rcpt, accounts in tx.local.items():
@@ -272,8 +284,16 @@ class SubmissionHandler:
                 # does not send the remote part twice.
                 if queue_id and self.unqueue is not None:
                     await self.unqueue(queue_id)
-                log.error("%s outcome=deferred reason=%r", base, exc)
-                return (451, "4.3.0", "Local delivery failed, try again later")
+                log.error("%s outcome=deferred reason=local-delivery %s", base, describe_error(exc))
+                return storage_failure_reply(exc, "Local delivery")
+            except BaseException:
+                # Cancelled (or a bug) with the local copies in an unknown state: the
+                # client retries and may get a duplicate, never a loss; send it.
+                if queue_id and self.release is not None:
+                    self.release(queue_id)
+                raise
+        if queue_id and self.release is not None:
+            self.release(queue_id)
         ms = (time.perf_counter() - started) * 1000
         log.info("%s outcome=accepted local=%d queued=%s ms=%.1f", base, len(tx.local),
                  queue_id or "-", ms)

@@ -62,6 +62,7 @@ from types import MappingProxyType
 from typing import BinaryIO, Literal, NamedTuple, cast
 
 from mailserver.delivery.maildir import maildir_hostname
+from mailserver.fsutil import with_path
 from mailserver.storage.indexstore import INDEX_FILE, CorruptIndex, IndexStore, Meta
 from mailserver.storage.keywords import KEYWORDS_FILE, DovecotKeywords
 from mailserver.storage.maildirname import (
@@ -505,10 +506,19 @@ class MailboxIndex:
             vanished: list[Message] = []
             updates: dict[int, Message] = {}
             if plan:
-                with self._commit(meta):
-                    changed, external, vanished, updates = self._store_apply(
-                        plan, meta, failed, sys_letters, kws, mode, unchanged_since
-                    )
+                done: list[tuple[str, str]] = []
+                try:
+                    with self._commit(meta):
+                        changed, external, vanished, updates = self._store_apply(
+                            plan, meta, failed, sys_letters, kws, mode, unchanged_since, done
+                        )
+                except BaseException:
+                    # The client hears NO and the index rolled back: put the names back
+                    # too, so the flags on disk stay what the index says (best effort).
+                    for old_name, new_name in reversed(done):
+                        with contextlib.suppress(OSError):
+                            os.rename(new_name, old_name)
+                    raise
             if updates:
                 self._own()[0].update(updates)
             if external:
@@ -528,10 +538,12 @@ class MailboxIndex:
         kws: list[str],
         mode: str,
         unchanged_since: int | None,
+        done: list[tuple[str, str]],
     ) -> tuple[list[int], list[int], list[Message], dict[int, Message]]:
         """Carry out a STORE inside its index transaction: ``(changed, changed by another
         program instead, vanished, new rows)``. The renames (~20 us each, the floor) come
-        first; nothing is committed before they are fsynced.
+        first; nothing is committed before they are fsynced. Each rename is added to
+        ``done`` as ``(old name, new name)``, for the caller to undo if the STORE fails.
 
         (Writing the rows in a worker thread during the renames was tried: on a busy
         2-core machine the GIL hand-offs ate the ~50 ms per 10k it could save.)
@@ -544,9 +556,11 @@ class MailboxIndex:
         rename = os.rename
         for m, _new, new_suffix in plan:
             if new_suffix is not None:
+                old_name, new_name = subs[m.sub] + m.base + m.suffix, cur + m.base + new_suffix
                 try:
-                    rename(subs[m.sub] + m.base + m.suffix, cur + m.base + new_suffix)
+                    rename(old_name, new_name)
                     renamed = True
+                    done.append((old_name, new_name))
                 except FileNotFoundError:
                     missed.append(m)  # renamed or deleted by another program meanwhile
         self._store.update(rows)
@@ -705,6 +719,7 @@ class MailboxIndex:
         self._check_message_keywords(len(kws))
         base = self._names.make(len(data))
         tmp = self.dir / "tmp" / base
+        placed: Path | None = None  # in cur/ but not yet in the index
         fd = os.open(tmp, _OPEN_FLAGS, FILE_MODE)
         try:
             try:
@@ -712,6 +727,9 @@ class MailboxIndex:
                 while view:
                     view = view[os.write(fd, view) :]
                 os.fsync(fd)
+            except OSError as exc:
+                with_path(exc, tmp)
+                raise
             finally:
                 os.close(fd)
             if internal_date is not None:
@@ -725,15 +743,20 @@ class MailboxIndex:
                 suffix = make_suffix(letters)
                 final = self.dir / "cur" / (base + suffix)
                 os.rename(tmp, final)
+                placed = final
                 fsync_dir(final.parent)
                 meta = self._meta_copy()
                 m = self._new_message(meta, base, "cur", suffix, len(data), final.stat().st_mtime, extra)
                 with self._commit(meta):
                     self._store.upsert([m])
+                placed = None
                 self._add(m)
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            # The client hears NO: the message must not turn up at the next sync either.
+            for leftover in (tmp, placed):
+                if leftover is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(leftover)
             raise
         return m.uid
 
@@ -752,6 +775,7 @@ class MailboxIndex:
                 if self._in_view(uid) and (m := self._entries.get(uid)) is not None
             ]
         staged: list[tuple[Message, frozenset[str], str, Path]] = []
+        placed: list[Path] = []  # in other's cur/ but not yet in its index
         try:
             for m, names in snap:
                 src = self.dir / m.sub / m.name
@@ -781,6 +805,7 @@ class MailboxIndex:
                     letters, extra = other._apply("", "", sys_letters, kw, "replace")
                     suffix = make_suffix(letters)
                     os.rename(tmp, other.dir / "cur" / (base + suffix))
+                    placed.append(other.dir / "cur" / (base + suffix))
                     rows.append(
                         other._new_message(meta, base, "cur", suffix, m.size, m.internal_date, extra)
                     )
@@ -788,13 +813,15 @@ class MailboxIndex:
                 fsync_dir(other.dir / "cur")
                 with other._commit(meta):
                     other._store.upsert(rows)
+                placed.clear()
                 for row in rows:
                     other._add(row)
             return pairs
         except BaseException:
-            for _m, _n, _b, tmp in staged:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
+            # The client hears NO: no copy may turn up at the next sync either.
+            for path in [tmp for _m, _n, _b, tmp in staged] + placed:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
             raise
 
     def release(self) -> None:
@@ -1558,9 +1585,17 @@ def _copy_durably(src: Path, dst: Path, mtime: float) -> None:
     with open(src, "rb") as fin:
         fd = os.open(dst, _OPEN_FLAGS, FILE_MODE)
         try:
-            with os.fdopen(fd, "wb", closefd=False) as fout:
-                shutil.copyfileobj(fin, fout, 1 << 20)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            try:
+                with os.fdopen(fd, "wb", closefd=False) as fout:
+                    shutil.copyfileobj(fin, fout, 1 << 20)
+                os.fsync(fd)
+            except OSError as exc:
+                with_path(exc, dst)
+                raise
+            finally:
+                os.close(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(dst)  # never a partial copy left in tmp/
+            raise
     os.utime(dst, (mtime, mtime))
