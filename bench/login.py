@@ -245,7 +245,8 @@ def dovecot_version() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=50, help="concurrent logins per phase (default 50)")
     parser.add_argument("--dovecot", action="store_true", help="also measure a Dovecot on loopback")
     parser.add_argument("--host", default="127.0.0.1")

@@ -123,3 +123,21 @@ def test_hash_made_under_an_older_policy_is_upgraded_on_login(tmp_path: Path) ->
     finally:
         passwords.close()
         store.close()
+
+
+def test_simultaneous_identical_logins_share_one_hash(env) -> None:  # type: ignore[no-untyped-def]
+    _, checker, metrics, _, _ = env
+
+    async def six() -> list[AuthResult]:
+        return await asyncio.gather(*(checker.check(f"192.0.2.{i}", USER, "right-password-1", "imaps")
+                                      for i in range(6)))
+
+    assert asyncio.run(six()) == [AuthResult.OK] * 6
+    assert counts(metrics) == {"ok": 1, "cached": 5, "failed": 0, "throttled": 0}
+    assert checker._inflight == {}
+
+    async def wrong() -> list[AuthResult]:
+        return await asyncio.gather(*(checker.check(f"192.0.2.{i}", USER, "nope", "imaps") for i in range(3)))
+
+    assert asyncio.run(wrong()) == [AuthResult.INVALID] * 3  # each one still a failure
+    assert counts(metrics)["failed"] == 3

@@ -41,7 +41,7 @@ class VerifiedCache:
     def enabled(self) -> bool:
         return self.ttl > 0
 
-    def _digest(self, account: str, password: str, stored_hash: str) -> bytes:
+    def digest(self, account: str, password: str, stored_hash: str) -> bytes:
         msg = b"\0".join((account.encode("utf-8", "surrogatepass"),
                           password.encode("utf-8", "surrogatepass"),
                           stored_hash.encode("utf-8", "surrogatepass")))
@@ -51,7 +51,7 @@ class VerifiedCache:
         """True if this exact (account, password, stored hash) was verified within ttl."""
         if not self.enabled:
             return False
-        digest = self._digest(account, password, stored_hash)
+        digest = self.digest(account, password, stored_hash)
         expiry = self._entries.get(digest)
         if expiry is None or expiry <= self.clock():
             if expiry is not None:
@@ -66,7 +66,7 @@ class VerifiedCache:
         """Remember a verification that succeeded (never call it for a failed one)."""
         if not self.enabled:
             return
-        digest = self._digest(account, password, stored_hash)
+        digest = self.digest(account, password, stored_hash)
         self._entries[digest] = self.clock() + self.ttl
         self._entries.move_to_end(digest)
         while len(self._entries) > self.max_entries:

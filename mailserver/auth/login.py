@@ -10,6 +10,7 @@ The order matters:
 2. the stored hash, read off the event loop (at every login, so a password changed or an
    account removed by another process counts at once);
 3. the cache of successful verifications (cache.py): a hit is a success without a hash;
+   identical checks running at the same moment share one hash;
 4. argon2 verification, which hashes even for unknown users, so timing does not reveal
    accounts. A success is cached (and the hash upgraded if the policy changed); a failure
    is counted, delayed by ``failure_delay``, and logged in the line fail2ban reads.
@@ -70,6 +71,7 @@ class LoginChecker:
         self.log = log
         self.cache = cache if cache is not None else VerifiedCache()
         self.policy = policy or LoginPolicy()
+        self._inflight: dict[bytes, asyncio.Future[bool]] = {}
 
     async def check(self, ip: str, user: str, password: str, listener: str) -> AuthResult:
         """``user`` as normalised by the caller (stripped, lower case)."""
@@ -85,14 +87,15 @@ class LoginChecker:
             if attempt.wait > 0:
                 await asyncio.sleep(attempt.wait)
             stored = await asyncio.to_thread(self.store.password_hash, user) if "@" in user else None
-            if stored is not None and self.cache.hit(user, password, stored):
+            if stored is None:
+                await self.passwords.verify(None, password)  # as long as a wrong password
+            elif self.cache.hit(user, password, stored):
                 ok = True
                 self.metrics.inc("auth_checks_total", result="cached")
-            elif await self.passwords.verify(stored, password):
-                assert stored is not None
-                ok = True
-                self.metrics.inc("auth_checks_total", result="ok")
-                self.cache.add(user, password, await self._upgrade(user, password, stored))
+            else:
+                ok, hashed = await self._verify_once(user, password, stored)
+                if ok:
+                    self.metrics.inc("auth_checks_total", result="ok" if hashed else "cached")
         finally:
             # Cancelled half way (the client left): counted as a failure, so hanging up
             # is no way around the budget.
@@ -104,6 +107,26 @@ class LoginChecker:
         self.log.warning("auth failed client=%s user=%s", ip, shown)  # fail2ban matches this line
         await self._delay()
         return AuthResult.INVALID
+
+    async def _verify_once(self, user: str, password: str, stored: str) -> tuple[bool, bool]:
+        """Verify, sharing the work with identical checks already running (Thunderbird
+        opens five or six connections at once with the same password: one hash, not six).
+        Returns (ok, whether this caller started the hash)."""
+        key = self.cache.digest(user, password, stored)
+        task = self._inflight.get(key)
+        if task is not None:
+            return await asyncio.shield(task), False
+        task = asyncio.ensure_future(self._verify_and_remember(user, password, stored))
+        self._inflight[key] = task
+        task.add_done_callback(lambda _: self._inflight.pop(key, None))
+        # shield: a client that leaves must not cancel the check others wait for.
+        return await asyncio.shield(task), True
+
+    async def _verify_and_remember(self, user: str, password: str, stored: str) -> bool:
+        if not await self.passwords.verify(stored, password):
+            return False
+        self.cache.add(user, password, await self._upgrade(user, password, stored))
+        return True
 
     async def _delay(self) -> None:
         if self.policy.failure_delay > 0:
