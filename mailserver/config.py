@@ -248,7 +248,7 @@ class SubmissionConfig:
     auth_max_wait: float = field(default=1.0, metadata=_parser(parse_duration))
     auth_failure_delay: float = field(default=0.5, metadata=_parser(parse_duration))
     max_auth_failures_per_connection: int = field(default=3, metadata=_parser(_positive_int))
-    auth_throttle_max_entries: int = field(default=100_000, metadata=_parser(_positive_int))
+    auth_throttle_max_entries: int = field(default=50_000, metadata=_parser(_positive_int))
     auth_cache_ttl: float = field(default=3600.0, metadata=_parser(parse_duration))  # 0 = no cache
     auth_cache_max_entries: int = field(default=10_000, metadata=_parser(_positive_int))
 

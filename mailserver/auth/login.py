@@ -12,7 +12,7 @@ The order matters:
 3. the cache of successful verifications (cache.py): a hit is a success without a hash;
    identical checks running at the same moment share one hash;
 4. argon2 verification, which hashes even for unknown users, so timing does not reveal
-   accounts. A success is cached (and the hash upgraded if the policy changed); a failure
+   accounts. A success is cached (and the hash redone if the parameters changed); a failure
    is counted, delayed by ``failure_delay``, and logged in the line fail2ban reads.
 
 A miss in step 3 is never answered faster than a full check, and steps 1 and 3 come in
@@ -141,7 +141,7 @@ class LoginChecker:
         try:
             fresh = await self.passwords.hash(password)
             if await asyncio.to_thread(self.store.replace_password_hash, user, stored, fresh):
-                self.log.info("password hash upgraded user=%s", loggable(user))
+                self.log.info("password rehashed with the current parameters user=%s", loggable(user))
                 return fresh
         except Exception as exc:  # an upgrade must never fail a good login
             self.log.error("password hash upgrade failed user=%s: %s", loggable(user), exc)

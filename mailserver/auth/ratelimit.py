@@ -37,7 +37,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -48,11 +48,16 @@ class Refusal(enum.Enum):
     ACCOUNT = "account"  # the account's suspect lane has no slot within max_wait
 
 
-@dataclass
 class _Record:
-    failures: deque[float]
-    pending: int = 0
-    next_slot: float = 0.0  # accounts only: when the next suspect check may start
+    """Failure times (oldest first, at most the table's ``maxlen``), attempts in progress,
+    and for accounts the next suspect check slot. Small: ~200 bytes with one failure."""
+
+    __slots__ = ("failures", "next_slot", "pending")
+
+    def __init__(self) -> None:
+        self.failures: list[float] = []
+        self.pending = 0
+        self.next_slot = 0.0
 
 
 @dataclass
@@ -99,12 +104,18 @@ class _Table:
     def touch(self, key: str) -> _Record:
         rec = self.records.get(key)
         if rec is None:
-            rec = self.records[key] = _Record(deque(maxlen=self.maxlen))
+            rec = self.records[key] = _Record()
             while len(self.records) > self.max_entries:
                 self.records.popitem(last=False)  # least recently used
         else:
             self.records.move_to_end(key)
         return rec
+
+    def add_failure(self, key: str, when: float) -> None:
+        failures = self.touch(key).failures
+        failures.append(when)
+        if len(failures) > self.maxlen:
+            del failures[0]
 
     def count(self, key: str, horizon: float, now: float) -> int:
         rec = self.get(key, horizon, now)
@@ -122,8 +133,8 @@ class _Table:
 
 def _expire(rec: _Record, horizon: float) -> None:
     failures = rec.failures
-    while failures and failures[0] < horizon:
-        failures.popleft()
+    if failures and failures[0] < horizon:
+        rec.failures = [t for t in failures if t >= horizon]
 
 
 class AuthThrottle:
@@ -138,7 +149,7 @@ class AuthThrottle:
         account_delay_growth: float = 2.0,
         account_delay_max: float = 60.0,
         max_wait: float = 1.0,
-        max_entries: int = 100_000,
+        max_entries: int = 50_000,
         clock: Callable[[], float] = time.monotonic,
         # Old name of account_delay_after (until 0.x the account was refused past it).
         max_failures_per_account: int | None = None,
@@ -238,7 +249,7 @@ class AuthThrottle:
         pair = f"{attempt.ip} {attempt.account}"
         for table, key in ((self._ip, attempt.ip), (self._pair, pair), (self._account, attempt.account)):
             self._release(table, key)
-            table.touch(key).failures.append(now)
+            table.add_failure(key, now)
 
     def failure(self, ip: str, account: str | None) -> None:
         """Count a failure that needed no password check (e.g. a foreign authzid)."""
@@ -247,7 +258,7 @@ class AuthThrottle:
             self.failed(attempt)
         else:
             attempt.done = True
-            self._ip.touch(attempt.ip).failures.append(self.clock())
+            self._ip.add_failure(attempt.ip, self.clock())
 
     @staticmethod
     def _release(table: _Table, key: str) -> None:
