@@ -19,6 +19,10 @@ m=64 MiB, t=3, p=1), auth cache on, and the ratio is printed.
                                           # against a running server, one account
 
 Loopback only. It prints figures; nothing here is a test.
+
+Measured December 2026 on the 2-core VM, shared with other jobs (load average ~8), N=20,
+logins/s: pymaild cold 31, warm 345, wrong 32; Dovecot 2.3.19 cold 3.5, warm 3.9, wrong
+3.1 (9x, 89x, 10x). N=50, pymaild alone: cold 20, warm 320, wrong 22.
 """
 
 from __future__ import annotations
