@@ -162,6 +162,12 @@ def _positive_int(value: object) -> int:
     return value
 
 
+def _growth(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 1 <= value <= 10:
+        raise ValueError(f"expected a number from 1 to 10, got {value!r}")
+    return float(value)
+
+
 def _selector(value: object) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"[a-zA-Z0-9](?:[a-zA-Z0-9._-]{0,62})", value):
         raise ValueError(f"{value!r} is not a valid DKIM selector (letters, digits, - _ .)")
@@ -233,9 +239,21 @@ class SubmissionConfig:
     """Ports 587/465: authenticated clients sending mail."""
 
     hide_client_ip: bool = True  # Received header without the user's IP (privacy)
+    # ---- logins, for submission and IMAP alike (auth/ratelimit.py, auth/cache.py)
     max_auth_failures_per_ip: int = field(default=10, metadata=_parser(_positive_int))
+    max_auth_failures_per_ip_account: int = field(default=5, metadata=_parser(_positive_int))
+    # Past this many failures (all addresses) the account's suspect lane is spaced out.
     max_auth_failures_per_account: int = field(default=10, metadata=_parser(_positive_int))
     auth_failure_window: float = field(default=900.0, metadata=_parser(_positive_duration))
+    auth_account_delay: float = field(default=1.0, metadata=_parser(parse_duration))
+    auth_account_delay_growth: float = field(default=2.0, metadata=_parser(_growth))
+    auth_account_delay_max: float = field(default=60.0, metadata=_parser(parse_duration))
+    auth_max_wait: float = field(default=1.0, metadata=_parser(parse_duration))
+    auth_failure_delay: float = field(default=0.5, metadata=_parser(parse_duration))
+    max_auth_failures_per_connection: int = field(default=3, metadata=_parser(_positive_int))
+    auth_throttle_max_entries: int = field(default=50_000, metadata=_parser(_positive_int))
+    auth_cache_ttl: float = field(default=3600.0, metadata=_parser(parse_duration))  # 0 = no cache
+    auth_cache_max_entries: int = field(default=10_000, metadata=_parser(_positive_int))
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import sdnotify
+from .auth.cache import VerifiedCache
+from .auth.login import LoginPolicy
 from .auth.passwords import PasswordChecker
 from .auth.ratelimit import AuthThrottle
 from .auth.store import AccountStore
@@ -175,9 +177,7 @@ def build(cfg: Config) -> Components:
 
     passwords = PasswordChecker()
     sub = cfg.submission
-    throttle = AuthThrottle(max_failures_per_ip=sub.max_auth_failures_per_ip,
-                            max_failures_per_account=sub.max_auth_failures_per_account,
-                            window=sub.auth_failure_window)
+    throttle, login_cache, login_policy = build_login_limits(cfg)
     submission_handler = SubmissionHandler(
         hostname=cfg.hostname,
         local_domains=cfg.local_domains,
@@ -185,6 +185,8 @@ def build(cfg: Config) -> Components:
         store=store,
         passwords=passwords,
         throttle=throttle,
+        login_cache=login_cache,
+        login_policy=login_policy,
         writer=writer,
         enqueue=lambda sender, rcpts, data, msg_id: queue.enqueue(sender, rcpts, data, message_id=msg_id,
                                                                   hold=True),
@@ -199,20 +201,42 @@ def build(cfg: Config) -> Components:
         recipients=recipients,
     )
     submission_params = dataclasses.replace(params, auth_mechanisms=("PLAIN", "LOGIN"),
-                                            auth_requires_tls=True)
+                                            auth_requires_tls=True,
+                                            max_auth_failures=sub.max_auth_failures_per_connection)
     submission = SMTPEndpoint("submission", submission_params, submission_handler, limits,
                               tls_context=tls.listener_context, metrics=metrics)
     metrics.gauge("queue_messages", lambda: len(queue.list()))
     metrics.gauge("queue_oldest_age_seconds", lambda: _oldest_age(queue))
-    imap = build_imap(cfg, store, passwords, throttle, tls, metrics)
+    imap = build_imap(cfg, store, passwords, throttle, tls, metrics, login_cache, login_policy)
     # New mail reaches IDLEing clients at once, not at the next poll.
     writer.listeners.append(lambda folders: imap.backend.hub.changed(folders))
     return Components(tls, store, resolver, writer, passwords, mx, submission, queue, keys,
                       submission_handler, metrics, imap)
 
 
+def build_login_limits(cfg: Config) -> tuple[AuthThrottle, VerifiedCache, LoginPolicy]:
+    """The failed-login throttle and the cache of good logins, shared by submission and IMAP."""
+    sub = cfg.submission
+    throttle = AuthThrottle(
+        max_failures_per_ip=sub.max_auth_failures_per_ip,
+        max_failures_per_pair=sub.max_auth_failures_per_ip_account,
+        account_delay_after=sub.max_auth_failures_per_account,
+        window=sub.auth_failure_window,
+        account_delay=sub.auth_account_delay,
+        account_delay_growth=sub.auth_account_delay_growth,
+        account_delay_max=sub.auth_account_delay_max,
+        max_wait=sub.auth_max_wait,
+        max_entries=sub.auth_throttle_max_entries,
+    )
+    cache = VerifiedCache(ttl=sub.auth_cache_ttl, max_entries=sub.auth_cache_max_entries)
+    policy = LoginPolicy(failure_delay=sub.auth_failure_delay,
+                         max_failures_per_connection=sub.max_auth_failures_per_connection)
+    return throttle, cache, policy
+
+
 def build_imap(cfg: Config, store: AccountStore, passwords: PasswordChecker, throttle: AuthThrottle,
-               tls: TLSManager, metrics: Metrics) -> IMAPEndpoint:
+               tls: TLSManager, metrics: Metrics, login_cache: VerifiedCache | None = None,
+               login_policy: LoginPolicy | None = None) -> IMAPEndpoint:
     c = cfg.imap
     limits = IMAPLimits(
         max_line_length=c.max_line_length, max_append_size=c.max_append_size,
@@ -226,7 +250,8 @@ def build_imap(cfg: Config, store: AccountStore, passwords: PasswordChecker, thr
     MailboxIndex.max_keywords_per_folder = c.max_keywords_per_folder
     MailboxTree.max_folders = c.max_folders
     backend = IMAPBackend(hostname=cfg.hostname, store=store, passwords=passwords, throttle=throttle,
-                          limits=limits, hub=MailboxHub(c.poll_interval), metrics=metrics)
+                          limits=limits, hub=MailboxHub(c.poll_interval), metrics=metrics,
+                          login_cache=login_cache, login_policy=login_policy)
     metrics.gauge("imap_sessions", lambda: sum(backend.sessions_per_user.values()))
     return IMAPEndpoint(backend, tls_context=tls.listener_context)
 

@@ -34,6 +34,8 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "check_results_total": ("Inbound check results, by check (spf, dkim, dmarc) and result.",
                             ("check", "result")),
     "auth_failures_total": ("Failed SMTP/IMAP authentications, by listener.", ("listener",)),
+    "auth_checks_total": ("Login attempts by outcome: ok (argon2), cached (no hash), failed, "
+                          "throttled (refused without a check).", ("result",)),
     "delivery_attempts_total": ("Remote delivery attempts, by result (sent, temp, perm).", ("result",)),
 }
 GAUGES: dict[str, str] = {

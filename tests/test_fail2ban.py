@@ -264,3 +264,13 @@ def test_lines_that_only_mention_a_client_never_match(log_lines: list[str]) -> N
     innocent = [line for line in log_lines if "connect session=" in line or "auth session=" in line]
     assert any(f"client={LEGIT}" in line for line in innocent)
     assert python_matches(innocent, "aggressive") == {}
+
+
+def test_login_refused_without_tls_is_not_a_failure() -> None:
+    # A client set up without STARTTLS is misconfigured, not hostile: logged, never banned.
+    lines = [
+        "WARNING pymaild.imap: login refused without TLS session=4cb430ca0a9c client=192.0.2.1 command=LOGIN",
+        "WARNING pymaild.smtp: login refused without TLS mechanism=PLAIN code=538 listener=submission"
+        " session=ab12 client=192.0.2.1",
+    ]
+    assert python_matches(lines, "aggressive") == {}

@@ -635,7 +635,10 @@ def test_failed_logins_are_throttled(ca, tmp_path):
         for i in range(3):
             assert raw.cmd(b"a%d" % i, f"LOGIN {user} wrong{i}".encode())[-1].startswith(
                 b"a%d NO [AUTHENTICATIONFAILED]" % i)
+        assert raw.readline() == b"* BYE too many failed logins\r\n"  # 3 on one connection
+        raw.close()
         # now even the right password is refused from this address
+        raw = RawIMAP(d.imaps_port, tls=client_ctx(ca))
         assert raw.cmd(b"b", f"LOGIN {user} {PASSWORD}".encode())[-1].startswith(b"b NO [UNAVAILABLE]")
         assert "auth throttled client=127.0.0.1" in d.wait_log("auth throttled client=127.0.0.1")
         raw.close()

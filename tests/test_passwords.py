@@ -22,10 +22,17 @@ CHEAP = make_hasher(time_cost=1, memory_cost_kib=8, parallelism=1)
 
 def test_default_hash_is_argon2id_with_production_parameters() -> None:
     h = hash_password("correct horse")
-    assert h.startswith("$argon2id$v=19$m=65536,t=3,p=4$")
+    assert h.startswith("$argon2id$v=19$m=19456,t=2,p=1$")  # OWASP's argon2id recommendation
     assert verify_password(h, "correct horse")
     assert not verify_password(h, "correct horse ")
     assert not needs_rehash(h)
+
+
+def test_hashes_of_the_old_default_still_verify_and_need_a_rehash() -> None:
+    old = make_hasher(time_cost=3, memory_cost_kib=65536, parallelism=4).hash("correct horse")
+    assert old.startswith("$argon2id$v=19$m=65536,t=3,p=4$")  # argon2-cffi's default, until now
+    assert verify_password(old, "correct horse")
+    assert needs_rehash(old)
 
 
 def test_roundtrip_wrong_password_and_salt() -> None:

@@ -1132,6 +1132,25 @@ def test_auth_failure_counts_as_error() -> None:
     assert c.conn.closed
 
 
+def test_too_many_failed_auths_on_one_connection_close_it() -> None:
+    c = auth_client(plain_ok, max_errors=20, max_auth_failures=3)
+    bad = base64.b64encode(b"\0alice\0wrong")
+    out = b"".join(c.feed(b"AUTH PLAIN " + bad + b"\r\n") for _ in range(2))
+    assert codes(out) == ["535 5.7.8", "535 5.7.8"] and not c.conn.closed
+    out = c.feed(b"AUTH PLAIN " + bad + b"\r\n")
+    assert out.endswith(b"421 4.7.0 mx.example too many failed logins on this connection, closing\r\n")
+    assert codes(out) == ["535 5.7.8", "421 4.7.0"] and c.conn.closed
+
+
+def test_auth_refused_without_tls_leaves_a_notice_for_the_log() -> None:
+    c = ready(auth_mechanisms=("PLAIN",), tls_available=True)
+    c.feed(b"AUTH PLAIN " + PLAIN_IR + b"\r\n")
+    c.feed(b"AUTH X\x01Y\r\n")
+    assert c.conn.take_notices() == ["login refused without TLS mechanism=PLAIN code=538",
+                                     "login refused without TLS mechanism=? code=538"]
+    assert c.conn.take_notices() == []
+
+
 def test_auth_success_via_reply_is_a_protocol_error_and_keeps_exchange() -> None:
     conn = auth_client(plain_ok).conn
     conn.receive_data(b"AUTH PLAIN " + PLAIN_IR + b"\r\n")

@@ -296,6 +296,17 @@ class AccountStore:
             if cur.rowcount == 0:
                 raise NoSuchAccount(f"no account {addr}")
 
+    def replace_password_hash(self, address: str, old_hash: str, new_hash: str) -> bool:
+        """Store ``new_hash`` only if the stored hash is still ``old_hash`` (an upgrade
+        after login must not undo a password change made meanwhile). True if replaced."""
+        addr = normalize_address(address)
+        with self._writing() as c:
+            cur = c.execute(
+                "UPDATE accounts SET password_hash = ? WHERE address = ? AND password_hash = ?",
+                (new_hash, addr, old_hash),
+            )
+            return cur.rowcount == 1
+
     def set_disabled(self, address: str, disabled: bool) -> None:
         """Disable (no login; mail is still delivered) or re-enable an account."""
         addr = normalize_address(address)

@@ -6,7 +6,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailserver.auth.login import AuthResult, LoginChecker
+from mailserver.auth.cache import VerifiedCache
+from mailserver.auth.login import AuthResult, LoginChecker, LoginPolicy
 from mailserver.auth.passwords import PasswordChecker
 from mailserver.auth.ratelimit import AuthThrottle
 from mailserver.auth.store import AccountStore
@@ -43,7 +44,8 @@ class IMAPLimits:
 class IMAPBackend:
     def __init__(self, *, hostname: str, store: AccountStore, passwords: PasswordChecker,
                  throttle: AuthThrottle, limits: IMAPLimits | None = None, hub: MailboxHub | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, login_cache: VerifiedCache | None = None,
+                 login_policy: LoginPolicy | None = None) -> None:
         self.hostname = hostname
         self.store = store
         self.passwords = passwords
@@ -52,7 +54,8 @@ class IMAPBackend:
         self.hub = hub or MailboxHub()
         self.metrics = metrics or Metrics()
         self.sessions_per_user: dict[str, int] = {}
-        self.logins = LoginChecker(store, passwords, throttle, self.metrics, log)
+        self.logins = LoginChecker(store, passwords, throttle, self.metrics, log, cache=login_cache,
+                                   policy=login_policy)
 
     async def authenticate(self, ip: str, user: str, password: str, listener: str) -> AuthResult:
         return await self.logins.check(ip, user.strip().lower(), password, listener)

@@ -131,6 +131,7 @@ class ServerParams:
     tls_active: bool = False  # connection is already TLS (port 465)
     auth_mechanisms: tuple[str, ...] = ()  # e.g. ("PLAIN", "LOGIN"); empty = no AUTH
     auth_requires_tls: bool = True
+    max_auth_failures: int = 3  # failed AUTH exchanges (535) per connection, then 421 and close
     reject_bare_newlines: bool = True
     greeting_text: str = "ESMTP pymaild"
 
@@ -186,6 +187,10 @@ class ServerConnection:
         self.authenticated_as: str | None = None
         self.transaction = _Transaction()
         self.errors = 0
+        self.auth_failures = 0
+        # Things worth a log line that the core decided alone (e.g. AUTH before STARTTLS);
+        # the I/O side logs them after next_event() (take_notices).
+        self._notices: list[str] = []
         self._in = bytearray()
         self._out: list[bytes] = []
         self._pending: str | None = None  # name of the event awaiting a reply
@@ -317,7 +322,17 @@ class ServerConnection:
         self._send(Reply(code, status, text))
         if code == 421:
             self._close("closing after 421")
-        elif count_error:
+            return
+        if pending == "AUTH" and code == 535:
+            self.auth_failures += 1
+            if self.auth_failures >= self.params.max_auth_failures:
+                # Like Dovecot and Postfix: a few wrong passwords, then the client must
+                # reconnect (and go through the per-address throttle again).
+                self._send(Reply(421, "4.7.0", f"{self.params.hostname} too many failed logins"
+                                 " on this connection, closing"))
+                self._close("too many failed logins")
+                return
+        if count_error:
             self._count_error()
 
     def auth_succeeded(self, user: str) -> None:
@@ -345,6 +360,11 @@ class ServerConnection:
         self._reset_transaction()
         self._in.clear()
         self._discarding_long_line = False
+
+    def take_notices(self) -> list[str]:
+        """Log-worthy decisions the core took on its own since the last call."""
+        notices, self._notices = self._notices, []
+        return notices
 
     def close_with(self, code: int, status: str, text: str) -> None:
         """Unsolicited reply then close (timeouts, shutdown): 421 4.4.2 etc. No-op once closed."""
@@ -638,6 +658,9 @@ class ServerConnection:
             self._error(502, "5.5.1", "AUTH not available")
             return None
         if self.params.auth_requires_tls and not self.tls:
+            mech = arg.partition(" ")[0].upper()
+            shown = mech if mech.isalnum() and len(mech) <= 20 else "?"
+            self._notices.append(f"login refused without TLS mechanism={shown} code=538")
             self._error(538, "5.7.11", "Encryption required for requested authentication mechanism")
             return None
         if self.state is State.CONNECTED:

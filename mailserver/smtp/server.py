@@ -292,6 +292,10 @@ class _SMTPProtocol(asyncio.Protocol):
             self.transport.write(conn.greeting())
             while not self._closed:
                 event = conn.next_event()
+                for notice in conn.take_notices():
+                    # e.g. AUTH before STARTTLS: a misconfigured client. Not a fail2ban line.
+                    log.warning("%s listener=%s session=%s client=%s", notice, self.endpoint.name,
+                                session.id, session.client_ip)
                 if event is p.NEED_DATA or not isinstance(event, p.Helo | p.MailFrom | p.RcptTo):
                     # RFC 2920: replies may wait while pipelined commands are still being
                     # processed; send them before waiting for input or doing slow work

@@ -1,6 +1,7 @@
 """The submission endpoint's policy (587 STARTTLS, 465 implicit TLS), RFC 6409 / 8314.
 
-    AUTH  -> password check off the loop, throttled per IP and per account   535 5.7.8 / 421
+    AUTH  -> throttle, cache of good logins, argon2 off the loop             535 5.7.8 / 421
+             (auth/login.py); 3 failures on one connection: 535 then 421
     MAIL  -> authenticated? owns the address?                               530 5.7.0 / 553 5.7.1
     RCPT  -> local: must exist (550 5.1.1); remote: allowed (authenticated)
     DATA  -> no NUL, no line over 998 octets (what the next hop gets)       554 5.6.0
@@ -20,7 +21,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from ..auth.login import AuthResult, LoginChecker
+from ..auth.cache import VerifiedCache
+from ..auth.login import AuthResult, LoginChecker, LoginPolicy
 from ..auth.passwords import PasswordChecker
 from ..auth.ratelimit import AuthThrottle
 from ..auth.store import AccountStore
@@ -70,6 +72,8 @@ class SubmissionHandler:
         passwords: PasswordChecker,
         throttle: AuthThrottle,
         writer: MaildirWriter,
+        login_cache: VerifiedCache | None = None,
+        login_policy: LoginPolicy | None = None,
         enqueue: Enqueue | None,
         unqueue: Unqueue | None = None,
         release: Callable[[str], None] | None = None,
@@ -88,7 +92,8 @@ class SubmissionHandler:
         self.store = store
         self.passwords = passwords
         self.throttle = throttle
-        self.logins = LoginChecker(store, passwords, throttle, self.metrics, log)
+        self.logins = LoginChecker(store, passwords, throttle, self.metrics, log, cache=login_cache,
+                                   policy=login_policy)
         self.writer = writer
         self.enqueue = enqueue
         self.unqueue = unqueue
