@@ -78,6 +78,19 @@ class Flood:
         # Every connection has been through admission once its first bytes arrive.
         self.first = [s.recv(4096) for s in self.socks]
 
+    def goodbyes(self) -> int:
+        """How many flood connections were told they are closed to make room."""
+        n = 0
+        time.sleep(0.2)
+        for s, first in zip(self.socks, self.first, strict=True):
+            s.settimeout(0.001)
+            data = first
+            with contextlib.suppress(OSError):
+                while piece := s.recv(4096):
+                    data += piece
+            n += b"closing idle session" in data
+        return n
+
     def close(self) -> None:
         for s in self.socks:
             with contextlib.suppress(OSError):
@@ -149,6 +162,7 @@ def test_real_client_gets_through_a_full_table_at_once(floodd: PymaildProcess, c
         print(f"{kind}: real transaction during the flood took {elapsed:.3f}s")
         assert elapsed < 1.0, f"{kind}: the real transaction took {elapsed:.2f}s"
         assert "evict session=" in floodd.wait_log("evict session=")
+        assert flood.goodbyes() > 0  # evicted with a word, not a silent close
     finally:
         flood.close()
 
@@ -169,6 +183,7 @@ def test_logged_in_idle_session_survives_a_flood(floodd: PymaildProcess, ca: Tes
     flood = Flood(port, ctx, 6, PER_IP)
     more = Flood(port, ctx, 10, 10)
     try:
+        real_transaction(floodd, "imaps", ctx, new_account(floodd))  # the flood gives way to it
         sock.sendall(b"DONE\r\n")
         while not (line := f.readline()).startswith(b"c "):
             assert line, "the IDLE session was closed"
@@ -177,3 +192,141 @@ def test_logged_in_idle_session_survives_a_flood(floodd: PymaildProcess, ca: Tes
         flood.close()
         more.close()
         sock.close()
+
+
+# ---------------------------------------------------------------------------- stress timeouts, bad clients
+
+
+@pytest.fixture(scope="module")
+def stressd(ca: TestCA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PymaildProcess]:
+    d = flood_daemon(tmp_path_factory.mktemp("stressd"), ca, stress={"threshold": 0.5, "idle_timeout": "1s"},
+                     smtp={"max_connections": 40, "greeting_delay": "300ms", "data_deadline": "4s",
+                           "data_min_rate": 1000, "data_rate_grace": "1s"},
+                     imap={"max_connections": 40})
+    yield d
+    d.stop()
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bytes:
+    """Everything the server sends until it closes, failing if that takes over ``seconds``."""
+    sock.settimeout(seconds)
+    data = b""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            piece = sock.recv(4096)
+        except TimeoutError:
+            break
+        if not piece:
+            return data
+        data += piece
+    raise AssertionError(f"still open after {seconds}s; got {data!r}")
+
+
+@pytest.mark.parametrize("kind", ["smtp", "imaps"])
+def test_under_stress_silent_connections_get_a_short_timeout(stressd: PymaildProcess, ca: TestCA,
+                                                             kind: str) -> None:
+    port = stressd.ports[kind]  # type: ignore[attr-defined]
+    tls = client_ctx(ca) if kind == "imaps" else None
+    busy = None
+    if kind == "smtp":  # a connection inside a transaction keeps the normal timeout
+        busy = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.5.1", 0))
+        bf = busy.makefile("rb")
+        assert bf.readline().startswith(b"220 ")
+        busy.sendall(b"EHLO busy.example\r\n")
+        while not bf.readline().startswith(b"250 "):
+            pass
+        busy.sendall(b"MAIL FROM:<a@elsewhere.example>\r\n")
+        assert bf.readline().startswith(b"250 ")
+    flood = Flood(port, tls, 2, 15)  # 30 of 40: stress from 20 on
+    try:
+        started = time.monotonic()
+        for s in flood.socks:
+            goodbye = _closed_within(s, 5.0)  # not the 5-minute command timeout
+            assert b"421 4.4.2" in goodbye or b"* BYE" in goodbye, goodbye
+        assert time.monotonic() - started < 5.0
+        if busy is not None:
+            busy.sendall(b"RSET\r\n")
+            assert bf.readline().startswith(b"250 "), "a connection in a transaction was cut off"
+    finally:
+        flood.close()
+        if busy is not None:
+            busy.close()
+
+
+def test_smtp_client_talking_before_the_greeting_is_cut_off(stressd: PymaildProcess) -> None:
+    sock = socket.create_connection(("127.0.0.1", stressd.port), timeout=10)
+    sock.sendall(b"EHLO spambot.example\r\n")  # no wait for the 220
+    reply = _closed_within(sock, 3.0)
+    sock.close()
+    assert reply.startswith(b"554 5.5.1 ") and b"220" not in reply, reply
+
+
+@pytest.mark.parametrize("first", [b"GET / HTTP/1.1\r\nHost: mx.example.test\r\n\r\n",
+                                   b"CONNECT 10.0.0.1:25 HTTP/1.1\r\n\r\n", b"USER alice\r\n"])
+def test_smtp_http_or_pop3_first_line_is_cut_off(stressd: PymaildProcess, first: bytes) -> None:
+    sock = socket.create_connection(("127.0.0.1", stressd.port), timeout=10)
+    f = sock.makefile("rb")
+    assert f.readline().startswith(b"220 ")
+    sock.sendall(first)
+    reply = _closed_within(sock, 2.0)
+    sock.close()
+    assert reply.startswith(b"554 5.5.1 ") and reply.count(b"\r\n") == 1, reply
+
+
+@pytest.mark.parametrize("kind", ["imap", "imaps"])
+def test_imap_http_first_line_is_cut_off(stressd: PymaildProcess, ca: TestCA, kind: str) -> None:
+    sock = socket.create_connection(("127.0.0.1", stressd.ports[kind]), timeout=10)  # type: ignore[attr-defined]
+    if kind == "imaps":
+        sock = client_ctx(ca).wrap_socket(sock)
+    f = sock.makefile("rb")
+    assert f.readline().startswith(b"* OK")
+    sock.sendall(b"GET /favicon.ico HTTP/1.1\r\nHost: mx.example.test\r\n\r\n")
+    reply = _closed_within(sock, 2.0)
+    sock.close()
+    assert reply.startswith(b"* BYE") and reply.count(b"\r\n") == 1, reply
+
+
+def _start_data(port: int) -> tuple[socket.socket, Any]:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    f = sock.makefile("rb")
+    assert f.readline().startswith(b"220 ")
+    sock.sendall(b"EHLO slow.example\r\n")
+    while not f.readline().startswith(b"250 "):
+        pass
+    for command in (b"MAIL FROM:<a@elsewhere.example>", b"RCPT TO:<alice@example.test>", b"DATA"):
+        sock.sendall(command + b"\r\n")
+        assert f.readline()[:1] in (b"2", b"3")
+    return sock, f
+
+
+def _drip(sock: socket.socket, piece: bytes, every: float, limit: float) -> tuple[bytes, float]:
+    """Send ``piece`` every ``every`` seconds until the server answers; (answer, seconds)."""
+    started = time.monotonic()
+    sock.setblocking(False)
+    while time.monotonic() - started < limit:
+        try:
+            answer = sock.recv(4096)
+            return answer, time.monotonic() - started
+        except BlockingIOError:
+            pass
+        with contextlib.suppress(BlockingIOError, BrokenPipeError, ConnectionResetError):
+            sock.send(piece)
+        time.sleep(every)
+    raise AssertionError(f"DATA still open after {limit}s")
+
+
+def test_data_drip_is_cut_off_by_the_minimum_rate(stressd: PymaildProcess) -> None:
+    sock, _f = _start_data(stressd.port)
+    answer, took = _drip(sock, b"x", 0.2, 15.0)  # 5 bytes/s against a minimum of 1000 after 1s
+    sock.close()
+    assert answer.startswith(b"421 4.4.2 ") and b"too slow" in answer, answer
+    assert took < 4.0
+
+
+def test_data_total_deadline(stressd: PymaildProcess) -> None:
+    sock, _f = _start_data(stressd.port)
+    answer, took = _drip(sock, b"y" * 78 + b"\r\n", 0.01, 15.0)  # 8 KB/s: fast enough, but endless
+    sock.close()
+    assert answer.startswith(b"421 4.4.2 ") and b"too long" in answer, answer
+    assert 3.0 < took < 8.0

@@ -239,10 +239,10 @@ class _IMAPProtocol(asyncio.Protocol, Output):
         """The connection table is full and this session is the idlest of the busiest address."""
         log.info("evict session=%s client=%s (connection table full)", self.id,
                  self.session.client_ip if self.session else "?")
-        self.endpoint.backend.metrics.inc("connections_evicted_total", listener="imap")
         if not self._closed:
             self.write(fmt.untagged_status("BYE", "too many connections, closing idle session"))
         self._close_now()
+        self.endpoint.backend.metrics.inc("connections_evicted_total", listener="imap")
 
     # ---------------------------------------------------------------- control
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import time
 import typing
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 S = typing.TypeVar("S")
+log = logging.getLogger("pymaild.net")
 
 
 class Member(Protocol):
@@ -102,8 +104,10 @@ class ConnectionTable:
                 return "too many connections"
             self.release(victim)
             self.evictions += 1
-            with contextlib.suppress(Exception):
+            try:
                 victim.member.evict()
+            except Exception:  # the slot is free anyway; the transport's bug must not refuse this one
+                log.exception("evicting a connection from %s failed", victim.ip)
         entry = Entry(ip, member, self.clock())
         self.by_ip.setdefault(ip, set()).add(entry)
         self.total += 1

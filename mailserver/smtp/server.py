@@ -271,8 +271,8 @@ class _SMTPProtocol(asyncio.Protocol):
         if self.session is not None:
             log.info("evict session=%s listener=%s client=%s (connection table full)", self.session.id,
                      self.endpoint.name, self.session.client_ip)
-        self.endpoint.metrics.inc("connections_evicted_total", listener=self.endpoint.name)
         self.abort("4.7.0", "Too many connections, closing idle session")
+        self.endpoint.metrics.inc("connections_evicted_total", listener=self.endpoint.name)
 
     # ---------------------------------------------------------------- session loop
 
