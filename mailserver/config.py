@@ -216,6 +216,18 @@ class ListenConfig:
     metrics: tuple[tuple[str, int], ...] = ()  # Prometheus text format, plain HTTP: keep on loopback
 
 
+def _non_negative_int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a whole number, 0 or more, got {value!r}")
+    return value
+
+
+def _fraction(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise ValueError(f"expected a fraction above 0 and at most 1 (e.g. 0.8), got {value!r}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class SMTPConfig:
     """Limits of the SMTP listeners (all of them; submission may get its own later)."""
@@ -232,6 +244,19 @@ class SMTPConfig:
     max_errors: int = field(default=20, metadata=_parser(_positive_int))
     max_received_headers: int = field(default=50, metadata=_parser(_positive_int))
     reject_bare_newlines: bool = True
+    # Connection floods and slow senders (see [stress] for the load-dependent timeouts).
+    greeting_delay: float = field(default=0.0, metadata=_parser(parse_duration))
+    data_deadline: float = field(default=1800.0, metadata=_parser(_positive_duration))
+    data_min_rate: int = field(default=500, metadata=_parser(_non_negative_int))
+    data_rate_grace: float = field(default=30.0, metadata=_parser(parse_duration))
+
+
+@dataclass(frozen=True)
+class StressConfig:
+    """Load-dependent timeouts of every SMTP and IMAP service (like Postfix's stress mode)."""
+
+    threshold: float = field(default=0.8, metadata=_parser(_fraction))  # of max_connections
+    idle_timeout: float = field(default=10.0, metadata=_parser(parse_duration))
 
 
 @dataclass(frozen=True)
@@ -367,6 +392,7 @@ class Config:
     tls: TLSConfig = field(default_factory=TLSConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
+    stress: StressConfig = field(default_factory=StressConfig)
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     imap: IMAPConfig = field(default_factory=IMAPConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)

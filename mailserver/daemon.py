@@ -169,6 +169,12 @@ def build(cfg: Config) -> Components:
         data_timeout=s.data_timeout,
         max_connections=s.max_connections,
         max_connections_per_ip=s.max_connections_per_ip,
+        stress_at=cfg.stress.threshold,
+        stress_timeout=cfg.stress.idle_timeout,
+        greeting_delay=s.greeting_delay,
+        data_deadline=s.data_deadline,
+        data_min_rate=float(s.data_min_rate),
+        data_rate_grace=s.data_rate_grace,
     )
     mx = SMTPEndpoint("smtp", params, handler, limits, tls_context=tls.listener_context,
                       metrics=metrics)
@@ -253,7 +259,8 @@ def build_imap(cfg: Config, store: AccountStore, passwords: PasswordChecker, thr
                           limits=limits, hub=MailboxHub(c.poll_interval), metrics=metrics,
                           login_cache=login_cache, login_policy=login_policy)
     metrics.gauge("imap_sessions", lambda: sum(backend.sessions_per_user.values()))
-    return IMAPEndpoint(backend, tls_context=tls.listener_context)
+    return IMAPEndpoint(backend, tls_context=tls.listener_context, stress_at=cfg.stress.threshold,
+                        stress_timeout=cfg.stress.idle_timeout)
 
 
 def _oldest_age(queue: Queue) -> float:

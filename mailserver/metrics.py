@@ -27,6 +27,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # instead of silently creating a new series.
 COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "connections_total": ("Connections accepted, by listener.", ("listener",)),
+    "connections_evicted_total": ("Idle connections closed to make room in a full connection table.",
+                                  ("listener",)),
+    "connections_pregreet_total": ("SMTP clients cut off for talking before the greeting.", ("listener",)),
     "messages_total": (
         "Messages by direction (in, out) and result (delivered, rejected, deferred, junk, sent, bounced).",
         ("direction", "result"),

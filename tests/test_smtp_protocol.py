@@ -1292,3 +1292,24 @@ def test_auth_challenge_cannot_inject_lines() -> None:
     assert isinstance(conn.next_event(), AuthStart)
     conn.reply(334, "", "abc\r\n250 fake")
     assert conn.data_to_send() == b"334 abc250 fake\r\n"
+
+
+# ================================================================== not an SMTP client
+
+
+@pytest.mark.parametrize("line", [b"GET / HTTP/1.1\r\n", b"POST /x HTTP/1.0\r\n",
+                                  b"CONNECT h:25 HTTP/1.1\r\n", b"USER alice\r\n", b"get /\n"])
+def test_http_or_pop3_command_closes_at_once(line: bytes) -> None:
+    c = ready()
+    out = c.feed(line + b"Host: mx.example\r\nNOOP\r\n")
+    assert codes(out) == ["554 5.5.1"] and c.conn.closed
+    assert c.of(ConnectionClosed)
+
+
+def test_unsent_counts_queued_replies() -> None:
+    c = Client.make()
+    c.conn.receive_data(b"NOOP\r\nNOOP\r\n")
+    assert c.conn.next_event() is NEED_DATA
+    queued = c.conn.unsent
+    assert queued == len(c.conn.data_to_send()) > 0
+    assert c.conn.unsent == 0

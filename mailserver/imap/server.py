@@ -16,7 +16,14 @@ import ssl
 import typing
 from collections.abc import Callable
 
-from mailserver.smtp.server import ConnectionLimiter, drain_listeners
+from mailserver.net.listener import (
+    ConnectionTable,
+    Entry,
+    FlowControl,
+    TablePolicy,
+    drain_listeners,
+    http_request_line,
+)
 
 from . import format as fmt
 from .backend import IMAPBackend
@@ -36,17 +43,20 @@ from .session import Action, IMAPSession, Output
 log = logging.getLogger("pymaild.imap")
 
 _MAX_BUFFERED = 256 * 1024  # pause reading above this much unparsed input
-_HIGH_WATER = 256 * 1024  # FETCH output: wait for the client to read above this
+_FIRST_LINE = 8192  # how much of the first line is kept to tell an HTTP request
 
 
 class IMAPEndpoint:
     """The IMAP service with its listeners (143 with STARTTLS, 993 with implicit TLS)."""
 
-    def __init__(self, backend: IMAPBackend, *, tls_context: Callable[[], ssl.SSLContext] | None) -> None:
+    def __init__(self, backend: IMAPBackend, *, tls_context: Callable[[], ssl.SSLContext] | None,
+                 stress_at: float = 0.8, stress_timeout: float = 10.0) -> None:
         self.backend = backend
         self.tls_context = tls_context
         limits = backend.limits
-        self.limiter = ConnectionLimiter(limits.max_connections, limits.max_connections_per_ip)
+        # Logged-in sessions (IDLE for hours) are never evicted nor shortened under stress.
+        self.table = ConnectionTable(TablePolicy(limits.max_connections, limits.max_connections_per_ip,
+                                                 stress_at, stress_timeout))
         self.sessions: set[_IMAPProtocol] = set()
         self.servers: list[asyncio.base_events.Server] = []
         self.draining = False
@@ -85,13 +95,14 @@ class _IMAPProtocol(asyncio.Protocol, Output):
         self.conn = IMAPConnection(endpoint.backend.limits.framing())
         self.session: IMAPSession | None = None
         self._data = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._writable.set()
+        self._flow = FlowControl()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._paused = False
         self._shutting_down = False
-        self._admitted_ip: str | None = None
+        self._admitted = False
+        self._entry: Entry | None = None
+        self._first_line: bytearray | None = bytearray()  # None once the first line was seen
         self.id = secrets.token_hex(6)
 
     # ---------------------------------------------------------------- Output
@@ -101,17 +112,21 @@ class _IMAPProtocol(asyncio.Protocol, Output):
             self.transport.write(data)
 
     async def drain(self) -> None:
-        if self.transport is None or self.transport.is_closing():
-            return
-        if self.transport.get_write_buffer_size() > _HIGH_WATER:
-            self._writable.clear()
-            await self._writable.wait()
+        """Wait while the transport has paused writing (asyncio's flow-control contract: only
+        ``pause_writing()`` starts a wait, only ``resume_writing()`` or the connection's end
+        finishes it)."""
+        try:
+            await self._flow.drain()
+        except ConnectionError:
+            # The client is gone: end the session's task, which must not take this for a
+            # disk error (an OSError) and answer NO.
+            raise asyncio.CancelledError from None
 
     def pause_writing(self) -> None:
-        self._writable.clear()
+        self._flow.pause_writing()
 
     def resume_writing(self) -> None:
-        self._writable.set()
+        self._flow.resume_writing()
 
     # ---------------------------------------------------------------- asyncio callbacks
 
@@ -133,14 +148,20 @@ class _IMAPProtocol(asyncio.Protocol, Output):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 300)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 60)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 5)
-        refusal = "Service shutting down" if endpoint.draining else endpoint.limiter.acquire(ip)
+        refusal: str | None = "Service shutting down" if endpoint.draining else None
+        if refusal is None:
+            admitted = endpoint.table.admit(ip, self)
+            if isinstance(admitted, str):
+                refusal = admitted
+            else:
+                self._entry = admitted
         if refusal is not None:
             log.warning("refused connection listener=imap client=%s reason=%r", ip, refusal)
             transport.write(fmt.untagged_status("BYE", f"{refusal}, try again later"))
             transport.close()
             self._closed = True
             return
-        self._admitted_ip = ip
+        self._admitted = True
         endpoint.sessions.add(self)
         listener = "imaps" if self.implicit_tls else "imap"
         backend.metrics.inc("connections_total", listener=listener)
@@ -151,6 +172,10 @@ class _IMAPProtocol(asyncio.Protocol, Output):
 
     def data_received(self, data: bytes) -> None:
         if self._closed:
+            return
+        if self._entry is not None:
+            self.endpoint.table.touch(self._entry)
+        if self._first_line is not None and not self._check_first_line(data):
             return
         self.conn.receive_data(data)
         self._data.set()
@@ -166,16 +191,58 @@ class _IMAPProtocol(asyncio.Protocol, Output):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._data.set()
-        self._writable.set()
-        if self._admitted_ip is not None:
-            self.endpoint.limiter.release(self._admitted_ip)
-            self._admitted_ip = None
+        self._flow.connection_lost()
+        if self._entry is not None:
+            self.endpoint.table.release(self._entry)
+            self._entry = None
+        if self._admitted:
+            self._admitted = False
             self.endpoint.sessions.discard(self)
             if self.session is not None:
                 self.session.close()
                 log.info("disconnect session=%s user=%s", self.id, self.session.login_name)
             if self._task is not None and not self._task.done():
                 self._task.cancel()
+
+    def _check_first_line(self, data: bytes) -> bool:
+        """An HTTP request line first (a browser or proxy probe on the IMAP port): say BYE
+        and close at once. False when the connection was closed."""
+        head = self._first_line
+        assert head is not None
+        head += data[:_FIRST_LINE]
+        end = head.find(b"\n")
+        if end < 0 and len(head) < _FIRST_LINE:
+            return True
+        self._first_line = None
+        if not http_request_line(bytes(head[:end + 1] if end >= 0 else head)):
+            return True
+        log.info("not imap session=%s client=%s: HTTP request line", self.id,
+                 self.session.client_ip if self.session else "?")
+        self.write(fmt.untagged_status("BYE", "this is an IMAP server"))
+        self._close_now()
+        return False
+
+    def _close_now(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        self._closed = True
+        self._data.set()
+        if self._task is not None:
+            self._task.cancel()
+
+    # ---------------------------------------------------------------- table callbacks
+
+    def wake(self) -> None:
+        self._data.set()
+
+    def evict(self) -> None:
+        """The connection table is full and this session is the idlest of the busiest address."""
+        log.info("evict session=%s client=%s (connection table full)", self.id,
+                 self.session.client_ip if self.session else "?")
+        if not self._closed:
+            self.write(fmt.untagged_status("BYE", "too many connections, closing idle session"))
+        self._close_now()
+        self.endpoint.backend.metrics.inc("connections_evicted_total", listener="imap")
 
     # ---------------------------------------------------------------- control
 
@@ -225,12 +292,19 @@ class _IMAPProtocol(asyncio.Protocol, Output):
                             break
                         continue
                     timeout = limits.idle_timeout if session.user else limits.login_timeout
+                    entry = self._entry
+                    if entry is not None:
+                        entry.idle = not session.user  # logged-in sessions are never evicted
+                        timeout = self.endpoint.table.timeout(entry, timeout)
                     try:
                         await asyncio.wait_for(self._wait_input(), timeout)
                     except TimeoutError:
                         log.info("timeout session=%s client=%s", self.id, session.client_ip)
                         self.write(fmt.untagged_status("BYE", "autologout: idle for too long"))
                         break
+                    finally:
+                        if entry is not None:
+                            entry.idle = False
                     continue
                 if event is PAUSED:  # we always tell the framer what to do before looping
                     raise RuntimeError("IMAP framer paused without an answer")

@@ -157,6 +157,10 @@ class Reply:
 _KNOWN = {"HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "HELP", "VRFY",
           "EXPN", "STARTTLS", "AUTH", "BDAT", "ETRN", "TURN"}
 _NOT_IMPLEMENTED = {"EXPN", "BDAT", "ETRN", "TURN"}
+# Verbs only a browser, an HTTP proxy probe or a POP3 client sends (Postfix's
+# smtpd_forbidden_commands): the connection is closed at once, not answered with 500s.
+_FOREIGN = frozenset({b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"CONNECT",
+                      b"USER", b"PASS"})
 _SIZE_VALUE = re.compile(r"[0-9]{1,20}")  # ASCII digits only: str.isdigit() accepts "²"
 _END_OF_DATA = b"\r\n.\r\n"
 
@@ -193,6 +197,7 @@ class ServerConnection:
         self._notices: list[str] = []
         self._in = bytearray()
         self._out: list[bytes] = []
+        self._out_size = 0
         self._pending: str | None = None  # name of the event awaiting a reply
         self._pending_event: Event | None = None
         self._close_event: ConnectionClosed | None = None  # to report once from next_event
@@ -222,7 +227,13 @@ class ServerConnection:
     def data_to_send(self) -> bytes:
         out = b"".join(self._out)
         self._out.clear()
+        self._out_size = 0
         return out
+
+    @property
+    def unsent(self) -> int:
+        """Octets of replies not yet taken by ``data_to_send()``."""
+        return self._out_size
 
     @property
     def buffered(self) -> int:
@@ -315,7 +326,9 @@ class ServerConnection:
                 # A SASL challenge: the next client line is a response, not a command.
                 self.state = State.AUTH
                 challenge = text.replace("\r", "").replace("\n", "")
-                self._out.append(f"334 {challenge}\r\n".encode())
+                line = f"334 {challenge}\r\n".encode()
+                self._out.append(line)
+                self._out_size += len(line)
                 return
             self.state = State.READY
             self._auth_mechanism = None
@@ -376,7 +389,9 @@ class ServerConnection:
     # ---------------------------------------------------------------- internals
 
     def _send(self, reply: Reply) -> None:
-        self._out.append(reply.encode())
+        data = reply.encode()
+        self._out.append(data)
+        self._out_size += len(data)
 
     def _close(self, reason: str) -> None:
         self.state = State.CLOSED
@@ -432,6 +447,10 @@ class ServerConnection:
             return None
         line = bytes(buf[: idx + 1])
         del buf[: idx + 1]
+        if self.state is not State.AUTH and line.split(b" ", 1)[0].rstrip(b"\r\n").upper() in _FOREIGN:
+            self._send(Reply(554, "5.5.1", f"{self.params.hostname} Protocol error: this is an SMTP server"))
+            self._close("not an SMTP client")
+            return _SKIP
         if self._discarding_long_line or len(line) > limit:
             self._discarding_long_line = False
             if self.state is State.AUTH:

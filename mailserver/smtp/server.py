@@ -18,15 +18,27 @@ from typing import Protocol
 
 from ..message import new_message_id
 from ..metrics import Metrics
+from ..net.listener import (
+    ConnectionTable,
+    Entry,
+    FlowControl,
+    PacePolicy,
+    TablePolicy,
+    TransferPace,
+    drain_listeners,
+)
 from . import protocol as p
 
 log = logging.getLogger("pymaild.smtp")
-S = typing.TypeVar("S")
+
+__all__ = ["AuthOK", "Limits", "SMTPEndpoint", "Session", "SessionHandler", "drain_listeners"]
 
 # Pause reading when this much unprocessed input is buffered (a client pipelining while a
-# slow check runs): bounded memory per connection without dropping anything.
+# slow check runs, or not reading its replies): bounded memory per connection without
+# dropping anything.
 _MAX_BUFFERED = 1024 * 1024
-_MAX_UNSENT = 1024 * 1024
+# Send queued replies once this much is pending, even amid a pipelined group.
+_FLUSH_AT = 64 * 1024
 
 
 @dataclass
@@ -81,34 +93,23 @@ class Limits:
     max_connections_per_ip: int = 20
     tls_handshake_timeout: float = 30.0
     drain_timeout: float = 30.0
+    # Under load (see net/listener.py): from stress_at x max_connections on, a connection
+    # outside a transaction gets stress_timeout of silence; a full table evicts one.
+    stress_at: float = 0.8
+    stress_timeout: float = 10.0
+    # Wait this long before the 220; a client that talks first is cut off (0: only bytes
+    # that arrived before the greeting was written count).
+    greeting_delay: float = 0.0
+    data_deadline: float = 1800.0  # the whole DATA phase
+    data_min_rate: float = 500.0  # bytes/s on average during DATA, after data_rate_grace
+    data_rate_grace: float = 30.0
 
+    def table(self) -> TablePolicy:
+        return TablePolicy(self.max_connections, self.max_connections_per_ip, self.stress_at,
+                           self.stress_timeout)
 
-class ConnectionLimiter:
-    """Counts open connections in total and per client IP across one endpoint's listeners."""
-
-    def __init__(self, max_total: int, max_per_ip: int) -> None:
-        self.max_total = max_total
-        self.max_per_ip = max_per_ip
-        self.total = 0
-        self.per_ip: dict[str, int] = {}
-
-    def acquire(self, ip: str) -> str | None:
-        """None if admitted, else the reason to refuse."""
-        if self.total >= self.max_total:
-            return "too many connections"
-        if self.per_ip.get(ip, 0) >= self.max_per_ip:
-            return "too many connections from your address"
-        self.total += 1
-        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
-        return None
-
-    def release(self, ip: str) -> None:
-        self.total -= 1
-        left = self.per_ip.get(ip, 1) - 1
-        if left <= 0:
-            self.per_ip.pop(ip, None)
-        else:
-            self.per_ip[ip] = left
+    def pace(self) -> PacePolicy:
+        return PacePolicy(self.data_deadline, self.data_min_rate, self.data_rate_grace)
 
 
 class SMTPEndpoint:
@@ -130,7 +131,7 @@ class SMTPEndpoint:
         self.handler = handler
         self.limits = limits
         self.tls_context = tls_context
-        self.limiter = ConnectionLimiter(limits.max_connections, limits.max_connections_per_ip)
+        self.table = ConnectionTable(limits.table())
         self.sessions: set[_SMTPProtocol] = set()
         self.servers: list[asyncio.base_events.Server] = []
         self.draining = False
@@ -162,26 +163,6 @@ class SMTPEndpoint:
                               abort=lambda session: session.abort("4.3.2", "Service shutting down"))
 
 
-async def drain_listeners(servers: list[asyncio.base_events.Server], sessions: set[S], timeout: float, *,
-                          notify: Callable[[S], None], abort: Callable[[S], None]) -> None:
-    """The shutdown of one service (SMTP or IMAP): stop accepting, ``notify`` every session
-    (they finish what they are doing and say goodbye), wait up to ``timeout`` for them to
-    go, ``abort`` the rest."""
-    for server in servers:
-        server.close()
-    for session in list(sessions):
-        notify(session)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while sessions and loop.time() < deadline:
-        await asyncio.sleep(0.05)
-    for session in list(sessions):
-        abort(session)
-    for server in servers:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 1)
-
-
 class _SMTPProtocol(asyncio.Protocol):
     def __init__(self, endpoint: SMTPEndpoint, implicit_tls: bool) -> None:
         self.endpoint = endpoint
@@ -192,7 +173,12 @@ class _SMTPProtocol(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._paused = False
-        self._admitted_ip: str | None = None
+        self._admitted = False
+        self._entry: Entry | None = None
+        self._flow = FlowControl()
+        self._greeted = False
+        self._early = False  # bytes arrived before the greeting was written
+        self._pace: TransferPace | None = None  # while in DATA
 
     # ---------------------------------------------------------------- asyncio callbacks
 
@@ -211,14 +197,20 @@ class _SMTPProtocol(asyncio.Protocol):
                                started=asyncio.get_running_loop().time())
         if self.implicit_tls:
             self._note_tls(transport)
-        refusal = "Service shutting down" if endpoint.draining else endpoint.limiter.acquire(ip)
+        refusal: str | None = "Service shutting down" if endpoint.draining else None
+        if refusal is None:
+            admitted = endpoint.table.admit(ip, self)
+            if isinstance(admitted, str):
+                refusal = admitted
+            else:
+                self._entry = admitted
         if refusal is not None:
             log.warning("refused connection listener=%s client=%s reason=%r", endpoint.name, ip, refusal)
             transport.write(p.Reply(421, "4.7.0", f"{params.hostname} {refusal}, try again later").encode())
             transport.close()
             self._closed = True
             return
-        self._admitted_ip = ip
+        self._admitted = True
         endpoint.sessions.add(self)
         endpoint.metrics.inc("connections_total", listener=endpoint.name)
         log.info("connect session=%s listener=%s client=%s:%d tls=%s", self.session.id, endpoint.name,
@@ -228,6 +220,12 @@ class _SMTPProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.session is None or self._closed:
             return
+        if not self._greeted:
+            self._early = True
+        if self._entry is not None:
+            self.endpoint.table.touch(self._entry)
+        if self._pace is not None:
+            self._pace.feed(len(data))
         conn = self.session.conn
         conn.receive_data(data)
         self._wakeup.set()
@@ -240,12 +238,21 @@ class _SMTPProtocol(asyncio.Protocol):
         self._wakeup.set()
         return None  # close the transport
 
+    def pause_writing(self) -> None:
+        self._flow.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._flow.resume_writing()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._wakeup.set()
-        if self._admitted_ip is not None:
-            self.endpoint.limiter.release(self._admitted_ip)
-            self._admitted_ip = None
+        self._flow.connection_lost()
+        if self._entry is not None:
+            self.endpoint.table.release(self._entry)
+            self._entry = None
+        if self._admitted:
+            self._admitted = False
             self.endpoint.sessions.discard(self)
             if self.session is not None:
                 elapsed = asyncio.get_running_loop().time() - self.session.started
@@ -254,10 +261,20 @@ class _SMTPProtocol(asyncio.Protocol):
                 with contextlib.suppress(Exception):
                     self.endpoint.handler.on_disconnect(self.session)
 
-    # ---------------------------------------------------------------- session loop
+    # ---------------------------------------------------------------- table callbacks
 
     def wake(self) -> None:
         self._wakeup.set()
+
+    def evict(self) -> None:
+        """The connection table is full and this session is the idlest of the busiest address."""
+        if self.session is not None:
+            log.info("evict session=%s listener=%s client=%s (connection table full)", self.session.id,
+                     self.endpoint.name, self.session.client_ip)
+        self.abort("4.7.0", "Too many connections, closing idle session")
+        self.endpoint.metrics.inc("connections_evicted_total", listener=self.endpoint.name)
+
+    # ---------------------------------------------------------------- session loop
 
     def abort(self, status: str, text: str) -> None:
         if self.session is not None and self.transport is not None and not self._closed:
@@ -273,15 +290,83 @@ class _SMTPProtocol(asyncio.Protocol):
         out = self.session.conn.data_to_send()
         if out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(out)
-            if self.transport.get_write_buffer_size() > _MAX_UNSENT:
-                # A client that pipelines but never reads replies: don't buffer for it.
-                self.transport.abort()
-                self._closed = True
+
+    async def _writable(self) -> bool:
+        """Wait while the transport asked us to stop writing (the client does not read its
+        replies); input is not processed meanwhile, so reading stops too. False: give up."""
+        assert self.session is not None and self.transport is not None
+        try:
+            await asyncio.wait_for(self._flow.drain(), self.endpoint.limits.command_timeout)
+        except TimeoutError:
+            log.info("timeout session=%s client=%s: replies not read", self.session.id,
+                     self.session.client_ip)
+            self.transport.abort()
+            self._closed = True
+            return False
+        except ConnectionError:
+            self._closed = True
+            return False
+        return True
+
+    async def _greet(self) -> bool:
+        """The 220, after ``greeting_delay``; False if the client talked first (cut off)."""
+        assert self.session is not None and self.transport is not None
+        session, conn = self.session, self.session.conn
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.endpoint.limits.greeting_delay
+        while not self._early and not self._closed and (left := deadline - loop.time()) > 0:
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), left)
+        if self._closed:
+            return False
+        if self._early:
+            log.info("pregreet session=%s client=%s: talked before the greeting", session.id,
+                     session.client_ip)
+            self.endpoint.metrics.inc("connections_pregreet_total", listener=self.endpoint.name)
+            conn.close_with(554, "5.5.1", f"{self.endpoint.params.hostname} Protocol error: "
+                            "talking before the greeting")
+            self._flush()
+            return False
+        self._greeted = True  # no await between this and the write: later bytes are replies to it
+        self.transport.write(conn.greeting())
+        return True
+
+    def _wait_timeout(self) -> float:
+        """Silence allowed now: the DATA pace, or the command timeout (short under stress)."""
+        assert self.session is not None
+        conn, limits, entry = self.session.conn, self.endpoint.limits, self._entry
+        if conn.in_data:
+            now = asyncio.get_running_loop().time()
+            if self._pace is None:
+                self._pace = TransferPace(limits.pace(), now)
+            return min(limits.data_timeout, self._pace.left(now))
+        self._pace = None
+        if entry is None:
+            return limits.command_timeout
+        entry.idle = conn.state in (p.State.CONNECTED, p.State.READY) and conn.authenticated_as is None
+        return self.endpoint.table.timeout(entry, limits.command_timeout)
+
+    def _timed_out(self) -> None:
+        assert self.session is not None
+        session, conn, host = self.session, self.session.conn, self.endpoint.params.hostname
+        if self._pace is not None and self._pace.left(asyncio.get_running_loop().time()) <= 0:
+            why = self._pace.why(asyncio.get_running_loop().time())
+            log.info("timeout session=%s client=%s state=data: %s (%d bytes in %.0fs)", session.id,
+                     session.client_ip, why, self._pace.received,
+                     asyncio.get_running_loop().time() - self._pace.started)
+            text = "Message transfer too slow" if why == "too slow" else "Message transfer took too long"
+            conn.close_with(421, "4.4.2", f"{host} {text}, closing")
+        else:
+            stressed = self._entry is not None and self._entry.idle and self.endpoint.table.stressed
+            log.info("timeout session=%s client=%s state=%s%s", session.id, session.client_ip,
+                     conn.state.value, " (server busy)" if stressed else "")
+            conn.close_with(421, "4.4.2", f"{host} Timeout, closing")
+        self._flush()
 
     async def _run(self) -> None:
         assert self.session is not None and self.transport is not None
         session, conn, handler = self.session, self.session.conn, self.endpoint.handler
-        limits = self.endpoint.limits
         try:
             refusal = await handler.on_connect(session)
             if refusal is not None:
@@ -289,14 +374,18 @@ class _SMTPProtocol(asyncio.Protocol):
                 self._flush()
                 self.transport.close()
                 return
-            self.transport.write(conn.greeting())
+            if not await self._greet():
+                return
             while not self._closed:
+                if self._flow.paused and not await self._writable():
+                    return
                 event = conn.next_event()
                 for notice in conn.take_notices():
                     # e.g. AUTH before STARTTLS: a misconfigured client. Not a fail2ban line.
                     log.warning("%s listener=%s session=%s client=%s", notice, self.endpoint.name,
                                 session.id, session.client_ip)
-                if event is p.NEED_DATA or not isinstance(event, p.Helo | p.MailFrom | p.RcptTo):
+                if (event is p.NEED_DATA or not isinstance(event, p.Helo | p.MailFrom | p.RcptTo)
+                        or conn.unsent > _FLUSH_AT):
                     # RFC 2920: replies may wait while pipelined commands are still being
                     # processed; send them before waiting for input or doing slow work
                     # (DATA checks, AUTH). Saves a send() per reply under PIPELINING.
@@ -304,6 +393,8 @@ class _SMTPProtocol(asyncio.Protocol):
                 if event is p.NEED_DATA:
                     if conn.closed:
                         break
+                    if self._flow.paused:
+                        continue  # wait for the client to read before reading more
                     if self._paused and self.transport is not None:
                         self.transport.resume_reading()
                         self._paused = False
@@ -313,15 +404,14 @@ class _SMTPProtocol(asyncio.Protocol):
                         self._flush()
                         break
                     self._wakeup.clear()
-                    timeout = limits.data_timeout if conn.in_data else limits.command_timeout
                     try:
-                        await asyncio.wait_for(self._wakeup.wait(), timeout)
+                        await asyncio.wait_for(self._wakeup.wait(), self._wait_timeout())
                     except TimeoutError:
-                        log.info("timeout session=%s client=%s state=%s", session.id, session.client_ip,
-                                 conn.state.value)
-                        conn.close_with(421, "4.4.2", f"{self.endpoint.params.hostname} Timeout, closing")
-                        self._flush()
+                        self._timed_out()
                         break
+                    finally:
+                        if self._entry is not None:
+                            self._entry.idle = False
                     continue
                 if event is p.PAUSED:  # cannot happen: we always answer before looping
                     raise p.ProtocolError("core paused without a pending handler")

@@ -1,0 +1,1 @@
+"""Transport plumbing shared by the SMTP and IMAP listeners (no protocol knowledge)."""
