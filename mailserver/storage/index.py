@@ -81,6 +81,10 @@ from mailserver.storage.maildirpp import FILE_MODE, fsync_dir
 log = logging.getLogger("pymaild.storage")
 
 LOCK_FILE = "pymaild-index.lock"
+# In the account's Maildir++ root: the last UIDVALIDITY given to any folder of the account.
+# It survives DELETE and RENAME of a folder, so a name never gets a UIDVALIDITY twice
+# (a folder's own lock file goes with the folder).
+UIDVALIDITY_FILE = "pymaild-uidvalidity"
 StoreMode = Literal["add", "remove", "replace"]
 
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -890,7 +894,8 @@ class MailboxIndex:
         """A new empty index with a UIDVALIDITY above any this folder had before."""
         hint = self._read_hint()
         floor = self._meta.uidvalidity + 1 if self._meta else 1
-        uidvalidity = max(int(time.time()), hint + 1, floor) & 0xFFFFFFFF or 1
+        floor = max(int(time.time()), hint + 1, floor, _dovecot_uidvalidity(self.dir) + 1)
+        uidvalidity = next_uidvalidity(account_root(self.dir), floor)
         meta = self._store.create(uidvalidity)
         self._write_hint(uidvalidity)
         if corrupt is not None:
@@ -1512,6 +1517,53 @@ class MailboxIndex:
                 _copy_durably(src, dst, m.internal_date)
                 return True
         return False
+
+
+def account_root(folder: Path) -> Path:
+    """The Maildir++ root a folder belongs to: the parent of a ``.name`` folder, else itself."""
+    if folder.name.startswith(".") and os.path.isdir(folder.parent / "cur"):
+        return folder.parent
+    return folder
+
+
+def next_uidvalidity(root: Path, at_least: int) -> int:
+    """A UIDVALIDITY for a new index in the account at ``root``: at least ``at_least`` and
+    above every one given before in the account (``pymaild-uidvalidity``, under flock,
+    fsynced before the index that uses it exists)."""
+    path = root / UIDVALIDITY_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        raw = os.pread(fd, 32, 0).strip()
+        last = int(raw) if raw.isdigit() else 0
+        value = max(at_least, last + 1) & 0xFFFFFFFF or 1
+        data = f"{value}\n".encode()
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+        if not raw:
+            fsync_dir(root)  # a new file: make its directory entry durable too
+        return value
+    finally:
+        os.close(fd)  # drops the flock
+
+
+def _dovecot_uidvalidity(folder: Path) -> int:
+    """The UIDVALIDITY Dovecot gave this folder (``dovecot-uidlist``) and the account's
+    (``dovecot-uidvalidity``), 0 when absent: a new index must not reuse them, or a
+    client that synchronised with Dovecot would trust its old UIDs."""
+    found = 0
+    with contextlib.suppress(OSError, ValueError):
+        with open(folder / "dovecot-uidlist", "rb") as f:
+            head = f.readline(256).split()
+        if head[:1] == [b"1"] and len(head) > 1:
+            found = int(head[1])
+        else:
+            found = max((int(w[1:]) for w in head[1:] if w[:1] == b"V" and w[1:].isdigit()), default=0)
+    with contextlib.suppress(OSError, ValueError):
+        text = (account_root(folder) / "dovecot-uidvalidity").read_text("ascii").strip()
+        found = max(found, int(text, 16))
+    return found
 
 
 def _copy_durably(src: Path, dst: Path, mtime: float) -> None:
