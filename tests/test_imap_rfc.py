@@ -95,6 +95,7 @@ def test_lsub_percent_lists_unsubscribed_parent_as_noselect(imapd, ca):
     assert lsub.startswith(b'* LSUB (\\Noselect) "." a\r\n3 OK'), lsub
     lsub = _ok(raw, b"4", b'LSUB "" "a*"')
     assert lsub.startswith(b'* LSUB () "." a.b\r\n4 OK'), lsub
+    assert _ok(raw, b"5", b'LSUB "" "a"').startswith(b"5 OK")  # only "%" brings the parent
     raw.close()
 
 
@@ -124,13 +125,15 @@ def test_list_extended_childinfo_subscribed(imapd, ca):
     _ok(raw, b"1", b"CREATE p.c")
     _ok(raw, b"2", b"SUBSCRIBE p.c")
     listing = _ok(raw, b"3", b'LIST (SUBSCRIBED RECURSIVEMATCH) "" "p"')
-    assert listing.startswith(b'* LIST () "." p ("CHILDINFO" ("SUBSCRIBED"))\r\n3 OK'), listing
+    assert listing.startswith(b'* LIST (\\HasChildren) "." p (CHILDINFO ("SUBSCRIBED"))\r\n3 OK'), listing
     _ok(raw, b"4", b"SUBSCRIBE p")
     listing = _ok(raw, b"5", b'LIST (SUBSCRIBED RECURSIVEMATCH) "" "p"')
-    assert listing.startswith(b'* LIST (\\Subscribed) "." p ("CHILDINFO" ("SUBSCRIBED"))\r\n5 OK'), listing
-    # without RECURSIVEMATCH an unsubscribed parent is not listed
+    assert listing.startswith(b'* LIST (\\HasChildren \\Subscribed) "." p (CHILDINFO ("SUBSCRIBED"))\r\n5 OK'), listing
+    # without RECURSIVEMATCH an unsubscribed parent is not listed, nor when the child matches
     _ok(raw, b"6", b"UNSUBSCRIBE p")
     assert _ok(raw, b"7", b'LIST (SUBSCRIBED) "" "p"').startswith(b"7 OK")
+    listing = _ok(raw, b"8", b'LIST (SUBSCRIBED RECURSIVEMATCH) "" "p*"')
+    assert listing.startswith(b'* LIST (\\HasNoChildren \\Subscribed) "." p.c\r\n8 OK'), listing
     raw.close()
 
 

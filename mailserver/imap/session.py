@@ -624,12 +624,20 @@ class IMAPSession:
         subscribed_only = lsub or "SUBSCRIBED" in selection
         special_only = "SPECIAL-USE" in selection
         subscribed_names = set(await asyncio.to_thread(tree.subscriptions)) if subscribed_only else set()
+        # Parents of subscribed names the patterns miss: LSUB lists
+        # them as \Noselect (RFC 3501 6.3.9), LIST (SUBSCRIBED RECURSIVEMATCH) with
+        # CHILDINFO (RFC 5258 3.5). As Dovecot does.
+        childinfo = "RECURSIVEMATCH" in selection and "SUBSCRIBED" in selection
+        sub_parents = (_hidden_parents(cmd.reference, patterns, subscribed_names, lsub=lsub)
+                       if lsub or childinfo else set())
+        extended = b' (CHILDINFO ("SUBSCRIBED"))'
         out: list[bytes] = []
         seen_names = set()
         for info in infos:
             if not any(pattern_matches(cmd.reference, p, info.name) for p in patterns):
                 continue
-            if subscribed_only and info.name not in subscribed_names:
+            if subscribed_only and info.name not in subscribed_names and not (
+                    info.name in sub_parents and (childinfo or lsub)):
                 continue
             attrs = list(info.attributes)
             if lsub or not (selection or returns):  # \NonExistent is LIST-EXTENDED's
@@ -639,19 +647,33 @@ class IMAPSession:
                 continue
             if lsub:
                 attrs = [a for a in attrs if a in ("\\Noselect",)]
+                if info.name not in subscribed_names and "\\Noselect" not in attrs:
+                    attrs.append("\\Noselect")
             elif ("SUBSCRIBED" in selection or "SUBSCRIBED" in returns) and info.subscribed:
                 attrs.append("\\Subscribed")
             seen_names.add(info.name)
-            out.append(fmt.list_response(attrs, DELIMITER, info.name, command="LSUB" if lsub else "LIST"))
+            line = fmt.list_response(attrs, DELIMITER, info.name, command="LSUB" if lsub else "LIST")
+            if childinfo and info.name in sub_parents:
+                line = line[:-2] + extended + b"\r\n"
+            out.append(line)
             if not lsub and "STATUS" in returns and info.selectable:
                 # RFC 5819: each STATUS follows its LIST line.
                 out.append(await self._status_line(info.name, cmd.status_items))
         if subscribed_only:
             # Subscribed names that no longer exist are still listed (RFC 3501 6.3.9).
-            for name in sorted(subscribed_names - seen_names):
-                if any(pattern_matches(cmd.reference, p, name) for p in patterns):
+            for name in sorted((subscribed_names | sub_parents) - seen_names):
+                if not any(pattern_matches(cmd.reference, p, name) for p in patterns):
+                    continue
+                if name in subscribed_names:
                     attrs = ["\\Noselect"] if lsub else ["\\NonExistent", "\\Subscribed"]
-                    out.append(fmt.list_response(attrs, DELIMITER, name, command="LSUB" if lsub else "LIST"))
+                elif lsub or childinfo:
+                    attrs = ["\\Noselect"] if lsub else ["\\NonExistent"]
+                else:
+                    continue
+                line = fmt.list_response(attrs, DELIMITER, name, command="LSUB" if lsub else "LIST")
+                if childinfo and name in sub_parents:
+                    line = line[:-2] + extended + b"\r\n"
+                out.append(line)
         self.out.write(b"".join(out))
         self._ok(cmd.tag, f"{'LSUB' if lsub else 'LIST'} completed")
         return Action.NONE
@@ -1016,6 +1038,25 @@ class IMAPSession:
         self.idling = False
         self.last_activity = time.monotonic()
         self._ok(tag, "IDLE terminated")
+
+
+def _hidden_parents(reference: str, patterns: Sequence[str], names: set[str], *, lsub: bool) -> set[str]:
+    """Parents of ``names`` that match one of the patterns while the name itself matches
+    none. For LSUB only where a ``%`` stopped the name (``a`` for ``a.b`` with ``%``):
+    LSUB "" "a" lists nothing for a subscribed ``a.b`` (RFC 3501 6.3.9; Dovecot)."""
+    out: set[str] = set()
+    for name in names:
+        if DELIMITER not in name or any(pattern_matches(reference, p, name) for p in patterns):
+            continue
+        for p in patterns:
+            if lsub and ("%" not in p or not pattern_matches(reference, p.replace("%", "*"), name)):
+                continue
+            parts = name.split(DELIMITER)
+            for i in range(1, len(parts)):
+                parent = DELIMITER.join(parts[:i])
+                if pattern_matches(reference, p, parent):
+                    out.add(parent)
+    return out
 
 
 def _off_loop(*closers: Callable[[], None]) -> None:
