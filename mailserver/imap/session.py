@@ -826,6 +826,10 @@ class IMAPSession:
         numbers = [c.uid if cmd.uid else c.seq for c in found]
         modseq = max((c.modseq for c in found), default=0) if uses_modseq(cmd.criteria) else None
         if cmd.returns is not None:
+            if modseq is not None and found and not {"ALL", "COUNT"} & set(cmd.returns or ("ALL",)):
+                # RFC 7162 3.1.5: with only MIN and/or MAX, the MODSEQ of what is returned.
+                wanted = {min(numbers) if "MIN" in cmd.returns else 0, max(numbers) if "MAX" in cmd.returns else 0}
+                modseq = max(c.modseq for c, n in zip(found, numbers, strict=True) if n in wanted)
             self._untagged(self._esearch(cmd, numbers, modseq))
         else:
             self._untagged(fmt.search_response(numbers, modseq=modseq or None))
