@@ -828,7 +828,8 @@ class IMAPSession:
         if cmd.returns is not None:
             if modseq is not None and found and not {"ALL", "COUNT"} & set(cmd.returns or ("ALL",)):
                 # RFC 7162 3.1.5: with only MIN and/or MAX, the MODSEQ of what is returned.
-                wanted = {min(numbers) if "MIN" in cmd.returns else 0, max(numbers) if "MAX" in cmd.returns else 0}
+                wanted = {min(numbers) if "MIN" in cmd.returns else 0,
+                          max(numbers) if "MAX" in cmd.returns else 0}
                 modseq = max(c.modseq for c, n in zip(found, numbers, strict=True) if n in wanted)
             self._untagged(self._esearch(cmd, numbers, modseq))
         else:
