@@ -425,6 +425,11 @@ class MailboxIndex:
         """
         with self._locked():
             self._sync_disk()
+            if self.read_only and self._recent and self._meta is not None:
+                # A read-write SELECT elsewhere claimed them: a STATUS view kept open
+                # must not go on counting them as RECENT (Dovecot: 0 after that CLOSE).
+                first = self._meta.first_recent_uid
+                self._recent = {u for u in self._recent if u >= first}
             return self._announce()
 
     def store_flags(
