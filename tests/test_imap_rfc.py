@@ -163,10 +163,11 @@ def test_copy_and_move_into_selected_folder_announce_exists(imapd, ca):
     assert b"* 2 EXISTS\r\n" in copied, copied
     moved = raw.cmd(b"4", b"MOVE 1 INBOX")
     assert moved[-1].startswith(b"4 OK"), moved
-    # the moved copy is announced (EXISTS 3 after the EXPUNGE of 1) before the tagged OK
+    # the moved copy is announced after the EXPUNGE of 1 and before the tagged OK
     text = b"".join(moved)
-    assert b"* 1 EXPUNGE\r\n" in text and b"* 3 EXISTS\r\n" in text, moved
-    assert _ok(raw, b"5", b"UID SEARCH ALL").startswith(b"* SEARCH 2 3 4\r\n")
+    assert text.index(b"* 1 EXPUNGE\r\n") < text.index(b"* 2 EXISTS\r\n"), moved
+    assert _ok(raw, b"5", b"UID SEARCH ALL").startswith(b"* SEARCH 2 3\r\n")
+    assert b"EXISTS" not in _ok(raw, b"6", b"NOOP")  # nothing left to announce
     raw.close()
 
 
@@ -219,3 +220,21 @@ def test_envelope_address_with_comments_inside_addr_spec(imapd, ca):
     assert _ok(raw, b"4", b"SEARCH FROM user-from").startswith(b"* SEARCH 1\r\n")
     assert _ok(raw, b"5", b"SEARCH FROM user-from@domain.org").startswith(b"* SEARCH 1\r\n")
     raw.close()
+
+
+def test_copy_into_selected_folder_holds_back_expunges_by_others(imapd, ca):
+    user = new_account(imapd)
+    a, b = (RawIMAP(imapd.imaps_port, tls=client_ctx(ca)) for _ in range(2))
+    for raw in (a, b):
+        _ok(raw, b"L", f'LOGIN "{user}" "{PASSWORD}"'.encode())
+    _append(a, b"1", b"INBOX", MSG)
+    _append(a, b"2", b"INBOX", MSG)
+    _ok(a, b"3", b"SELECT INBOX")
+    _ok(b, b"4", b"SELECT INBOX")
+    _ok(b, b"5", b"STORE 2 +FLAGS.SILENT (\\Deleted)")
+    _ok(b, b"6", b"EXPUNGE")
+    copied = _ok(a, b"7", b"COPY 1 INBOX")  # sequence numbers in use: no EXPUNGE now
+    assert b"EXPUNGE" not in copied and b"* 3 EXISTS\r\n" in copied, copied
+    assert b"* 2 EXPUNGE\r\n" in _ok(a, b"8", b"NOOP")
+    a.close()
+    b.close()

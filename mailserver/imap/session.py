@@ -301,6 +301,12 @@ class IMAPSession:
         if parts:
             self.out.write(b"".join(parts))
 
+    def _announce_own(self) -> None:
+        """EXISTS (and RECENT) for what this session added to its selected folder, now."""
+        index = self._sel().index
+        if index.announce_new():
+            self.out.write(fmt.exists(len(index)) + fmt.recent(index.recent_count))
+
     def _flags_fetch(self, seq: int, uid: int) -> bytes:
         index = self._sel().index
         flags = index.flags(uid) | ({"\\Recent"} if index.is_recent(uid) else set())
@@ -969,11 +975,9 @@ class IMAPSession:
         code = None
         if pairs:
             code = fmt.code_copyuid(uidvalidity, [s for s, _d in pairs], [d for _s, d in pairs])
-        if dest is source:
-            self._dirty = True
         if not move:
-            if dest is source:
-                await self._report_changes()
+            if dest is source and pairs:
+                self._announce_own()
             self._ok(cmd.tag, "COPY completed", code=code)
             return Action.NONE
         if code is not None:
@@ -990,6 +994,8 @@ class IMAPSession:
         self._write_changes(ChangeSet(expunged=changes.expunged, expunged_seqs=changes.expunged_seqs))
         if changes.expunged:
             self._notify_others([source.dir])
+        if dest is source and pairs:
+            self._announce_own()  # after the EXPUNGEs, as Dovecot
         self._ok(cmd.tag, "MOVE completed")
         return Action.NONE
 

@@ -675,6 +675,20 @@ class MailboxIndex:
             self._maybe_advance_modseq()
         return ChangeSet(expunged=removed, expunged_seqs=seqs)
 
+    def announce_new(self) -> list[int]:
+        """Move the messages waiting for the view (this session's COPY or MOVE into its own
+        folder, deliveries seen meanwhile) into it, without the expunges by others: EXISTS
+        may be sent during any command, EXPUNGE not (RFC 3501 7.4.1). The new UIDs."""
+        with self._mutex:
+            new = sorted(self._entries.keys() & self._unannounced)
+            self._unannounced.difference_update(new)
+            if new:
+                self._view = sorted({*self._view, *new})
+            self._maybe_advance_modseq()
+            if not self._unannounced and self._meta is not None:
+                self._announced_uidnext = self._meta.uidnext
+            return new
+
     def append(
         self,
         data: bytes,
