@@ -16,7 +16,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mailserver.auth.login import AuthResult, loggable
@@ -106,6 +106,7 @@ class Selected:
     cache: FetchCache
     hub_key: str
     readonly: bool
+    keywords: list[str] = field(default_factory=list)  # as last sent in * FLAGS
 
 
 class IMAPSession:
@@ -290,6 +291,8 @@ class IMAPSession:
                 parts.append(fmt.vanished(changes.expunged))
             else:
                 parts.extend(fmt.expunge(s) for s in changes.expunged_seqs)
+        if changes.new or changes.flags:
+            parts.append(self._new_keywords([*changes.new, *changes.flags]))
         if changes.new:
             # Only for growth: RFC 3501 5.2, EXISTS never reports a shrink (EXPUNGE does).
             parts.append(fmt.exists(len(index)))
@@ -304,8 +307,32 @@ class IMAPSession:
     def _announce_own(self) -> None:
         """EXISTS (and RECENT) for what this session added to its selected folder, now."""
         index = self._sel().index
-        if index.announce_new():
-            self.out.write(fmt.exists(len(index)) + fmt.recent(index.recent_count))
+        new = index.announce_new()
+        if new:
+            self.out.write(self._new_keywords(new) + fmt.exists(len(index)) + fmt.recent(index.recent_count))
+
+    def _flags_lines(self) -> bytes:
+        """``* FLAGS`` and ``* OK [PERMANENTFLAGS]`` for the selected folder's keywords."""
+        sel = self._sel()
+        flags = [*SYSTEM_FLAGS, *sel.keywords]
+        return fmt.flags_response(flags) + fmt.untagged_status(
+            "OK", "Flags permitted", code=fmt.code_permanentflags([] if sel.readonly else [*flags, "\\*"]))
+
+    def _new_keywords(self, uids: Sequence[int]) -> bytes:
+        """FLAGS and PERMANENTFLAGS again when ``uids`` carry a keyword the client was not
+        told about yet (RFC 3501 7.2.6; Dovecot), else nothing. Sent before their FETCH."""
+        sel = self._sel()
+        known = {k.casefold() for k in sel.keywords}
+        added = False
+        for uid in uids:
+            if sel.index.seq(uid) is None:
+                continue
+            for flag in sorted(sel.index.flags(uid)):
+                if flag[0] != "\\" and flag.casefold() not in known:
+                    known.add(flag.casefold())
+                    sel.keywords.append(flag)
+                    added = True
+        return self._flags_lines() if added else b""
 
     def _flags_fetch(self, seq: int, uid: int) -> bytes:
         index = self._sel().index
@@ -510,14 +537,11 @@ class IMAPSession:
 
         index, cache, keywords, first_unseen = await asyncio.to_thread(open_index)
         key = self.backend.hub.register(path, self)
-        self.selected = Selected(name, index, cache, key, cmd.readonly)
+        self.selected = Selected(name, index, cache, key, cmd.readonly, list(keywords))
         self.state = State.SELECTED
         self._dirty = False
-        flags = [*SYSTEM_FLAGS, *keywords]
         out = [
-            fmt.flags_response(flags),
-            fmt.untagged_status("OK", "Flags permitted", code=fmt.code_permanentflags(
-                [] if cmd.readonly else [*flags, "\\*"])),
+            self._flags_lines(),
             fmt.exists(len(index)),
             fmt.recent(index.recent_count),
         ]
@@ -929,7 +953,7 @@ class IMAPSession:
             self._notify_others([index.dir])
         changed_set = set(changed)
         failed_set = set(failed)
-        out = []
+        out = [self._new_keywords(changed)] if any(f[0] != "\\" for f in flags) else []
         for uid in uids:
             seq = index.seq(uid)
             if seq is None or uid in failed_set:
