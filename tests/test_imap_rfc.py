@@ -128,7 +128,8 @@ def test_list_extended_childinfo_subscribed(imapd, ca):
     assert listing.startswith(b'* LIST (\\HasChildren) "." p (CHILDINFO ("SUBSCRIBED"))\r\n3 OK'), listing
     _ok(raw, b"4", b"SUBSCRIBE p")
     listing = _ok(raw, b"5", b'LIST (SUBSCRIBED RECURSIVEMATCH) "" "p"')
-    assert listing.startswith(b'* LIST (\\HasChildren \\Subscribed) "." p (CHILDINFO ("SUBSCRIBED"))\r\n5 OK'), listing
+    expected = b'* LIST (\\HasChildren \\Subscribed) "." p (CHILDINFO ("SUBSCRIBED"))\r\n5 OK'
+    assert listing.startswith(expected), listing
     # without RECURSIVEMATCH an unsubscribed parent is not listed, nor when the child matches
     _ok(raw, b"6", b"UNSUBSCRIBE p")
     assert _ok(raw, b"7", b'LIST (SUBSCRIBED) "" "p"').startswith(b"7 OK")
@@ -148,8 +149,8 @@ def test_esearch_min_max_modseq_is_the_returned_message(imapd, ca):
     m1 = int(re.search(rb"MODSEQ \((\d+)\)", _ok(raw, b"4", b"STORE 1 +FLAGS (\\Flagged)")).group(1))
     m2 = int(re.search(rb"MODSEQ \((\d+)\)", _ok(raw, b"5", b"STORE 2 +FLAGS (\\Seen)")).group(1))
     assert m2 > m1
-    assert b"* ESEARCH (TAG \"6\") MIN 1 MODSEQ %d\r\n" % m1 in _ok(raw, b"6", b"SEARCH RETURN (MIN) MODSEQ 1")
-    assert b"* ESEARCH (TAG \"7\") MAX 2 MODSEQ %d\r\n" % m2 in _ok(raw, b"7", b"SEARCH RETURN (MAX) MODSEQ 1")
+    assert b'* ESEARCH (TAG "6") MIN 1 MODSEQ %d\r\n' % m1 in _ok(raw, b"6", b"SEARCH RETURN (MIN) MODSEQ 1")
+    assert b'* ESEARCH (TAG "7") MAX 2 MODSEQ %d\r\n' % m2 in _ok(raw, b"7", b"SEARCH RETURN (MAX) MODSEQ 1")
     assert b"MIN 1 MAX 2 MODSEQ %d\r\n" % m2 in _ok(raw, b"8", b"SEARCH RETURN (MIN MAX) MODSEQ 1")
     assert b"COUNT 2 MODSEQ %d\r\n" % m2 in _ok(raw, b"9", b"SEARCH RETURN (COUNT) MODSEQ 1")
     raw.close()
@@ -211,7 +212,8 @@ def test_highestmodseq_of_an_empty_folder_is_not_zero(imapd, ca):
 def test_envelope_address_with_comments_inside_addr_spec(imapd, ca):
     raw = _session(imapd, ca)
     msg = (b"From: <user-from (comment)@ (comment) domain.org>\r\n"
-           b"To: Name <a (c)@ (d) b.org>, user-from (comment)@ (comment) domain.org\r\nSubject: x\r\n\r\nb\r\n")
+           b"To: Name <a (c)@ (d) b.org>, user-from (comment)@ (comment) domain.org\r\n"
+           b"Subject: x\r\n\r\nb\r\n")
     _append(raw, b"1", b"INBOX", msg)
     _ok(raw, b"2", b"SELECT INBOX")
     env = _ok(raw, b"3", b"FETCH 1 ENVELOPE")
