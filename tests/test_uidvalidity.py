@@ -1,4 +1,5 @@
-"""UIDVALIDITY never repeats for a folder name: per-account counter, Dovecot's values."""
+"""UIDVALIDITY never repeats for a folder name (per-account counter, Dovecot's values);
+HIGHESTMODSEQ is never 0."""
 
 from __future__ import annotations
 
@@ -78,3 +79,29 @@ def test_clock_still_leads_when_ahead(tmp_path: Path) -> None:
     create_maildirpp(tmp_path / "m", durable=False)
     tree = MailboxTree(tmp_path / "m")
     assert abs(_uidvalidity(tree, "INBOX") - time.time()) < 5
+
+
+def test_highestmodseq_is_never_zero_even_for_an_old_empty_index(tree: MailboxTree) -> None:
+    from mailserver.storage.indexstore import IndexStore
+
+    path = tree.path("Junk")
+    assert _highestmodseq(path) == 1  # a new index starts at 1
+    store = IndexStore(path / INDEX_FILE)  # an index from before: HIGHESTMODSEQ 0
+    store.connect()
+    meta = store.read_meta()
+    assert meta is not None
+    meta.highestmodseq = 0
+    with store.transaction():
+        store.set_meta(meta)
+    store.close()
+    assert _highestmodseq(path) == 1
+    assert _highestmodseq(path, read_only=True) == 1
+
+
+def _highestmodseq(path: Path, read_only: bool = False) -> int:
+    ix = MailboxIndex(path, read_only=read_only)
+    try:
+        ix.sync()
+        return ix.highestmodseq
+    finally:
+        ix.close()

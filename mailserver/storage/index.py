@@ -1322,6 +1322,8 @@ class MailboxIndex:
         vanished: list[Message],
     ) -> None:
         meta = self._meta_copy()
+        if meta.highestmodseq == 0:
+            meta.highestmodseq = 1  # an index made before HIGHESTMODSEQ started at 1: never 0
         new_msgs = [self._new_message(meta, *info, "") for info in fresh]
         updates: list[Message] = []
         notify: list[int] = []
@@ -1342,7 +1344,8 @@ class MailboxIndex:
             if not self.read_only:
                 meta.first_recent_uid = meta.uidnext  # the first session to see them gets them
         assert self._meta is not None
-        if new_msgs or updates or expunges or meta.first_recent_uid != self._meta.first_recent_uid:
+        if (new_msgs or updates or expunges or meta.first_recent_uid != self._meta.first_recent_uid
+                or meta.highestmodseq != self._meta.highestmodseq):
             with self._commit(meta):
                 self._store.upsert([*new_msgs, *updates])
                 if expunges:
