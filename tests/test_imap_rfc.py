@@ -161,7 +161,7 @@ def test_copy_and_move_into_selected_folder_announce_exists(imapd, ca):
     _append(raw, b"1", b"INBOX", MSG)
     _ok(raw, b"2", b"SELECT INBOX")
     copied = _ok(raw, b"3", b"COPY 1 INBOX")
-    assert b"* 2 EXISTS\r\n" in copied, copied
+    assert b"* 2 EXISTS\r\n* 2 RECENT\r\n" in copied, copied  # the copy is \Recent too
     moved = raw.cmd(b"4", b"MOVE 1 INBOX")
     assert moved[-1].startswith(b"4 OK"), moved
     # the moved copy is announced after the EXPUNGE of 1 and before the tagged OK

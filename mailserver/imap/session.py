@@ -304,10 +304,10 @@ class IMAPSession:
         if parts:
             self.out.write(b"".join(parts))
 
-    def _announce_own(self) -> None:
+    async def _announce_own(self) -> None:
         """EXISTS (and RECENT) for what this session added to its selected folder, now."""
         index = self._sel().index
-        new = index.announce_new()
+        new = await asyncio.to_thread(index.announce_new)  # takes the folder lock
         if new:
             self.out.write(self._new_keywords(new) + fmt.exists(len(index)) + fmt.recent(index.recent_count))
 
@@ -1001,7 +1001,7 @@ class IMAPSession:
             code = fmt.code_copyuid(uidvalidity, [s for s, _d in pairs], [d for _s, d in pairs])
         if not move:
             if dest is source and pairs:
-                self._announce_own()
+                await self._announce_own()
             self._ok(cmd.tag, "COPY completed", code=code)
             return Action.NONE
         if code is not None:
@@ -1019,7 +1019,7 @@ class IMAPSession:
         if changes.expunged:
             self._notify_others([source.dir])
         if dest is source and pairs:
-            self._announce_own()  # after the EXPUNGEs, as Dovecot
+            await self._announce_own()  # after the EXPUNGEs, as Dovecot
         self._ok(cmd.tag, "MOVE completed")
         return Action.NONE
 

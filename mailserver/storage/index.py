@@ -679,9 +679,19 @@ class MailboxIndex:
         """Move the messages waiting for the view (this session's COPY or MOVE into its own
         folder, deliveries seen meanwhile) into it, without the expunges by others: EXISTS
         may be sent during any command, EXPUNGE not (RFC 3501 7.4.1). The new UIDs."""
-        with self._mutex:
+        with self._locked():
             new = sorted(self._entries.keys() & self._unannounced)
             self._unannounced.difference_update(new)
+            assert self._meta is not None
+            first = self._meta.first_recent_uid
+            if new and not self.read_only and new[-1] >= first:
+                # A copy is \Recent for the session that made it (RFC 3501 6.4.7), as
+                # sync would have claimed it.
+                meta = self._meta_copy()
+                meta.first_recent_uid = meta.uidnext
+                with self._commit(meta):
+                    pass
+                self._recent.update(u for u in new if u >= first)
             if new:
                 self._view = sorted({*self._view, *new})
             self._maybe_advance_modseq()
