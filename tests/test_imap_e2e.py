@@ -268,7 +268,7 @@ def test_mailbox_management(imapd, ca):
     m.logout()
 
 
-@pytest.mark.parametrize("name", ["../bob", "a/b", "a..b", ".hidden", "x.", "&Jjo", "&AGE-", "a*b"])
+@pytest.mark.parametrize("name", ["../bob", "a/b", "a..b", ".hidden", "x..", "&Jjo", "&AGE-", "a*b"])
 def test_bad_mailbox_names(imapd, ca, name):
     user = new_account(imapd)
     m = login(imapd, ca, user)

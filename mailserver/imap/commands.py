@@ -28,6 +28,8 @@ SYSTEM_FLAGS = {f.upper(): f for f in (
 STATUS_ITEMS = frozenset({"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE",
                           "HIGHESTMODSEQ", "APPENDLIMIT"})
 SEARCH_CHARSETS = ("US-ASCII", "UTF-8")
+LIST_SELECTION = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})  # RFC 5258, 6154
+LIST_RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "STATUS", "SPECIAL-USE"})  # RFC 5258, 5819, 6154
 
 
 # ---------------------------------------------------------------------------- commands
@@ -326,6 +328,11 @@ def _list(r: Reader, tag: str, name: str) -> Command:
     selection: frozenset[str] = frozenset()
     if r.peek() == 0x28:
         selection = frozenset(r.paren_list())
+        unknown = selection - LIST_SELECTION
+        if unknown:
+            raise r.error(f"unknown LIST selection option {min(unknown)[:30]}")
+        if "RECURSIVEMATCH" in selection and not selection - {"RECURSIVEMATCH", "REMOTE"}:
+            raise r.error("RECURSIVEMATCH must not be the only selection option (RFC 5258)")
         r.sp()
     reference = decode_text(r.astring(), r.tag, "reference")
     r.sp()
@@ -349,6 +356,8 @@ def _list(r: Reader, tag: str, name: str) -> Command:
             if returns:
                 r.sp()
             opt = r.atom().upper()
+            if opt not in LIST_RETURN:
+                raise r.error(f"unknown LIST return option {opt[:30]}")
             returns.add(opt)
             if opt == "STATUS":
                 r.sp()

@@ -216,6 +216,10 @@ class MailboxTree:
     # ---------------------------------------------------------------- changes
 
     def create(self, name: str) -> None:
+        if len(name) > 1 and name.endswith(DELIMITER):
+            # RFC 3501 6.3.3: a trailing delimiter only declares that children will
+            # follow; the mailbox created is the name without it (as Dovecot does).
+            name = name[:-1]
         name = check_name(name)
         if name == "INBOX":
             raise MailboxError("INBOX always exists", "ALREADYEXISTS")
@@ -251,7 +255,8 @@ class MailboxTree:
         os.rename(path, trash)
         fsync_dir(self.root)
         shutil.rmtree(trash, ignore_errors=True)
-        self._set_subscriptions([s for s in self.subscriptions() if s != name])
+        # The subscription stays (RFC 3501 6.3.4, RFC 9051 6.3.4; Dovecot): LSUB shows it as
+        # \Noselect and LIST (SUBSCRIBED) as \NonExistent until the client unsubscribes.
 
     def rename(self, old: str, new: str) -> None:
         old, new = check_name(old), check_name(new)

@@ -271,15 +271,29 @@ def _addr_spec(tokens: list[tuple[int, bytes]]) -> tuple[bytes, bytes, list[tupl
         words = [_word(k, t) for k, t in tokens if k in (_Q, _A, _L)]
         return b" ".join(words), b"", []
     host = b"".join(t for k, t in tokens[at + 1 :] if k in (_A, _L, _Q) or (k == _S and t == b"@"))
-    # The local part: the run of adjacent words (no whitespace or comment between) before "@".
-    i = at
-    while i > 0 and tokens[i - 1][0] == _W:
-        i -= 1
-    j = i
-    while j > 0 and tokens[j - 1][0] in (_Q, _A):
-        j -= 1
-    local = b"".join(_word(k, t) for k, t in tokens[j:i])
-    return local, host, tokens[:j]
+    # The local part: the words before "@", comments and whitespace skipped (CFWS may sit
+    # around "@" and the dots: "user (c)@ (c) domain.org", RFC 5322 3.4.1 and 4.4). Words
+    # apart are one local part only when adjacent or joined by a dot; otherwise the
+    # earlier ones are a (bare) display name.
+    words: list[bytes] = []
+    j = at
+    k = at - 1
+    joined = True
+    while k >= 0:
+        kind, text = tokens[k]
+        if kind in (_W, _C):
+            joined = False
+            k -= 1
+            continue
+        if kind not in (_Q, _A):
+            break
+        if words and not (joined or text.endswith(b".") or words[0].startswith(b".")):
+            break
+        words.insert(0, _word(kind, text))
+        j = k
+        joined = True
+        k -= 1
+    return b"".join(words), host, tokens[:j]
 
 
 def _comment_text(tokens: list[tuple[int, bytes]]) -> bytes | None:

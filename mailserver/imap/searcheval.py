@@ -80,6 +80,7 @@ from dataclasses import dataclass
 from email.message import Message
 from typing import Literal
 
+from .mime import parse_addresses
 from .search import (
     AllKey,
     AndKey,
@@ -1131,6 +1132,12 @@ class MessageContent:
                 decoded = decode_encoded_words(value)
                 if decoded != value:
                     values.append(normalize(decoded))
+                if name in _ADDRESS_FIELDS:
+                    # The addresses as ENVELOPE parses them, so "user (c)@ (c) example.org"
+                    # is found as user@example.org too (Dovecot searches the parsed form).
+                    addrs = _address_text(value)
+                    if addrs:
+                        values.append(normalize(addrs))
             self._norm[name] = values
         return values
 
@@ -1455,6 +1462,20 @@ def _flag(key: FlagKey) -> Evaluator:
         return result
 
     return has_flag
+
+
+_ADDRESS_FIELDS = frozenset({"from", "sender", "reply-to", "to", "cc", "bcc"})
+
+
+def _address_text(value: str) -> str:
+    """``name <mailbox@host>, ...`` of an address field, as ENVELOPE reads it."""
+    out = []
+    for name, _route, mailbox, host in parse_addresses(value.encode("utf-8", "surrogateescape")):
+        if host is None:
+            continue  # group start/end
+        spec = (mailbox or b"") + (b"@" + host if host else b"")
+        out.append((name + b" <" + spec + b">") if name else spec)
+    return b", ".join(out).decode("utf-8", "replace")
 
 
 def _header(key: HeaderKey) -> Evaluator:

@@ -17,7 +17,7 @@ import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mailserver.auth.login import AuthResult, loggable
@@ -108,6 +108,7 @@ class Selected:
     cache: FetchCache
     hub_key: str
     readonly: bool
+    keywords: list[str] = field(default_factory=list)  # as last sent in * FLAGS
 
 
 class IMAPSession:
@@ -303,6 +304,8 @@ class IMAPSession:
                 parts.append(fmt.vanished(changes.expunged))
             else:
                 parts.extend(fmt.expunge(s) for s in changes.expunged_seqs)
+        if changes.new or changes.flags:
+            parts.append(self._new_keywords([*changes.new, *changes.flags]))
         if changes.new:
             # Only for growth: RFC 3501 5.2, EXISTS never reports a shrink (EXPUNGE does).
             parts.append(fmt.exists(len(index)))
@@ -313,6 +316,36 @@ class IMAPSession:
                 parts.append(self._flags_fetch(seq, uid))
         if parts:
             self.out.write(b"".join(parts))
+
+    async def _announce_own(self) -> None:
+        """EXISTS (and RECENT) for what this session added to its selected folder, now."""
+        index = self._sel().index
+        new = await asyncio.to_thread(index.announce_new)  # takes the folder lock
+        if new:
+            self.out.write(self._new_keywords(new) + fmt.exists(len(index)) + fmt.recent(index.recent_count))
+
+    def _flags_lines(self) -> bytes:
+        """``* FLAGS`` and ``* OK [PERMANENTFLAGS]`` for the selected folder's keywords."""
+        sel = self._sel()
+        flags = [*SYSTEM_FLAGS, *sel.keywords]
+        return fmt.flags_response(flags) + fmt.untagged_status(
+            "OK", "Flags permitted", code=fmt.code_permanentflags([] if sel.readonly else [*flags, "\\*"]))
+
+    def _new_keywords(self, uids: Sequence[int]) -> bytes:
+        """FLAGS and PERMANENTFLAGS again when ``uids`` carry a keyword the client was not
+        told about yet (RFC 3501 7.2.6; Dovecot), else nothing. Sent before their FETCH."""
+        sel = self._sel()
+        known = {k.casefold() for k in sel.keywords}
+        added = False
+        for uid in uids:
+            if sel.index.seq(uid) is None:
+                continue
+            for flag in sorted(sel.index.flags(uid)):
+                if flag[0] != "\\" and flag.casefold() not in known:
+                    known.add(flag.casefold())
+                    sel.keywords.append(flag)
+                    added = True
+        return self._flags_lines() if added else b""
 
     def _flags_fetch(self, seq: int, uid: int) -> bytes:
         index = self._sel().index
@@ -534,14 +567,11 @@ class IMAPSession:
 
         index, cache, keywords, first_unseen = await asyncio.to_thread(open_index)
         key = self.backend.hub.register(path, self)
-        self.selected = Selected(name, index, cache, key, cmd.readonly)
+        self.selected = Selected(name, index, cache, key, cmd.readonly, list(keywords))
         self.state = State.SELECTED
         self._dirty = False
-        flags = [*SYSTEM_FLAGS, *keywords]
         out = [
-            fmt.flags_response(flags),
-            fmt.untagged_status("OK", "Flags permitted", code=fmt.code_permanentflags(
-                [] if cmd.readonly else [*flags, "\\*"])),
+            self._flags_lines(),
             fmt.exists(len(index)),
             fmt.recent(index.recent_count),
         ]
@@ -654,12 +684,20 @@ class IMAPSession:
         subscribed_only = lsub or "SUBSCRIBED" in selection
         special_only = "SPECIAL-USE" in selection
         subscribed_names = set(await asyncio.to_thread(tree.subscriptions)) if subscribed_only else set()
+        # Parents of subscribed names the patterns miss: LSUB lists
+        # them as \Noselect (RFC 3501 6.3.9), LIST (SUBSCRIBED RECURSIVEMATCH) with
+        # CHILDINFO (RFC 5258 3.5). As Dovecot does.
+        childinfo = "RECURSIVEMATCH" in selection and "SUBSCRIBED" in selection
+        sub_parents = (_hidden_parents(cmd.reference, patterns, subscribed_names, lsub=lsub)
+                       if lsub or childinfo else set())
+        extended = b' (CHILDINFO ("SUBSCRIBED"))'
         out: list[bytes] = []
         seen_names = set()
         for info in infos:
             if not any(pattern_matches(cmd.reference, p, info.name) for p in patterns):
                 continue
-            if subscribed_only and info.name not in subscribed_names:
+            if subscribed_only and info.name not in subscribed_names and not (
+                    info.name in sub_parents and (childinfo or lsub)):
                 continue
             attrs = list(info.attributes)
             if lsub or not (selection or returns):  # \NonExistent is LIST-EXTENDED's
@@ -669,19 +707,33 @@ class IMAPSession:
                 continue
             if lsub:
                 attrs = [a for a in attrs if a in ("\\Noselect",)]
+                if info.name not in subscribed_names and "\\Noselect" not in attrs:
+                    attrs.append("\\Noselect")
             elif ("SUBSCRIBED" in selection or "SUBSCRIBED" in returns) and info.subscribed:
                 attrs.append("\\Subscribed")
             seen_names.add(info.name)
-            out.append(fmt.list_response(attrs, DELIMITER, info.name, command="LSUB" if lsub else "LIST"))
+            line = fmt.list_response(attrs, DELIMITER, info.name, command="LSUB" if lsub else "LIST")
+            if childinfo and info.name in sub_parents:
+                line = line[:-2] + extended + b"\r\n"
+            out.append(line)
             if not lsub and "STATUS" in returns and info.selectable:
                 # RFC 5819: each STATUS follows its LIST line.
                 out.append(await self._status_line(info.name, cmd.status_items))
         if subscribed_only:
             # Subscribed names that no longer exist are still listed (RFC 3501 6.3.9).
-            for name in sorted(subscribed_names - seen_names):
-                if any(pattern_matches(cmd.reference, p, name) for p in patterns):
+            for name in sorted((subscribed_names | sub_parents) - seen_names):
+                if not any(pattern_matches(cmd.reference, p, name) for p in patterns):
+                    continue
+                if name in subscribed_names:
                     attrs = ["\\Noselect"] if lsub else ["\\NonExistent", "\\Subscribed"]
-                    out.append(fmt.list_response(attrs, DELIMITER, name, command="LSUB" if lsub else "LIST"))
+                elif lsub or childinfo:
+                    attrs = ["\\Noselect"] if lsub else ["\\NonExistent"]
+                else:
+                    continue
+                line = fmt.list_response(attrs, DELIMITER, name, command="LSUB" if lsub else "LIST")
+                if childinfo and name in sub_parents:
+                    line = line[:-2] + extended + b"\r\n"
+                out.append(line)
         self.out.write(b"".join(out))
         self._ok(cmd.tag, f"{'LSUB' if lsub else 'LIST'} completed")
         return Action.NONE
@@ -834,6 +886,11 @@ class IMAPSession:
         numbers = [c.uid if cmd.uid else c.seq for c in found]
         modseq = max((c.modseq for c in found), default=0) if uses_modseq(cmd.criteria) else None
         if cmd.returns is not None:
+            if modseq is not None and found and not {"ALL", "COUNT"} & set(cmd.returns or ("ALL",)):
+                # RFC 7162 3.1.5: with only MIN and/or MAX, the MODSEQ of what is returned.
+                wanted = {min(numbers) if "MIN" in cmd.returns else 0,
+                          max(numbers) if "MAX" in cmd.returns else 0}
+                modseq = max(c.modseq for c, n in zip(found, numbers, strict=True) if n in wanted)
             self._untagged(self._esearch(cmd, numbers, modseq))
         else:
             self._untagged(fmt.search_response(numbers, modseq=modseq or None))
@@ -926,7 +983,7 @@ class IMAPSession:
             self._notify_others([index.dir])
         changed_set = set(changed)
         failed_set = set(failed)
-        out = []
+        out = [self._new_keywords(changed)] if any(f[0] != "\\" for f in flags) else []
         for uid in uids:
             seq = index.seq(uid)
             if seq is None or uid in failed_set:
@@ -972,11 +1029,9 @@ class IMAPSession:
         code = None
         if pairs:
             code = fmt.code_copyuid(uidvalidity, [s for s, _d in pairs], [d for _s, d in pairs])
-        if dest is source:
-            self._dirty = True
         if not move:
-            if dest is source:
-                await self._report_changes()
+            if dest is source and pairs:
+                await self._announce_own()
             self._ok(cmd.tag, "COPY completed", code=code)
             return Action.NONE
         if code is not None:
@@ -993,6 +1048,8 @@ class IMAPSession:
         self._write_changes(ChangeSet(expunged=changes.expunged, expunged_seqs=changes.expunged_seqs))
         if changes.expunged:
             self._notify_others([source.dir])
+        if dest is source and pairs:
+            await self._announce_own()  # after the EXPUNGEs, as Dovecot
         self._ok(cmd.tag, "MOVE completed")
         return Action.NONE
 
@@ -1046,6 +1103,25 @@ class IMAPSession:
         self.idling = False
         self.last_activity = time.monotonic()
         self._ok(tag, "IDLE terminated")
+
+
+def _hidden_parents(reference: str, patterns: Sequence[str], names: set[str], *, lsub: bool) -> set[str]:
+    """Parents of ``names`` that match one of the patterns while the name itself matches
+    none. For LSUB only where a ``%`` stopped the name (``a`` for ``a.b`` with ``%``):
+    LSUB "" "a" lists nothing for a subscribed ``a.b`` (RFC 3501 6.3.9; Dovecot)."""
+    out: set[str] = set()
+    for name in names:
+        if DELIMITER not in name or any(pattern_matches(reference, p, name) for p in patterns):
+            continue
+        for p in patterns:
+            if lsub and ("%" not in p or not pattern_matches(reference, p.replace("%", "*"), name)):
+                continue
+            parts = name.split(DELIMITER)
+            for i in range(1, len(parts)):
+                parent = DELIMITER.join(parts[:i])
+                if pattern_matches(reference, p, parent):
+                    out.add(parent)
+    return out
 
 
 def _off_loop(*closers: Callable[[], None]) -> None:

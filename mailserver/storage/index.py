@@ -82,6 +82,10 @@ from mailserver.storage.maildirpp import FILE_MODE, fsync_dir
 log = logging.getLogger("pymaild.storage")
 
 LOCK_FILE = "pymaild-index.lock"
+# In the account's Maildir++ root: the last UIDVALIDITY given to any folder of the account.
+# It survives DELETE and RENAME of a folder, so a name never gets a UIDVALIDITY twice
+# (a folder's own lock file goes with the folder).
+UIDVALIDITY_FILE = "pymaild-uidvalidity"
 StoreMode = Literal["add", "remove", "replace"]
 
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -440,6 +444,11 @@ class MailboxIndex:
         """
         with self._locked():
             self._sync_disk()
+            if self.read_only and self._recent and self._meta is not None:
+                # A read-write SELECT elsewhere claimed them: a STATUS view kept open
+                # must not go on counting them as RECENT (Dovecot: 0 after that CLOSE).
+                first = self._meta.first_recent_uid
+                self._recent = {u for u in self._recent if u >= first}
             return self._announce()
 
     def store_flags(
@@ -703,6 +712,30 @@ class MailboxIndex:
             self._maybe_advance_modseq()
         return ChangeSet(expunged=removed, expunged_seqs=seqs)
 
+    def announce_new(self) -> list[int]:
+        """Move the messages waiting for the view (this session's COPY or MOVE into its own
+        folder, deliveries seen meanwhile) into it, without the expunges by others: EXISTS
+        may be sent during any command, EXPUNGE not (RFC 3501 7.4.1). The new UIDs."""
+        with self._locked():
+            new = sorted(self._entries.keys() & self._unannounced)
+            self._unannounced.difference_update(new)
+            assert self._meta is not None
+            first = self._meta.first_recent_uid
+            if new and not self.read_only and new[-1] >= first:
+                # A copy is \Recent for the session that made it (RFC 3501 6.4.7), as
+                # sync would have claimed it.
+                meta = self._meta_copy()
+                meta.first_recent_uid = meta.uidnext
+                with self._commit(meta):
+                    pass
+                self._recent.update(u for u in new if u >= first)
+            if new:
+                self._view = sorted({*self._view, *new})
+            self._maybe_advance_modseq()
+            if not self._unannounced and self._meta is not None:
+                self._announced_uidnext = self._meta.uidnext
+            return new
+
     def append(
         self,
         data: bytes,
@@ -943,7 +976,8 @@ class MailboxIndex:
         """A new empty index with a UIDVALIDITY above any this folder had before."""
         hint = self._read_hint()
         floor = self._meta.uidvalidity + 1 if self._meta else 1
-        uidvalidity = max(int(time.time()), hint + 1, floor) & 0xFFFFFFFF or 1
+        floor = max(int(time.time()), hint + 1, floor, _dovecot_uidvalidity(self.dir) + 1)
+        uidvalidity = next_uidvalidity(account_root(self.dir), floor)
         meta = self._store.create(uidvalidity)
         self._write_hint(uidvalidity)
         if corrupt is not None:
@@ -1351,6 +1385,8 @@ class MailboxIndex:
         vanished: list[Message],
     ) -> None:
         meta = self._meta_copy()
+        if meta.highestmodseq == 0:
+            meta.highestmodseq = 1  # an index made before HIGHESTMODSEQ started at 1: never 0
         new_msgs = [self._new_message(meta, *info, "") for info in fresh]
         updates: list[Message] = []
         notify: list[int] = []
@@ -1371,7 +1407,8 @@ class MailboxIndex:
             if not self.read_only:
                 meta.first_recent_uid = meta.uidnext  # the first session to see them gets them
         assert self._meta is not None
-        if new_msgs or updates or expunges or meta.first_recent_uid != self._meta.first_recent_uid:
+        if (new_msgs or updates or expunges or meta.first_recent_uid != self._meta.first_recent_uid
+                or meta.highestmodseq != self._meta.highestmodseq):
             with self._commit(meta):
                 self._store.upsert([*new_msgs, *updates])
                 if expunges:
@@ -1579,6 +1616,53 @@ class MailboxIndex:
                 _copy_durably(src, dst, m.internal_date)
                 return True
         return False
+
+
+def account_root(folder: Path) -> Path:
+    """The Maildir++ root a folder belongs to: the parent of a ``.name`` folder, else itself."""
+    if folder.name.startswith(".") and os.path.isdir(folder.parent / "cur"):
+        return folder.parent
+    return folder
+
+
+def next_uidvalidity(root: Path, at_least: int) -> int:
+    """A UIDVALIDITY for a new index in the account at ``root``: at least ``at_least`` and
+    above every one given before in the account (``pymaild-uidvalidity``, under flock,
+    fsynced before the index that uses it exists)."""
+    path = root / UIDVALIDITY_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        raw = os.pread(fd, 32, 0).strip()
+        last = int(raw) if raw.isdigit() else 0
+        value = max(at_least, last + 1) & 0xFFFFFFFF or 1
+        data = f"{value}\n".encode()
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+        if not raw:
+            fsync_dir(root)  # a new file: make its directory entry durable too
+        return value
+    finally:
+        os.close(fd)  # drops the flock
+
+
+def _dovecot_uidvalidity(folder: Path) -> int:
+    """The UIDVALIDITY Dovecot gave this folder (``dovecot-uidlist``) and the account's
+    (``dovecot-uidvalidity``), 0 when absent: a new index must not reuse them, or a
+    client that synchronised with Dovecot would trust its old UIDs."""
+    found = 0
+    with contextlib.suppress(OSError, ValueError):
+        with open(folder / "dovecot-uidlist", "rb") as f:
+            head = f.readline(256).split()
+        if head[:1] == [b"1"] and len(head) > 1:
+            found = int(head[1])
+        else:
+            found = max((int(w[1:]) for w in head[1:] if w[:1] == b"V" and w[1:].isdigit()), default=0)
+    with contextlib.suppress(OSError, ValueError):
+        text = (account_root(folder) / "dovecot-uidvalidity").read_text("ascii").strip()
+        found = max(found, int(text, 16))
+    return found
 
 
 def _copy_durably(src: Path, dst: Path, mtime: float) -> None:

@@ -334,7 +334,8 @@ class IndexStore:
 
     def create(self, uidvalidity: int) -> Meta:
         """Lay down the schema and counters of a new, empty index (in one transaction)."""
-        meta = Meta(uidvalidity, 1, 0, 1, 0, secrets.randbits(62) or 1)
+        # HIGHESTMODSEQ starts at 1: RFC 7162 3.1.2.1 reserves 0 (Dovecot reports 1 too).
+        meta = Meta(uidvalidity, 1, 1, 1, 0, secrets.randbits(62) or 1)
         with self.transaction():
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
