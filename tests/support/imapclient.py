@@ -478,6 +478,12 @@ class IMAPClient:
 
     async def idle(self, seconds: float) -> Tagged:
         """IDLE for ``seconds`` (the model allows any update meanwhile), then DONE."""
+        fut = await self.idle_start()
+        await asyncio.sleep(seconds)
+        return await self.idle_done(fut)
+
+    async def idle_start(self) -> asyncio.Future[Tagged]:
+        """Send IDLE and wait for the ``+``; the future is the tagged response to come."""
         tag = self.next_tag()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Tagged] = loop.create_future()
@@ -487,6 +493,13 @@ class IMAPClient:
         self._send(f"{tag} IDLE\r\n".encode())
         await asyncio.wait_for(self._continuation, 30)
         self._continuation = None
-        await asyncio.sleep(seconds)
+        return fut
+
+    async def idle_done(self, fut: asyncio.Future[Tagged]) -> Tagged:
         self._send(b"DONE\r\n")
         return await asyncio.wait_for(fut, 30)
+
+    def abort(self) -> None:
+        """Drop the connection at once (a laptop that leaves the network), no LOGOUT."""
+        if self.writer is not None:
+            self.writer.transport.abort()
