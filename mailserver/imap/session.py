@@ -222,14 +222,16 @@ class IMAPSession:
         sel = self.selected
         if self.state is not State.SELECTED or sel is None:
             return
-        if _holds_expunges(cmd):
-            if self._dirty:
-                await self._report_changes(hold_expunges=True)
-        elif self._dirty or sel.index.holds_expunges or cmd.name in ("NOOP", "CHECK"):
-            try:
+        try:
+            if _holds_expunges(cmd):
+                if self._dirty:
+                    await self._report_changes(hold_expunges=True)
+            elif self._dirty or sel.index.holds_expunges or cmd.name in ("NOOP", "CHECK"):
                 await self._report_changes()
-            except OSError as exc:
-                log.error("session=%s user=%s sync of %s failed: %s", self.id, self.user, sel.name, exc)
+        except OSError as exc:
+            # The command itself is done: its answer stands; the updates come next time.
+            self._dirty = True
+            log.error("session=%s user=%s sync of %s failed: %s", self.id, self.user, sel.name, exc)
 
     def _wrong_state(self, cmd: Command) -> Action:
         resume = cmd.name in ("AUTHENTICATE", "IDLE", "STARTTLS")
