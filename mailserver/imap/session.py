@@ -4,8 +4,14 @@ The transport (``server.py``) feeds parsed commands in and tells the framer what
 session answered (``Action``); everything that touches the disk (the Maildir index,
 mailbox tree, message files) runs in worker threads, so a 100,000-message FETCH never
 stalls other sessions. Untagged updates follow RFC 3501 7.4.1: changes made by others
-are reported only after commands that allow it (never in the middle of a FETCH, STORE or
-SEARCH by sequence number, because EXPUNGE would shift the numbers the client is using).
+are reported inside the response to a command, before its tagged response, never after it
+(then no command is in progress and a client takes them for part of its next command).
+Expunges by others are held back during FETCH, STORE, SEARCH and COPY/MOVE by sequence
+number, because EXPUNGE would shift the numbers the client is using; meanwhile those
+messages stay in the session's view (their sequence numbers still name them), and FETCH of
+one answers what the index still knows (flags, UID, sizes, dates) or, if its content is
+needed and the file is gone, leaves it out and ends with ``OK [EXPUNGEISSUED]``, as
+Dovecot does. See :meth:`IMAPSession.execute`.
 """
 
 from __future__ import annotations
@@ -132,6 +138,11 @@ class IMAPSession:
         self._idle_tag = ""
         self._dirty = False
         self._wake: asyncio.Event | None = None
+        # While a command runs its tagged response waits here, so that the updates it may
+        # carry (_send_updates) go out before it, never after it.
+        self._in_command = False
+        self._tagged: bytes | None = None
+        self._idle_tagged: bytes | None = None
         self._auth_tag = ""
         self.auth_failures = 0  # failed LOGIN/AUTHENTICATE on this connection
         self._status_indexes: OrderedDict[Path, MailboxIndex] = OrderedDict()
@@ -163,7 +174,11 @@ class IMAPSession:
                                    code=fmt.code_capability(self.capabilities()))
 
     async def execute(self, cmd: Command) -> Action:
-        """Run one command; every response (untagged and tagged) is written to ``out``."""
+        """Run one command; every response (untagged and tagged) is written to ``out``.
+
+        The handler's tagged response is held until the changes by others that this
+        command may carry are written (:meth:`_send_updates`): RFC 3501 7.4.1 / RFC 9051
+        7.5.1 allow them only while a command is in progress."""
         self.last_activity = time.monotonic()
         handler = _HANDLERS.get(cmd.name)
         if handler is None:
@@ -171,34 +186,65 @@ class IMAPSession:
             return Action.NONE
         if self.state.name not in handler[1]:
             return self._wrong_state(cmd)
+        pausing = cmd.name in ("AUTHENTICATE", "IDLE", "STARTTLS")
+        self._in_command = True
+        self._tagged = None
         try:
-            action = await handler[0](self, cmd)
-        except Refused as exc:
-            self.out.write(fmt.tagged(cmd.tag, exc.status, exc.text, code=exc.code))
-            return Action.RESUME if cmd.name in ("AUTHENTICATE", "IDLE", "STARTTLS") else Action.NONE
-        except MailboxError as exc:
-            self.out.write(fmt.tagged(cmd.tag, "NO", str(exc), code=exc.code))
-            return Action.NONE
-        except ReadOnlyMailbox:
-            self.out.write(fmt.tagged(cmd.tag, "NO", "mailbox is read-only (EXAMINE)", code="READ-ONLY"))
-            return Action.NONE
-        except KeywordLimit as exc:
-            self.out.write(fmt.tagged(cmd.tag, "NO", str(exc), code=exc.code))
-            return Action.NONE
-        except (OSError, sqlite3.OperationalError) as exc:
-            # A full disk or an I/O error (in a file or in a folder's SQLite index) fails
-            # this command, not the session. Disk full is [OVERQUOTA], as Dovecot says it.
-            full = is_disk_full(exc)
-            log.error("session=%s user=%s %s failed: %s", self.id, self.user, cmd.name, describe_error(exc))
-            if full:
-                self.out.write(fmt.tagged(cmd.tag, "NO", f"{cmd.name} failed: not enough disk space",
-                                          code=fmt.CODE_OVERQUOTA))
-            else:
-                reason = exc.strerror if isinstance(exc, OSError) else str(exc)
-                self.out.write(fmt.tagged(cmd.tag, "NO", f"{cmd.name} failed: {reason or 'server error'}",
-                                          code="SERVERBUG"))
-            return Action.RESUME if cmd.name in ("AUTHENTICATE", "IDLE", "STARTTLS") else Action.NONE
-        return action or Action.NONE
+            try:
+                action = await handler[0](self, cmd) or Action.NONE
+            except Refused as exc:
+                self._tagged = fmt.tagged(cmd.tag, exc.status, exc.text, code=exc.code)
+                action = Action.RESUME if pausing else Action.NONE
+            except MailboxError as exc:
+                self._tagged = fmt.tagged(cmd.tag, "NO", str(exc), code=exc.code)
+                action = Action.NONE
+            except ReadOnlyMailbox:
+                self._tagged = fmt.tagged(cmd.tag, "NO", "mailbox is read-only (EXAMINE)", code="READ-ONLY")
+                action = Action.NONE
+            except KeywordLimit as exc:
+                self._tagged = fmt.tagged(cmd.tag, "NO", str(exc), code=exc.code)
+                action = Action.NONE
+            except (OSError, sqlite3.OperationalError) as exc:
+                # A full disk or an I/O error (in a file or in a folder's SQLite index) fails
+                # this command, not the session. Disk full is [OVERQUOTA], as Dovecot says it.
+                log.error("session=%s user=%s %s failed: %s", self.id, self.user, cmd.name,
+                          describe_error(exc))
+                if is_disk_full(exc):
+                    text, code = f"{cmd.name} failed: not enough disk space", fmt.CODE_OVERQUOTA
+                else:
+                    reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+                    text, code = f"{cmd.name} failed: {reason or 'server error'}", "SERVERBUG"
+                self._tagged = fmt.tagged(cmd.tag, "NO", text, code=code)
+                action = Action.RESUME if pausing else Action.NONE
+            if self._tagged is not None:
+                await self._send_updates(cmd)
+        finally:
+            self._in_command = False
+            tagged, self._tagged = self._tagged, None
+        if tagged is not None:
+            self.out.write(tagged)
+        return action
+
+    async def _send_updates(self, cmd: Command) -> None:
+        """What others changed in the selected folder, for the response to ``cmd``.
+
+        Expunges only where RFC 3501 7.4.1 allows them (not during FETCH, STORE, SEARCH,
+        COPY or MOVE by sequence number; MOVE's own EXPUNGEs are its result, not an
+        update); new messages (EXISTS) and flag changes (FETCH) always. NOOP and CHECK
+        look at the folder even if nobody said it changed (other programs writing it)."""
+        sel = self.selected
+        if self.state is not State.SELECTED or sel is None:
+            return
+        try:
+            if _holds_expunges(cmd):
+                if self._dirty:
+                    await self._report_changes(hold_expunges=True)
+            elif self._dirty or sel.index.holds_expunges or cmd.name in ("NOOP", "CHECK"):
+                await self._report_changes()
+        except OSError as exc:
+            # The command itself is done: its answer stands; the updates come next time.
+            self._dirty = True
+            log.error("session=%s user=%s sync of %s failed: %s", self.id, self.user, sel.name, exc)
 
     def _wrong_state(self, cmd: Command) -> Action:
         resume = cmd.name in ("AUTHENTICATE", "IDLE", "STARTTLS")
@@ -212,17 +258,21 @@ class IMAPSession:
         return Action.RESUME if resume else Action.NONE
 
     async def after_command(self, cmd: Command) -> None:
-        """Report changes by others when the RFC allows it (not after sequence-number FETCH,
-        STORE, SEARCH, COPY, MOVE: EXPUNGE would renumber what the client is working on)."""
-        if self.state is not State.SELECTED or not self._dirty:
-            return
-        if cmd.name in ("FETCH", "STORE", "SEARCH", "COPY", "MOVE") and not getattr(cmd, "uid", True):
-            return
-        await self._report_changes()
+        """Nothing: a command's updates are sent inside its response, before its tagged
+        line (:meth:`execute`). After the tagged response no command is in progress and
+        RFC 3501 7.4.1 forbids EXPUNGE; the transport still calls this hook."""
 
     async def report_if_dirty(self) -> None:
-        if self.state is State.SELECTED and self._dirty:
-            await self._report_changes()
+        """End IDLE after :meth:`idle_done`: what changed since the last push, then the
+        tagged OK (IDLE is in progress until its tagged response)."""
+        try:
+            if self.state is State.SELECTED and self.selected is not None and (
+                    self._dirty or self.selected.index.holds_expunges):
+                await self._report_changes()
+        finally:
+            tagged, self._idle_tagged = self._idle_tagged, None
+            if tagged is not None:
+                self.out.write(tagged)
 
     def mailbox_changed(self) -> None:
         """Hub callback: someone else changed the selected folder."""
@@ -243,7 +293,11 @@ class IMAPSession:
     # ================================================================ helpers
 
     def _ok(self, tag: str, text: str, code: str | None = None) -> None:
-        self.out.write(fmt.tagged(tag, "OK", text, code=code))
+        line = fmt.tagged(tag, "OK", text, code=code)
+        if self._in_command:
+            self._tagged = line  # written by execute() after the command's updates
+        else:
+            self.out.write(line)
 
     def _untagged(self, data: bytes) -> None:
         self.out.write(data)
@@ -274,13 +328,13 @@ class IMAPSession:
             raise Refused(f"message sequence number out of range (mailbox has {n})", status="BAD")
         return [view[s - 1] for lo, hi in spans for s in range(lo, hi + 1)]
 
-    async def _report_changes(self) -> None:
+    async def _report_changes(self, hold_expunges: bool = False) -> None:
         sel = self.selected
         if sel is None:
             return
         self._dirty = False
         try:
-            changes = await asyncio.to_thread(sel.index.sync)
+            changes = await asyncio.to_thread(sel.index.sync, hold_expunges)
         except (FileNotFoundError, CorruptIndex) as exc:
             log.warning("session=%s mailbox %s is gone: %s", self.id, sel.name, exc)
             self._bye_and_deselect("the selected mailbox was deleted or renamed")
@@ -391,8 +445,7 @@ class IMAPSession:
         return Action.NONE
 
     async def _noop(self, cmd: Command) -> Action:
-        if self.state is State.SELECTED:
-            await self._report_changes()
+        # The folder is synced by execute() (_send_updates), before this tagged OK.
         self._ok(cmd.tag, f"{cmd.name} completed")
         return Action.NONE
 
@@ -608,6 +661,7 @@ class IMAPSession:
             for lo, hi in known.resolve(largest):
                 keep.update(u for u in vanished if lo <= u <= hi)
             vanished = sorted(keep)
+        vanished = [u for u in vanished if index.seq(u) is None]  # see _fetch
         if vanished:
             self._untagged(fmt.vanished(vanished, earlier=True))
         changed = index.changed_since(modseq)
@@ -808,15 +862,13 @@ class IMAPSession:
         uidvalidity, uid = await asyncio.to_thread(append)
         self._notify_others([path])
         if self.selected is not None and self.selected.index is index:
-            self._dirty = True
-            await self._report_changes()
+            self._dirty = True  # EXISTS follows, before the tagged OK (execute)
         self._ok(cmd.tag, "APPEND completed", code=fmt.code_appenduid(uidvalidity, uid))
         return Action.NONE
 
     # ================================================================ selected
 
     async def _check(self, cmd: Command) -> Action:
-        await self._report_changes()
         self._ok(cmd.tag, "CHECK completed")
         return Action.NONE
 
@@ -937,7 +989,10 @@ class IMAPSession:
             since = cmd.changedsince
             if cmd.vanished:
                 gone, _complete = await asyncio.to_thread(index.vanished_since, since)
-                wanted = [u for u in gone if cmd.sequence_set.contains(u, max(index.uidnext - 1, 1))]
+                # Not a message still in the view (expunged elsewhere, held): that one gets
+                # a VANISHED of its own, which does shift the sequence numbers.
+                wanted = [u for u in gone if cmd.sequence_set.contains(u, max(index.uidnext - 1, 1))
+                          and index.seq(u) is None]
                 if wanted:
                     self._untagged(fmt.vanished(wanted, earlier=True))
             uids = [u for u in uids if index.modseq(u) > since]
@@ -962,7 +1017,10 @@ class IMAPSession:
             self.out.write(b"".join(responses))
             await self.out.drain()
         if renderer.missing:
-            raise Refused("some of the requested messages no longer exist", code="EXPUNGEISSUED")
+            # Expunged by another session or program, not yet announced (RFC 2180 4.1.1):
+            # left out, and said so, as Dovecot does.
+            self._ok(cmd.tag, "Some messages were already expunged", code="EXPUNGEISSUED")
+            return Action.NONE
         self._ok(cmd.tag, "FETCH completed")
         return Action.NONE
 
@@ -986,8 +1044,8 @@ class IMAPSession:
         out = [self._new_keywords(changed)] if any(f[0] != "\\" for f in flags) else []
         for uid in uids:
             seq = index.seq(uid)
-            if seq is None or uid in failed_set:
-                continue
+            if seq is None or uid in failed_set or index.expunged_elsewhere(uid):
+                continue  # RFC 2180 4.2.1: a STORE to a message expunged elsewhere is ignored
             if cmd.silent:
                 if self.condstore and uid in changed_set:
                     out.append(fmt.fetch_response(seq, [("UID", uid), ("MODSEQ", fmt.Raw(
@@ -1042,8 +1100,8 @@ class IMAPSession:
             source.store_flags(moved, ["\\Deleted"], "add")
             return source.expunge(moved)
 
-        if self._dirty and cmd.uid:
-            await self._report_changes()
+        # Sequence numbers of these EXPUNGEs are those of the client's view: messages others
+        # expunged stay in it until a command that may tell (execute, _send_updates).
         changes = await asyncio.to_thread(expunge_moved) if moved else ChangeSet()
         self._write_changes(ChangeSet(expunged=changes.expunged, expunged_seqs=changes.expunged_seqs))
         if changes.expunged:
@@ -1066,7 +1124,7 @@ class IMAPSession:
             old = sel.cache
             sel.cache = FetchCache(sel.index.dir)
             await asyncio.to_thread(old.close)
-        if self.state is State.SELECTED and self._dirty:
+        if self.state is State.SELECTED and sel is not None and (self._dirty or sel.index.holds_expunges):
             await self._report_changes()
         return Action.IDLE
 
@@ -1077,6 +1135,7 @@ class IMAPSession:
         self._wake = asyncio.Event()
         limits = self.backend.limits
         reader = asyncio.ensure_future(input_ready())
+        waker: asyncio.Future[bool] | None = None
         try:
             while True:
                 waker = asyncio.ensure_future(self._wake.wait())
@@ -1095,14 +1154,27 @@ class IMAPSession:
                     return False
                 self.out.write(b"* OK Still here\r\n")
         finally:
+            # Cancelled (the connection dropped, the session task was cancelled) or failed
+            # inside the wait: neither helper task may be left pending, or asyncio logs
+            # "Task was destroyed but it is pending!" for each when they are collected.
             self._wake = None
-            if not reader.done():
-                reader.cancel()
+            for task in (reader, waker):
+                if task is not None and not task.done():
+                    task.cancel()
 
     def idle_done(self, tag: str) -> None:
+        """The client sent DONE; the tagged OK is written by :meth:`report_if_dirty`, after
+        the last updates (the transport calls the two in turn)."""
         self.idling = False
         self.last_activity = time.monotonic()
-        self._ok(tag, "IDLE terminated")
+        self._idle_tagged = fmt.tagged(tag, "OK", "IDLE terminated")
+
+
+def _holds_expunges(cmd: Command) -> bool:
+    """RFC 3501 7.4.1: no EXPUNGE during FETCH, STORE or SEARCH by sequence number (the
+    UID forms may carry them); COPY and MOVE by number are held to the same rule, so the
+    numbers a client sends next still name what it thinks they do."""
+    return cmd.name in ("FETCH", "STORE", "SEARCH", "COPY", "MOVE") and not getattr(cmd, "uid", False)
 
 
 def _hidden_parents(reference: str, patterns: Sequence[str], names: set[str], *, lsub: bool) -> set[str]:

@@ -434,13 +434,18 @@ class MailboxIndex:
 
     # ================================================================ public: changes
 
-    def sync(self) -> ChangeSet:
+    def sync(self, hold_expunges: bool = False) -> ChangeSet:
         """Bring the index up to date with the folder and report what the client must learn.
 
         Scans ``new/`` and ``cur/``; new files get UIDs in delivery order, files gone
         are logged as expunged, renamed files (flags changed by another program) get a
         new modseq. Unless read-only, files in ``new/`` move to ``cur/`` with ``:2,``
         and this session claims \\Recent for every message no session has seen.
+
+        ``hold_expunges``: new messages and flag changes are announced, but messages
+        expunged elsewhere stay in the view (their sequence numbers keep meaning what
+        the client was told) until a later sync without it: for the commands during
+        which RFC 3501 7.4.1 forbids EXPUNGE (FETCH, STORE, SEARCH, COPY by number).
         """
         with self._locked():
             self._sync_disk()
@@ -449,7 +454,17 @@ class MailboxIndex:
                 # must not go on counting them as RECENT (Dovecot: 0 after that CLOSE).
                 first = self._meta.first_recent_uid
                 self._recent = {u for u in self._recent if u >= first}
-            return self._announce()
+            return self._announce(hold_expunges)
+
+    @property
+    def holds_expunges(self) -> bool:
+        """Messages expunged elsewhere are still in the view, waiting to be announced."""
+        return bool(self._ghosts)
+
+    def expunged_elsewhere(self, uid: int) -> bool:
+        """``uid`` is in the view but expunged by another session or program (not yet
+        announced): its last known row still answers FETCH of flags, UID and sizes."""
+        return uid in self._ghosts
 
     def store_flags(
         self,
@@ -1472,11 +1487,12 @@ class MailboxIndex:
             if self._in_view(m.uid):
                 self._ghosts[m.uid] = m
 
-    def _announce(self) -> ChangeSet:
-        """Move everything pending into the view and say what changed."""
+    def _announce(self, hold_expunges: bool = False) -> ChangeSet:
+        """Move everything pending into the view (but the expunges, if held) and say what
+        changed."""
         changes = ChangeSet(uidvalidity_changed=self._uidvalidity_changed)
         self._uidvalidity_changed = False
-        if self._ghosts:
+        if self._ghosts and not hold_expunges:
             changes.expunged = sorted(self._ghosts)
             changes.expunged_seqs = self._drop_from_view(changes.expunged)
         changes.flags = sorted(u for u in self._pending_flags if u in self._entries and self._in_view(u))
@@ -1490,7 +1506,10 @@ class MailboxIndex:
                 self._view.extend(new)
         changes.new = new
         assert self._meta is not None
-        self._announced_modseq = self._meta.highestmodseq
+        if not self._ghosts:
+            # With expunges held, HIGHESTMODSEQ stays where it was: a QRESYNC client that
+            # stored a higher one would never be told of them (RFC 7162 3.1.2.1).
+            self._announced_modseq = self._meta.highestmodseq
         self._announced_uidnext = self._meta.uidnext
         return changes
 
