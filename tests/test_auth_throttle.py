@@ -74,7 +74,29 @@ def test_concurrent_attempts_count_before_their_result_is_known() -> None:
     t, _ = make(max_failures_per_ip=10, max_failures_per_pair=5)
     attempts = [t.begin("192.0.2.1", "carol@example.org") for _ in range(20)]
     assert sum(a.refused is None for a in attempts) == 5
-    assert {a.refused for a in attempts[5:]} == {Refusal.PAIR}
+    # Not refused yet: busy, to retry when one of the five has ended ...
+    assert {a.refused for a in attempts[5:]} == {Refusal.BUSY}
+    # ... and once those five have failed, the pair is over budget for good.
+    for a in attempts[:5]:
+        t.failed(a)
+    assert t.begin("192.0.2.1", "carol@example.org").refused is Refusal.PAIR
+
+
+def test_attempts_in_progress_make_others_wait_not_fail() -> None:
+    # Twelve devices behind one address log in at once: five at a time get a check, the
+    # rest are told to come back, and all get in once the first succeed.
+    t, _ = make(max_failures_per_ip=10, max_failures_per_pair=5)
+    admitted = 0
+    waiting = 12
+    while waiting:
+        batch = [t.begin("192.0.2.1", "carol@example.org") for _ in range(waiting)]
+        ok = [a for a in batch if a.refused is None]
+        assert ok and {a.refused for a in batch if a.refused is not None} <= {Refusal.BUSY}
+        for a in ok:
+            t.succeeded(a)
+        admitted += len(ok)
+        waiting -= len(ok)
+    assert admitted == 12
 
 
 def test_success_clears_the_pair_but_not_the_address_budget() -> None:

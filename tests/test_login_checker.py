@@ -141,3 +141,30 @@ def test_simultaneous_identical_logins_share_one_hash(env) -> None:  # type: ign
 
     assert asyncio.run(wrong()) == [AuthResult.INVALID] * 3  # each one still a failure
     assert counts(metrics)["failed"] == 3
+
+
+def test_many_devices_behind_one_address_log_in_at_once(env) -> None:  # type: ignore[no-untyped-def]
+    # Twelve sessions from one address with the right password at the same moment (a
+    # laptop, a phone and a webmail, as in the IMAP stress test): more than the pair
+    # budget (5) is in progress at once, and none may be refused for that.
+    _, checker, metrics, _, _ = env
+
+    async def twelve() -> list[AuthResult]:
+        return await asyncio.gather(*(checker.check("192.0.2.1", USER, "right-password-1", "imaps")
+                                      for _ in range(12)))
+
+    assert asyncio.run(twelve()) == [AuthResult.OK] * 12
+    assert counts(metrics)["throttled"] == 0
+
+
+def test_parallel_guesses_from_one_address_get_one_budget_of_checks(env) -> None:  # type: ignore[no-untyped-def]
+    _, checker, metrics, _, _ = env
+
+    async def twenty() -> list[AuthResult]:
+        return await asyncio.gather(*(checker.check("192.0.2.1", USER, f"guess-{i}", "imaps")
+                                      for i in range(20)))
+
+    results = asyncio.run(twenty())
+    assert results.count(AuthResult.INVALID) == 5  # the pair budget, in hashes
+    assert results.count(AuthResult.THROTTLED) == 15
+    assert counts(metrics) == {"ok": 0, "cached": 0, "failed": 5, "throttled": 15}

@@ -6,7 +6,8 @@ The order matters:
    account, is refused here, before anything else (no database read, no hash, no cache
    lookup: an over-budget client learns nothing about its guess); an address that
    already failed on an account under attack waits for the account's next check slot
-   (at most ``max_wait``) or is refused;
+   (at most ``max_wait``) or is refused; one over a budget only because of attempts still
+   in progress waits for one of them to end (at most ``max_wait``);
 2. the stored hash, read off the event loop (at every login, so a password changed or an
    account removed by another process counts at once);
 3. the cache of successful verifications (cache.py): a hit is a success without a hash;
@@ -23,13 +24,14 @@ its own reply.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from enum import Enum
 
 from mailserver.auth.cache import VerifiedCache
 from mailserver.auth.passwords import PasswordChecker
-from mailserver.auth.ratelimit import AuthThrottle
+from mailserver.auth.ratelimit import Attempt, AuthThrottle, Refusal
 from mailserver.auth.store import AccountStore
 from mailserver.metrics import Metrics
 
@@ -72,11 +74,13 @@ class LoginChecker:
         self.cache = cache if cache is not None else VerifiedCache()
         self.policy = policy or LoginPolicy()
         self._inflight: dict[bytes, asyncio.Future[bool]] = {}
+        # Set (and replaced) whenever an attempt ends: what BUSY attempts wait for.
+        self._ended = asyncio.Event()
 
     async def check(self, ip: str, user: str, password: str, listener: str) -> AuthResult:
         """``user`` as normalised by the caller (stripped, lower case)."""
         shown = loggable(user)
-        attempt = self.throttle.begin(ip, user)
+        attempt = await self._begin(ip, user)
         if attempt.refused is not None:
             self.metrics.inc("auth_checks_total", result="throttled")
             self.log.warning("auth throttled client=%s user=%s", ip, shown)
@@ -100,6 +104,8 @@ class LoginChecker:
             # Cancelled half way (the client left): counted as a failure, so hanging up
             # is no way around the budget.
             (self.throttle.succeeded if ok else self.throttle.failed)(attempt)
+            self._ended.set()
+            self._ended = asyncio.Event()
         if ok:
             return AuthResult.OK
         self.metrics.inc("auth_checks_total", result="failed")
@@ -107,6 +113,20 @@ class LoginChecker:
         self.log.warning("auth failed client=%s user=%s", ip, shown)  # fail2ban matches this line
         await self._delay()
         return AuthResult.INVALID
+
+    async def _begin(self, ip: str, user: str) -> Attempt:
+        """The throttle's answer; over a budget only because of attempts still in progress
+        (many devices behind one address logging in at once), wait for those to end, at
+        most the throttle's ``max_wait``, then ask again. Still busy then: refused."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.throttle.max_wait
+        while True:
+            attempt = self.throttle.begin(ip, user)
+            left = deadline - loop.time()
+            if attempt.refused is not Refusal.BUSY or left <= 0:
+                return attempt
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ended.wait(), left)
 
     async def _verify_once(self, user: str, password: str, stored: str) -> tuple[bool, bool]:
         """Verify, sharing the work with identical checks already running (Thunderbird

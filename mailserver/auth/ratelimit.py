@@ -21,9 +21,14 @@ owner's address is not suspect; the password checks an attacker gets for one acc
 at most one per address it brings (per window) plus one per slot of the suspect lane,
 which grows to one per ``account_delay_max``. A refused attempt never costs a hash.
 
-An attempt is counted as a failure from the moment it starts (``begin``) until it is
-known to have succeeded, so a client cannot overrun a budget by sending many attempts at
-once on parallel connections. A success removes that reservation and clears the
+An attempt is counted against the address and (address, account) budgets from the moment
+it starts (``begin``) until it is known to have succeeded, so a client cannot overrun a
+budget by sending many attempts at once on parallel connections. An attempt that is over
+a budget only because of such attempts in progress is not refused but told to wait
+(``Refusal.BUSY``, retry after one of them ends): twelve devices or a webmail behind one
+address logging in at the same moment all get in, one budget's worth at a time, while
+a guesser's parallel attempts are refused as soon as the earlier ones have failed. A
+success removes that reservation and clears the
 (address, account) record (the failures there were the owner's own typos); it does not
 clear the address record (an attacker holding one valid password must not reset its
 budget for guessing others) nor the account record.
@@ -46,6 +51,9 @@ class Refusal(enum.Enum):
     ADDRESS = "address"  # the client address is over its budget
     PAIR = "address+account"  # this address is over its budget for this account
     ACCOUNT = "account"  # the account's suspect lane has no slot within max_wait
+    # Not a refusal yet: over a budget only counting attempts still in progress; begin()
+    # again once one of them has ended (the caller waits at most max_wait for that).
+    BUSY = "busy"
 
 
 class _Record:
@@ -120,6 +128,11 @@ class _Table:
     def count(self, key: str, horizon: float, now: float) -> int:
         rec = self.get(key, horizon, now)
         return len(rec.failures) + rec.pending if rec else 0
+
+    def counts(self, key: str, horizon: float, now: float) -> tuple[int, int]:
+        """(failures in the window, attempts in progress)."""
+        rec = self.get(key, horizon, now)
+        return (len(rec.failures), rec.pending) if rec else (0, 0)
 
     def prune(self, horizon: float, now: float, n: int = 2) -> None:
         """Drop up to ``n`` stale records from the least recently used end."""
@@ -211,12 +224,17 @@ class AuthThrottle:
         for table in (self._ip, self._pair, self._account):
             table.prune(horizon, now)
         attempt = Attempt(ip, account)
-        if self._ip.count(ip, horizon, now) >= self.max_per_ip:
+        ip_failures, ip_pending = self._ip.counts(ip, horizon, now)
+        if ip_failures >= self.max_per_ip:
             attempt.refused, attempt.done = Refusal.ADDRESS, True
             return attempt
-        pair_count = self._pair.count(pair, horizon, now)
-        if pair_count >= self.max_per_pair:
+        pair_failures, pair_pending = self._pair.counts(pair, horizon, now)
+        pair_count = pair_failures + pair_pending
+        if pair_failures >= self.max_per_pair:
             attempt.refused, attempt.done = Refusal.PAIR, True
+            return attempt
+        if ip_failures + ip_pending >= self.max_per_ip or pair_count >= self.max_per_pair:
+            attempt.refused, attempt.done = Refusal.BUSY, True
             return attempt
         acc = self._account.get(account, horizon, now)
         if pair_count > 0 and acc is not None:  # suspect: this address failed on it before
