@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailserver.auth.passwords import make_hasher
 from mailserver.auth.store import AccountStore
 from tests.support.ca import TestCA
 from tests.support.daemon import REPO, PymaildProcess, free_port
@@ -220,10 +219,11 @@ class Harness:
         self.fs.sync_all()
         # The cutter runs from the first byte: account creation and the first start too.
         self._spawn(self._cutter)
-        # The two accounts the load uses: made here (cheap hashes: fast logins); the
-        # creds worker covers `pymaild creds create` with the site removed.
-        cheap = make_hasher(time_cost=1, memory_cost_kib=8, parallelism=1)
-        store = AccountStore.in_state_dir(daemon.state_dir, hasher=cheap)
+        # The two accounts the load uses: made here; the creds worker covers `pymaild creds
+        # create` with the site removed. Hashed with the daemon's own parameters: a cheaper
+        # hash would be replaced at the first login (auth/login.py), and that write to
+        # accounts.db fsyncs state_dir, hiding a missing fsync of the queue's directory.
+        store = AccountStore.in_state_dir(daemon.state_dir)
         try:
             for address in ("alice@example.test", "bob@example.test"):
                 store.create_account(address, PASSWORD)
