@@ -179,6 +179,7 @@ class _SMTPProtocol(asyncio.Protocol):
         self._greeted = False
         self._early = False  # bytes arrived before the greeting was written
         self._pace: TransferPace | None = None  # while in DATA
+        self._pace_timeout = False  # the running wait ends at the pace's deadline
 
     # ---------------------------------------------------------------- asyncio callbacks
 
@@ -340,8 +341,13 @@ class _SMTPProtocol(asyncio.Protocol):
             now = asyncio.get_running_loop().time()
             if self._pace is None:
                 self._pace = TransferPace(limits.pace(), now)
-            return min(limits.data_timeout, self._pace.left(now))
+            left = self._pace.left(now)
+            # Remembered, not recomputed at the timeout: bytes that arrive between the
+            # timer and _timed_out (a busy loop) would otherwise hide why it fired.
+            self._pace_timeout = left <= limits.data_timeout
+            return min(limits.data_timeout, left)
         self._pace = None
+        self._pace_timeout = False
         if entry is None:
             return limits.command_timeout
         entry.idle = conn.state in (p.State.CONNECTED, p.State.READY) and conn.authenticated_as is None
@@ -350,7 +356,7 @@ class _SMTPProtocol(asyncio.Protocol):
     def _timed_out(self) -> None:
         assert self.session is not None
         session, conn, host = self.session, self.session.conn, self.endpoint.params.hostname
-        if self._pace is not None and self._pace.left(asyncio.get_running_loop().time()) <= 0:
+        if self._pace is not None and self._pace_timeout:
             why = self._pace.why(asyncio.get_running_loop().time())
             log.info("timeout session=%s client=%s state=data: %s (%d bytes in %.0fs)", session.id,
                      session.client_ip, why, self._pace.received,
