@@ -8,10 +8,15 @@ with the benchmark's test CA certificate and checks passwords stored as ARGON2ID
 
     server = DovecotServer(workdir, cert, key)
     server.add_user("bench@example.test", "secret", maildir)   # a Maildir++ root, served as is
+    server.add_user("login@example.test", "secret")            # no mail: an empty Maildir of its own
     server.start()
     ... IMAPS on 127.0.0.1:server.imaps_port ...
     server.memory_kib()   # (RSS, PSS) summed over the master and all its children
     server.stop()
+
+Options for a login benchmark: ``auth_cache="10M"`` turns Dovecot's auth cache on (off by
+default, as in Dovecot), ``auth_failure_delay="0"`` answers a wrong password at once (Dovecot
+waits 2 s by default); ``max_connections`` sets the process, client and per-user limits.
 
 The Maildir is served in place: give it a copy (``copy_maildir`` makes one of hard links, which
 is instant and safe, since Maildir never rewrites a message file: Dovecot only renames its
@@ -28,6 +33,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.support.ports import free_port
+
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 DOVEADM = shutil.which("doveadm") or "/usr/bin/doveadm"
 # Dovecot never accesses mail as root: its mail processes run as Debian's "mail" user, which
@@ -39,10 +46,10 @@ def available() -> bool:
     return Path(DOVECOT).exists() and Path(DOVEADM).exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def version() -> str:
+    """Dovecot's version, "2.3.19.1", or "?"."""
+    out = subprocess.run([DOVECOT, "--version"], capture_output=True, text=True, check=False)
+    return out.stdout.split()[0] if out.stdout else "?"
 
 
 def copy_maildir(src: Path, dst: Path) -> None:
@@ -62,11 +69,14 @@ def _grant_traverse(path: Path) -> None:
 class DovecotServer:
     """One Dovecot master process (``dovecot -F``) and its children, all under ``workdir``."""
 
-    def __init__(self, workdir: Path, cert: Path, key: Path, *, max_connections: int = 5000) -> None:
+    def __init__(self, workdir: Path, cert: Path, key: Path, *, max_connections: int = 5000,
+                 auth_cache: str | None = None, auth_failure_delay: str | None = None) -> None:
         self.dir = workdir
         self.cert, self.key = cert, key
         self.max_connections = max_connections
-        self.imaps_port = _free_port()
+        self.auth_cache = auth_cache  # auth_cache_size, e.g. "10M"; None: Dovecot's default (off)
+        self.auth_failure_delay = auth_failure_delay  # e.g. "0"; None: Dovecot's default (2 s)
+        self.imaps_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.users: dict[str, tuple[str, Path]] = {}
         self._hash_cache: dict[str, str] = {}
@@ -79,7 +89,11 @@ class DovecotServer:
     def conf(self) -> Path:
         return self.dir / "dovecot.conf"
 
-    def add_user(self, address: str, password: str, maildir: Path) -> None:
+    def add_user(self, address: str, password: str, maildir: Path | None = None) -> None:
+        """``maildir`` None: a user without mail, given an empty directory under ``workdir``."""
+        if maildir is None:
+            maildir = self.dir / "mail" / address
+            maildir.mkdir(parents=True, exist_ok=True)
         if password not in self._hash_cache:
             out = subprocess.run([DOVEADM, "-c", str(self._bootstrap_conf()), "pw", "-s", "ARGON2ID",
                                   "-p", password], check=True, capture_output=True, text=True)
@@ -94,10 +108,20 @@ class DovecotServer:
                             f"log_path = {self.dir / 'log' / 'doveadm.log'}\n")
         return path
 
+    def _auth_settings(self) -> str:
+        lines = []
+        if self.auth_cache is not None:
+            lines += [f"auth_cache_size = {self.auth_cache}", "auth_cache_ttl = 1 hour"]
+        if self.auth_failure_delay is not None:
+            lines.append(f"auth_failure_delay = {self.auth_failure_delay}")
+        return "".join(line + "\n" for line in lines)
+
     def write_config(self) -> None:
         d = self.dir
-        for _hashed, maildir in self.users.values():
-            subprocess.run(["chown", "-R", f"{MAIL_USER}:{MAIL_USER}", str(maildir)], check=True)
+        maildirs = [maildir for _hashed, maildir in self.users.values()]
+        if maildirs:
+            subprocess.run(["chown", "-R", f"{MAIL_USER}:{MAIL_USER}", *map(str, maildirs)], check=True)
+        for maildir in maildirs:
             _grant_traverse(maildir)
         with open(d / "passwd", "w") as f:
             for address, (hashed, maildir) in self.users.items():
@@ -115,7 +139,7 @@ ssl_cert = <{self.cert}
 ssl_key = <{self.key}
 ssl_min_protocol = TLSv1.2
 auth_mechanisms = plain login
-mail_location = maildir:~
+{self._auth_settings()}mail_location = maildir:~
 mail_uid = {MAIL_USER}
 mail_gid = {MAIL_USER}
 first_valid_uid = 1

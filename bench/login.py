@@ -9,9 +9,10 @@ handshake, LOGIN, LOGOUT):
 3. wrong: N wrong passwords from N addresses (always a full check, never cached).
 
 With ``--dovecot`` (Debian package dovecot-imapd) the same runs against a Dovecot on
-loopback with its own config in a temporary directory: passwd-file with ARGON2ID hashes
-made with Dovecot's own default parameters (what ``doveadm pw -s ARGON2ID`` makes:
-m=64 MiB, t=3, p=1), auth cache on, and the ratio is printed.
+loopback with its own config in a temporary directory (bench/dovecot_anchor.py, as
+bench/imap_sync.py uses it): passwd-file with ARGON2ID hashes made with Dovecot's own
+default parameters (``doveadm pw -s ARGON2ID``: m=64 MiB, t=3, p=1), auth cache on, and
+the ratio is printed.
 
     python bench/login.py                 # N = 50
     python bench/login.py -n 20 --dovecot
@@ -29,10 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import shutil
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,8 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from argon2 import PasswordHasher, Type  # noqa: E402
-
+from bench import dovecot_anchor  # noqa: E402
 from mailserver.auth.store import AccountStore  # noqa: E402
 from tests.support.ca import TestCA  # noqa: E402
 from tests.support.daemon import PymaildProcess, free_port  # noqa: E402
@@ -132,78 +129,21 @@ def start_pymaild(directory: Path, ca: TestCA, users: list[str]) -> tuple[Pymail
 # ---------------------------------------------------------------------------- dovecot
 
 
-DOVECOT_CONF = """\
-base_dir = {dir}/run
-state_dir = {dir}/state
-log_path = {dir}/dovecot.log
-protocols = imap
-listen = 127.0.0.1
-ssl = required
-ssl_cert = <{cert}
-ssl_key = <{key}
-disable_plaintext_auth = yes
-auth_mechanisms = plain
-auth_cache_size = 10M
-auth_cache_ttl = 1 hour
-auth_failure_delay = 0
-mail_location = maildir:{dir}/mail/%u
-default_login_user = dovenull
-default_internal_user = dovecot
-mail_max_userip_connections = 10000
-passdb {{
-  driver = passwd-file
-  args = scheme=ARGON2ID {dir}/passwd
-}}
-userdb {{
-  driver = static
-  args = uid=nobody gid=nogroup home={dir}/home/%u
-}}
-service imap-login {{
-  inet_listener imap {{
-    port = 0
-  }}
-  inet_listener imaps {{
-    port = {port}
-    ssl = yes
-  }}
-  process_limit = 10000
-}}
-service imap {{
-  process_limit = 10000
-}}
-"""
+def start_dovecot(directory: Path, ca: TestCA, users: list[str]) -> dovecot_anchor.DovecotServer:
+    """dovecot_anchor's private Dovecot, auth cache on, no failure delay, users without mail.
 
-
-def start_dovecot(directory: Path, ca: TestCA, users: list[str]) -> tuple[subprocess.Popen[bytes], int]:
+    The hash is ``doveadm pw -s ARGON2ID``'s, Dovecot's own default: m=64 MiB, t=3, p=1 (one
+    hash for all users, salt shared: fine for timing).
+    """
     cert, key = ca.issue("mx.example.test", stem="dovecot")
-    directory.mkdir(parents=True, exist_ok=True)
-    for sub in ("mail", "home"):
-        (directory / sub).mkdir(exist_ok=True)
-        os.chmod(directory / sub, 0o777)
-    # Dovecot's own default for ARGON2ID (doveadm pw -s ARGON2ID): m=64 MiB, t=3, p=1.
-    hasher = PasswordHasher(time_cost=3, memory_cost=65536, parallelism=1, type=Type.ID)
-    digest = hasher.hash(PASSWORD)  # one hash for all (salt shared: fine for timing)
-    (directory / "passwd").write_text("".join(f"{u}:{{ARGON2ID}}{digest}\n" for u in users))
-    port = free_port()
-    conf = directory / "dovecot.conf"
-    conf.write_text(DOVECOT_CONF.format(dir=directory, cert=cert, key=key, port=port))
-    for path in [directory, *directory.parents]:
-        if path == Path("/"):
-            break
-        os.chmod(path, os.stat(path).st_mode | 0o711)
-    for path in (directory / "passwd", cert, key):
-        os.chmod(path, 0o644)
-    proc = subprocess.Popen(["dovecot", "-F", "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            with __import__("socket").create_connection(("127.0.0.1", port), timeout=1):
-                return proc, port
-        except OSError:
-            time.sleep(0.1)
-    proc.terminate()
-    raise RuntimeError("dovecot did not start: " + (directory / "dovecot.log").read_text()[-2000:])
+    # Process and client limits sized to the burst, as bench/imap_sync.py does (10,000 would
+    # pass the machine's ulimit -n and Dovecot warns of it).
+    server = dovecot_anchor.DovecotServer(directory, cert, key, max_connections=max(1000, len(users) + 100),
+                                          auth_cache="10M", auth_failure_delay="0")
+    for user in users:
+        server.add_user(user, PASSWORD)
+    server.start()
+    return server
 
 
 # ---------------------------------------------------------------------------- main
@@ -229,23 +169,18 @@ async def run(args: argparse.Namespace) -> None:
             d.stop()
         if not args.dovecot:
             return
-        if shutil.which("dovecot") is None:
+        if not dovecot_anchor.available():
             print("dovecot not installed (apt-get install -y dovecot-imapd): skipped")
             return
-        proc, dport = start_dovecot(root / "dovecot", ca, users)
+        dovecot = start_dovecot(root / "dovecot", ca, users)
         try:
-            theirs = await measure(f"Dovecot {dovecot_version()} (argon2id m=64 MiB t=3 p=1, auth cache on),"
-                                   f" {args.n} clients at once:", "127.0.0.1", dport, ctx, users, PASSWORD)
+            theirs = await measure(f"Dovecot {dovecot_anchor.version()} (argon2id m=64 MiB t=3 p=1,"
+                                   f" auth cache on), {args.n} clients at once:",
+                                   "127.0.0.1", dovecot.imaps_port, ctx, users, PASSWORD)
         finally:
-            proc.terminate()
-            proc.wait(10)
+            dovecot.stop()
         print("pymaild / Dovecot logins per second: " + ", ".join(
             f"{k} {ours[k] / theirs[k]:.2f}x" for k in ours))
-
-
-def dovecot_version() -> str:
-    out = subprocess.run(["dovecot", "--version"], capture_output=True, text=True, check=False)
-    return out.stdout.split()[0] if out.stdout else "?"
 
 
 def main() -> None:
