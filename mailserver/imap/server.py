@@ -148,13 +148,7 @@ class _IMAPProtocol(asyncio.Protocol, Output):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 300)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 60)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 5)
-        refusal: str | None = "Service shutting down" if endpoint.draining else None
-        if refusal is None:
-            admitted = endpoint.table.admit(ip, self)
-            if isinstance(admitted, str):
-                refusal = admitted
-            else:
-                self._entry = admitted
+        self._entry, refusal = endpoint.table.admit_unless(endpoint.draining, ip, self)
         if refusal is not None:
             log.warning("refused connection listener=imap client=%s reason=%r", ip, refusal)
             transport.write(fmt.untagged_status("BYE", f"{refusal}, try again later"))

@@ -119,6 +119,14 @@ class ConnectionTable:
                         other.member.wake()
         return entry
 
+    def admit_unless(self, draining: bool, ip: str, member: Member) -> tuple[Entry | None, str | None]:
+        """For a listener's connection_made: ``(entry, None)``, or ``(None, reason)`` when
+        the listener is shutting down or :meth:`admit` refuses."""
+        if draining:
+            return None, "Service shutting down"
+        admitted = self.admit(ip, member)
+        return (None, admitted) if isinstance(admitted, str) else (admitted, None)
+
     def victim(self, newcomer_ip: str) -> Entry | None:
         """The idle connection to evict for a newcomer from ``newcomer_ip``, if any."""
         floor = self.count(newcomer_ip) + 1  # the newcomer's address after admission

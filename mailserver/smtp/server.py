@@ -198,13 +198,7 @@ class _SMTPProtocol(asyncio.Protocol):
                                started=asyncio.get_running_loop().time())
         if self.implicit_tls:
             self._note_tls(transport)
-        refusal: str | None = "Service shutting down" if endpoint.draining else None
-        if refusal is None:
-            admitted = endpoint.table.admit(ip, self)
-            if isinstance(admitted, str):
-                refusal = admitted
-            else:
-                self._entry = admitted
+        self._entry, refusal = endpoint.table.admit_unless(endpoint.draining, ip, self)
         if refusal is not None:
             log.warning("refused connection listener=%s client=%s reason=%r", endpoint.name, ip, refusal)
             transport.write(p.Reply(421, "4.7.0", f"{params.hostname} {refusal}, try again later").encode())
