@@ -578,15 +578,17 @@ class MailboxIndex:
         subs = self._sub
         cur = subs["cur"]
         rename = os.rename
-        for m, _new, new_suffix in plan:
-            if new_suffix is not None:
-                old_name, new_name = subs[m.sub] + m.base + m.suffix, cur + m.base + new_suffix
-                try:
-                    rename(old_name, new_name)
-                    renamed = True
-                    done.append((old_name, new_name))
-                except FileNotFoundError:
-                    missed.append(m)  # renamed or deleted by another program meanwhile
+        with self._dir_fds() as fds:
+            cur_fd = fds["cur"]
+            for m, _new, new_suffix in plan:
+                if new_suffix is not None:
+                    old_name, new_name = m.base + m.suffix, m.base + new_suffix
+                    try:
+                        rename(old_name, new_name, src_dir_fd=fds[m.sub], dst_dir_fd=cur_fd)
+                        renamed = True
+                        done.append((subs[m.sub] + old_name, cur + new_name))
+                    except FileNotFoundError:
+                        missed.append(m)  # renamed or deleted by another program meanwhile
         self._store.update(rows)
         updates = {new.uid: new for new in rows}
         external: list[int] = []
@@ -1289,17 +1291,23 @@ class MailboxIndex:
             self._commit_disk_changes([], [], [])
             return
         disk, vanished = self._look()
-        if not self.read_only:
+        if not self.read_only and any(sub == "new" for sub, _suffix in disk.values()):
             # Into cur/: this session has seen them (the Maildir meaning of new/).
-            for base, (sub, suffix) in list(disk.items()):
-                if sub != "new":
-                    continue
-                target = make_suffix(letters_of(suffix))
-                try:
-                    os.rename(self._sub["new"] + base + suffix, self._sub["cur"] + base + target)
-                except FileNotFoundError:
-                    continue  # moved or deleted by someone else: the next sync sees where
-                disk[base] = ("cur", target)
+            targets: dict[str, str] = {}  # suffix -> the cur/ suffix: a handful of kinds
+            rename = os.rename
+            with self._dir_fds() as fds:
+                new_fd, cur_fd = fds["new"], fds["cur"]
+                for base, (sub, suffix) in list(disk.items()):
+                    if sub != "new":
+                        continue
+                    target = targets.get(suffix)
+                    if target is None:
+                        target = targets[suffix] = make_suffix(letters_of(suffix))
+                    try:
+                        rename(base + suffix, base + target, src_dir_fd=new_fd, dst_dir_fd=cur_fd)
+                    except FileNotFoundError:
+                        continue  # moved or deleted by someone else: the next sync sees where
+                    disk[base] = ("cur", target)
             # No directory fsync: files are matched by base, so a move lost in a crash
             # is simply redone.
         by_base = self._by_base
@@ -1315,6 +1323,20 @@ class MailboxIndex:
                     changed.append((m, sub, suffix))
 
         self._commit_disk_changes(self._new_files_info(fresh, disk) if fresh else [], changed, vanished)
+
+    @contextlib.contextmanager
+    def _dir_fds(self) -> Iterator[dict[str, int]]:
+        """``new/`` and ``cur/`` open for the ``*at()`` calls of a loop over many files: a
+        rename or stat relative to an open directory does not resolve the folder's path
+        again for every file (a quarter of a 10k-file rename loop)."""
+        fds: dict[str, int] = {}
+        try:
+            for sub in ("new", "cur"):
+                fds[sub] = os.open(self._sub[sub], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            yield fds
+        finally:
+            for fd in fds.values():
+                os.close(fd)
 
     def _look(self) -> tuple[dict[str, tuple[str, str]], list[Message]]:
         """What differs between the files and the mirror: ``({base: (sub, suffix)}, gone)``.
@@ -1446,20 +1468,22 @@ class MailboxIndex:
         """``(base, sub, suffix, size, mtime)`` of files seen for the first time, in
         delivery order (the order their UIDs must follow)."""
         found: list[tuple[float, str, float, int]] = []
-        for base in fresh:
-            sub, suffix = disk[base]
-            try:
-                st = os.lstat(self._sub[sub] + base + suffix)
-            except FileNotFoundError:
-                continue  # gone again already; never indexed, nothing to report
-            if not stat.S_ISREG(st.st_mode):
-                continue  # a directory or symlink someone left there: not a message
-            t = name_time(base)
-            # Delivery order: the time in the name (when the writer made it); mtime is
-            # the internal date and may be older (APPEND with a date, migrated mail).
-            order = t[0] + t[1] / 1e6 if t else st.st_mtime
-            size = imap_size(base)
-            found.append((order, base, st.st_mtime, st.st_size if size is None else size))
+        lstat, is_reg = os.stat, stat.S_ISREG
+        with self._dir_fds() as fds:
+            for base in fresh:
+                sub, suffix = disk[base]
+                try:
+                    st = lstat(base + suffix, dir_fd=fds[sub], follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # gone again already; never indexed, nothing to report
+                if not is_reg(st.st_mode):
+                    continue  # a directory or symlink someone left there: not a message
+                t = name_time(base)
+                # Delivery order: the time in the name (when the writer made it); mtime is
+                # the internal date and may be older (APPEND with a date, migrated mail).
+                order = t[0] + t[1] / 1e6 if t else st.st_mtime
+                size = imap_size(base)
+                found.append((order, base, st.st_mtime, st.st_size if size is None else size))
         found.sort()
         return [(base, *disk[base], size, mtime) for _o, base, mtime, size in found]
 

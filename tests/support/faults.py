@@ -13,7 +13,8 @@ whose operation is ``op`` and whose path matches ``path`` (``re.search``) raises
 ``OSError(errno)`` instead of running (after ``"after": N`` matching calls let through,
 if the rule says so). For the descriptor calls the path is the one the
 descriptor was opened on (``/proc/self/fd``), so a directory fsync matches the directory;
-``rename``/``replace``/``link`` match on either name. An empty list, or no file, turns
+``rename``/``replace``/``link`` match on either name (a name relative to a
+``src_dir_fd``/``dst_dir_fd`` is taken within that directory). An empty list, or no file, turns
 every fault off: the test switches faults on and off while the daemon runs.
 
 Every injected failure is appended to ``<control file>.hits`` (one line: op, errno,
@@ -121,13 +122,19 @@ def install(control: str) -> None:
         wrapper.__name__ = name
         return wrapper
 
+    def at(dir_fd: int | None, path: Any) -> str:
+        """The absolute name of ``path`` as an ``*at()`` call resolves it."""
+        if dir_fd is None or os.path.isabs(os.fsdecode(path)):
+            return _abs(path)
+        return os.path.join(fd_path(dir_fd), os.fsdecode(path))
+
     def wrap_path(name: str) -> Any:
         fn = real[name]
         op = "rename" if name == "replace" else name
 
         def wrapper(src: Any, dst: Any, *args: Any, **kw: Any) -> Any:
             if rules.current(real["stat"]):
-                check(op, _abs(src), _abs(dst))
+                check(op, at(kw.get("src_dir_fd"), src), at(kw.get("dst_dir_fd"), dst))
             return fn(src, dst, *args, **kw)
 
         wrapper.__name__ = name
