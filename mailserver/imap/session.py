@@ -914,11 +914,8 @@ class IMAPSession:
 
         def candidates() -> tuple[list[searcheval.Candidate], searcheval.SearchContext]:
             view = index.uids
-            cands = []
-            for seq, uid in enumerate(view, 1):
-                m = index.message(uid)
-                cands.append(searcheval.Candidate(seq, uid, index.flags(uid), index.is_recent(uid), m.size,
-                                                  m.internal_date, m.modseq))
+            new = searcheval.Candidate
+            cands = [new(seq, *row) for seq, row in enumerate(index.search_rows(), 1)]
             return cands, searcheval.SearchContext(max_seq=len(view), max_uid=view[-1] if view else 0)
 
         cands, ctx = await asyncio.to_thread(candidates)
