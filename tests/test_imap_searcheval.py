@@ -36,6 +36,7 @@ from mailserver.imap.searcheval import (
     content_needed,
     decode_bytes,
     decode_encoded_words,
+    header_field,
     matches,
     normalize,
     normalize_needle,
@@ -312,6 +313,41 @@ def test_header_tolerates_junk_lines() -> None:
     assert not m("FROM not-a-header", header=h)  # after the empty line: body
     assert not m("FROM sender", header=h)
     assert parse_header_fields(h) == {"subject": ["spaced name"], "to": ["x@example.com"]}
+
+
+def test_header_field_agrees_with_the_full_parse() -> None:
+    """The one-field reading (what SUBJECT/FROM/SENT* use for ASCII headers) gives what
+    the full parse gives, on tricky blocks and on random ones built from awkward pieces;
+    a non-ASCII block is left to the full parse (None)."""
+    tricky = [
+        b"",
+        b"\r\n",
+        b"\r\r\nSubject: after the empty line\r\n",
+        b"Subject: a\r\n\tb\r\n  c\r\nTo: x\r\n\r\n",
+        b"Subject: the end",
+        b"Subject: the end\r\n",
+        b"Subject:\r\n\r\n",
+        b"Subject \t : spaced\r\nSUBJECT: twice\r\nsubject:three\r\n\r\nSubject: body\r\n",
+        b"X-Subject: no\r\nSubjects: no\r\nSub ject: no\r\nSubject\x0b: no\r\n\r\n",
+        b" orphan\r\nno colon\r\n\tSubject: continuation, not a field\r\nSubject: yes\r\n",
+        b"Subject: a\r\nbroken line\r\n more\r\nDate: d\r\n",
+        b"Subject: cr\rinside\r\r\n \r\n\r\r\nTo: after\r\n",
+        b"Subject: lf only\n continued\nDate: Mon, 1 Jan 2024 10:00:00 +0000\n\nbody",
+        b"Subject: \x1c trailing junk \x1f\r\n\x1cSubject: odd\r\n",
+    ]
+    pieces = [b"Subject", b"subject", b"SUBJECT ", b"Date", b"From", b"X", b"Sub ject", b"\tSubject", b" ",
+              b":", b": v", b"value", b"\r", b"\n", b"\r\n", b"\t", b"\x0b", b"\x1c", b"a:b"]
+    rng = random.Random(5322)
+    blocks = tricky + [b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 30))) for _ in range(3000)]
+    for block in blocks:
+        full = parse_header_fields(block)
+        for name in ("subject", "date", "from", "x", "sub ject", "a"):
+            got = header_field(block, name)
+            if name == "sub ject":
+                assert got is None  # no field line can have that name
+                continue
+            assert got == full.get(name, []), (block, name)
+    assert header_field("Subject: caf\u00e9\r\n".encode(), "subject") is None
 
 
 def test_header_without_terminating_blank_line() -> None:

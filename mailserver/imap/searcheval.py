@@ -70,6 +70,7 @@ import email
 import email.errors
 import email.policy
 import email.utils
+import functools
 import html
 import itertools
 import math
@@ -302,6 +303,42 @@ def parse_header_fields(header: bytes) -> dict[str, list[str]]:
     if current is not None and values is not None:
         values.append("".join(current).strip())
     return fields
+
+
+_HEADER_END = re.compile(rb"^\r*$", re.MULTILINE)  # the first line empty but for CRs
+_FIELD_NAME_OK = re.compile(r"[!-9;-~]+")  # printable ASCII but ':' (RFC 5322 2.2)
+
+
+@functools.lru_cache(maxsize=64)
+def _field_start(name: str) -> re.Pattern[bytes]:
+    return re.compile(rb"^" + re.escape(name.encode("ascii")) + rb"[ \t]*:", re.MULTILINE | re.IGNORECASE)
+
+
+def header_field(header: bytes, name: str) -> list[str] | None:
+    """``parse_header_fields(header).get(name)`` for one lower-case field name, without
+    splitting the whole block: a regular expression finds the field's lines. For an ASCII
+    block only (None otherwise, and for a name no field line can have): there the two
+    readings agree byte for byte (the tests compare them), while non-ASCII bytes go
+    through UTF-8 decoding and Unicode case rules that only the full parse has."""
+    if not header.isascii() or not _FIELD_NAME_OK.fullmatch(name) or not name.isascii():
+        return None
+    end_match = _HEADER_END.search(header)
+    end = end_match.start() if end_match else len(header)
+    values: list[str] = []
+    for m in _field_start(name).finditer(header, 0, end):
+        pos = m.end()
+        parts: list[bytes] = []
+        while True:
+            eol = header.find(b"\n", pos, end)
+            if eol < 0:
+                parts.append(header[pos:end].rstrip(b"\r"))
+                break
+            parts.append(header[pos:eol].rstrip(b"\r"))
+            pos = eol + 1
+            if pos >= end or header[pos] not in (32, 9):  # not a continuation line
+                break
+        values.append(b"".join(parts).decode("ascii").strip())
+    return values
 
 
 _TAG = re.compile(r"<[^<>]*>")  # [^<>]: linear even for "<<<<..." (no quadratic backtracking)
@@ -1118,12 +1155,21 @@ class MessageContent:
             self._fields = parse_header_fields(self.header())
         return self._fields
 
+    def _field(self, name: str) -> list[str] | None:
+        """The raw values of one field: by :func:`header_field` for an ASCII block (a
+        SUBJECT search reads one field of a ~40-line block), else by the full parse."""
+        if self._fields is None:
+            values = header_field(self.header(), name)
+            if values is not None:
+                return values
+        return self.fields().get(name)
+
     def field_values(self, name: str) -> list[str] | None:
         """Normalised values of a field (lower-case name): each raw value and, if it has
         encoded-words, its decoded form. None if the message lacks the field."""
         values = self._norm.get(name)
         if values is None:
-            raw = self.fields().get(name)
+            raw = self._field(name)
             if not raw:
                 return None
             values = []
@@ -1214,7 +1260,7 @@ class MessageContent:
 
     def sent_date(self) -> _dt.date | None:
         if self._sent is None:
-            dates = self.fields().get("date")
+            dates = self._field("date")
             self._sent = (parse_sent_date(dates[0]) if dates else None,)
         return self._sent[0]
 
