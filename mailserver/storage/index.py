@@ -440,7 +440,8 @@ class MailboxIndex:
         """Open the message file for reading, following a rename by another program."""
         m = self.message(uid)
         try:
-            return open(self.dir / m.sub / m.name, "rb")  # the caller closes it
+            # A str path: pathlib joins were a third of a cold header FETCH.
+            return open(self._sub[m.sub] + m.name, "rb")  # the caller closes it
         except FileNotFoundError:
             found = self._find_file(m.base)
             if found is None:
