@@ -6,6 +6,8 @@ what an idle IMAP connection costs in memory. Dovecot's figures on the same kind
     python bench/imap_sync.py --count 100000           # the big-folder case
     python bench/imap_sync.py --connections 0          # skip the memory phase
     python bench/imap_sync.py --profile /tmp/f.txt     # py-spy the warm header FETCH
+    python bench/imap_sync.py --profile /tmp/s.txt --profile-command "UID SEARCH SUBJECT quokka" \
+        --profile-repeat 20                            # py-spy any warm command
 
 Steps (one real ``pymaild run`` subprocess, IMAPS on 127.0.0.1, a throwaway CA):
 
@@ -709,7 +711,8 @@ def session(b: Bench, name: str, *, first: bool, stores: bool) -> None:
 
 
 def profile_fetch(b: Bench, c: IMAPClient) -> None:
-    """The warm header FETCH again under py-spy (not on the clock of the table)."""
+    """A warm command (the header FETCH unless --profile-command) again under py-spy,
+    not on the clock of the table."""
     assert b.d.proc is not None
     path = Path(b.args.profile)
     fmt = {".svg": "flamegraph", ".json": "speedscope"}.get(path.suffix, "raw")
@@ -723,15 +726,17 @@ def profile_fetch(b: Bench, c: IMAPClient) -> None:
         return
     time.sleep(1.5)  # attach
     t0 = time.perf_counter()
-    c.command(HEADER_FETCH)
-    dt = time.perf_counter() - t0
+    for _ in range(max(1, b.args.profile_repeat)):
+        c.command(b.args.profile_command)
+    dt = (time.perf_counter() - t0) / max(1, b.args.profile_repeat)
     spy.send_signal(signal.SIGINT)
     try:
         _, err = spy.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         spy.kill()
         _, err = spy.communicate()
-    print(f"  {'(profiled header FETCH, warm)':<34} {dt:9.3f} s  py-spy -> {path}")
+    print(f"  {'(profiled, warm, per run)':<34} {dt:9.3f} s  py-spy -> {path}  "
+          f"[{b.args.profile_command[:40]}]")
     if fmt == "raw" and path.exists():
         summarize_profile(path)
     elif not path.exists():
@@ -1107,6 +1112,11 @@ def main() -> None:
     ap.add_argument("--profile", default="",
                     help="py-spy the warm header FETCH into this file (.svg flamegraph, .json "
                          "speedscope, else raw stacks, summarised)")
+    ap.add_argument("--profile-command", default=HEADER_FETCH,
+                    help="the command --profile records, e.g. 'UID SEARCH SUBJECT quokka' "
+                         "(default: the header FETCH)")
+    ap.add_argument("--profile-repeat", type=int, default=1,
+                    help="run the profiled command this many times (more samples for fast ones)")
     args = ap.parse_args()
     if args.count < 100:
         ap.error("--count must be at least 100")

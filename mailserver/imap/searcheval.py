@@ -70,7 +70,6 @@ import email
 import email.errors
 import email.policy
 import email.utils
-import functools
 import html
 import itertools
 import math
@@ -309,35 +308,57 @@ _HEADER_END = re.compile(rb"^\r*$", re.MULTILINE)  # the first line empty but fo
 _FIELD_NAME_OK = re.compile(r"[!-9;-~]+")  # printable ASCII but ':' (RFC 5322 2.2)
 
 
-@functools.lru_cache(maxsize=64)
-def _field_start(name: str) -> re.Pattern[bytes]:
-    return re.compile(rb"^" + re.escape(name.encode("ascii")) + rb"[ \t]*:", re.MULTILINE | re.IGNORECASE)
+_BLANK_AT_START = re.compile(rb"\r*(?:\n|\Z)")
+_BLANK_AFTER_LF = re.compile(rb"\n\r*(?:\n|\Z)")  # a literal first byte: the engine scans fast
+
+
+def _header_end(header: bytes) -> int:
+    """Where the first line that is empty but for CRs starts (the end of the header
+    block), or len(header): ``_HEADER_END`` without the multi-line ``^``, which makes the
+    engine try every position (that was most of a SUBJECT search)."""
+    if _BLANK_AT_START.match(header):
+        return 0
+    m = _BLANK_AFTER_LF.search(header)
+    return m.start() + 1 if m else len(header)
 
 
 def header_field(header: bytes, name: str) -> list[str] | None:
     """``parse_header_fields(header).get(name)`` for one lower-case field name, without
-    splitting the whole block: a regular expression finds the field's lines. For an ASCII
-    block only (None otherwise, and for a name no field line can have): there the two
-    readings agree byte for byte (the tests compare them), while non-ASCII bytes go
-    through UTF-8 decoding and Unicode case rules that only the full parse has."""
+    splitting the whole block: byte finds on the lower-cased block locate the field's
+    lines. For an ASCII block only (None otherwise, and for a name no field line can
+    have): there the two readings agree byte for byte (the tests compare them), while
+    non-ASCII bytes go through UTF-8 decoding and Unicode case rules that only the full
+    parse has."""
     if not header.isascii() or not _FIELD_NAME_OK.fullmatch(name) or not name.isascii():
         return None
-    end_match = _HEADER_END.search(header)
-    end = end_match.start() if end_match else len(header)
+    end = _header_end(header)
+    lower = header[:end].lower()  # ASCII: bytes.lower is the field name's case rule
+    key = name.lower().encode("ascii")
     values: list[str] = []
-    for m in _field_start(name).finditer(header, 0, end):
-        pos = m.end()
-        parts: list[bytes] = []
-        while True:
-            eol = header.find(b"\n", pos, end)
-            if eol < 0:
-                parts.append(header[pos:end].rstrip(b"\r"))
-                break
-            parts.append(header[pos:eol].rstrip(b"\r"))
-            pos = eol + 1
-            if pos >= end or header[pos] not in (32, 9):  # not a continuation line
-                break
-        values.append(b"".join(parts).decode("ascii").strip())
+    if lower.startswith(key):
+        start = 0
+    else:
+        nl = lower.find(b"\n" + key)
+        start = nl + 1 if nl >= 0 else -1
+    while start >= 0:  # at a line that starts with the name: a field if ':' follows
+        pos = start + len(key)
+        while pos < end and header[pos] in (32, 9):
+            pos += 1
+        if pos < end and header[pos] == 58:  # ':' ends the name: this is the field
+            pos += 1
+            parts: list[bytes] = []
+            while True:
+                eol = header.find(b"\n", pos, end)
+                if eol < 0:
+                    parts.append(header[pos:end].rstrip(b"\r"))
+                    break
+                parts.append(header[pos:eol].rstrip(b"\r"))
+                pos = eol + 1
+                if pos >= end or header[pos] not in (32, 9):  # not a continuation line
+                    break
+            values.append(b"".join(parts).decode("ascii").strip())
+        nxt = lower.find(b"\n" + key, start)
+        start = nxt + 1 if nxt >= 0 else -1
     return values
 
 
