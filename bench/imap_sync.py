@@ -717,7 +717,10 @@ def profile_fetch(b: Bench, c: IMAPClient) -> None:
     path = Path(b.args.profile)
     fmt = {".svg": "flamegraph", ".json": "speedscope"}.get(path.suffix, "raw")
     # --gil: only the samples that hold the GIL, i.e. where the daemon spends CPU in Python.
-    cmd = ["py-spy", "record", "--pid", str(b.d.proc.pid), "--rate", "250", "--gil", "--format", fmt,
+    # --profile-wall: every thread's samples, idle and I/O waits included (where the wall
+    # time goes when little of it is Python work).
+    mode = ["--idle", "--threads"] if b.args.profile_wall else ["--gil"]
+    cmd = ["py-spy", "record", "--pid", str(b.d.proc.pid), "--rate", "250", *mode, "--format", fmt,
            "-o", str(path)]
     try:
         spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -726,9 +729,11 @@ def profile_fetch(b: Bench, c: IMAPClient) -> None:
         return
     time.sleep(1.5)  # attach
     t0 = time.perf_counter()
+    commands = [part.strip() for part in b.args.profile_command.split(";;")]
     for _ in range(max(1, b.args.profile_repeat)):
-        c.command(b.args.profile_command)
-    dt = (time.perf_counter() - t0) / max(1, b.args.profile_repeat)
+        for command in commands:
+            c.command(command)
+    dt = (time.perf_counter() - t0) / max(1, b.args.profile_repeat) / len(commands)
     spy.send_signal(signal.SIGINT)
     try:
         _, err = spy.communicate(timeout=60)
@@ -1114,7 +1119,9 @@ def main() -> None:
                          "speedscope, else raw stacks, summarised)")
     ap.add_argument("--profile-command", default=HEADER_FETCH,
                     help="the command --profile records, e.g. 'UID SEARCH SUBJECT quokka' "
-                         "(default: the header FETCH)")
+                         "(default: the header FETCH); several separated by ';;' run in turn")
+    ap.add_argument("--profile-wall", action="store_true",
+                    help="sample every thread, idle ones too, instead of only the GIL holder")
     ap.add_argument("--profile-repeat", type=int, default=1,
                     help="run the profiled command this many times (more samples for fast ones)")
     args = ap.parse_args()

@@ -65,6 +65,7 @@ log = logging.getLogger("pymaild.imap")
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 _FETCH_CHUNK = 500
+_FETCH_CHUNK_FULL = 25  # messages per chunk when whole bodies are read
 _SEARCH_SLICE = 500
 _STATUS_CACHE = 8
 
@@ -1008,11 +1009,22 @@ class IMAPSession:
         with_uid = cmd.uid or "QRESYNC" in self.enabled
         renderer = Renderer(index, sel.cache, plan, with_uid=with_uid, with_modseq=with_modseq,
                             force_flags=force)
-        for start in range(0, len(uids), _FETCH_CHUNK):
-            chunk = uids[start:start + _FETCH_CHUNK]
-            responses = await asyncio.to_thread(renderer.render, chunk)
-            self.out.write(b"".join(responses))
-            await self.out.drain()
+        # Whole bodies go in smaller chunks, and the next chunk is rendered (files read in
+        # the worker) while this one is encrypted and sent: the two overlap.
+        size = _FETCH_CHUNK_FULL if plan.need_full else _FETCH_CHUNK
+        chunks = [uids[start:start + size] for start in range(0, len(uids), size)]
+        pending = asyncio.ensure_future(asyncio.to_thread(renderer.render, chunks[0])) if chunks else None
+        try:
+            for i in range(len(chunks)):
+                assert pending is not None
+                responses = await pending
+                pending = (asyncio.ensure_future(asyncio.to_thread(renderer.render, chunks[i + 1]))
+                           if i + 1 < len(chunks) else None)
+                self.out.write(b"".join(responses))
+                await self.out.drain()
+        finally:
+            if pending is not None:  # the connection failed mid-way: the render runs out alone
+                pending.add_done_callback(lambda f: f.cancelled() or f.exception())
         if renderer.missing:
             # Expunged by another session or program, not yet announced (RFC 2180 4.1.1):
             # left out, and said so, as Dovecot does.
@@ -1039,7 +1051,8 @@ class IMAPSession:
         changed_set = set(changed)
         failed_set = set(failed)
         out = [self._new_keywords(changed)] if any(f[0] != "\\" for f in flags) else []
-        for uid in uids:
+        # A silent STORE without CONDSTORE answers nothing per message: no walk over them.
+        for uid in () if cmd.silent and not self.condstore else uids:
             seq = index.seq(uid)
             if seq is None or uid in failed_set or index.expunged_elsewhere(uid):
                 continue  # RFC 2180 4.2.1: a STORE to a message expunged elsewhere is ignored
