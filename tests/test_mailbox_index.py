@@ -960,3 +960,25 @@ def test_snapshot_kept_a_while_after_the_last_session_closes(
     assert counted["all_rows"] == 3 and not index_mod._kept
     d.close()
     assert not index_mod._kept
+
+
+def test_flag_rows_agrees_with_the_per_message_calls(root: Path, writer: MaildirWriter) -> None:
+    """``flag_rows`` (a non-silent STORE's answers in one walk) gives what ``seq``,
+    ``flags``, ``is_recent`` and ``modseq`` give one by one, for UIDs in any order, and
+    leaves out UIDs not in the view and messages expunged elsewhere but not announced."""
+    deliver(writer, root, 6)
+    a, b = MailboxIndex(root), MailboxIndex(root)
+    a.sync()
+    b.sync()
+    b.store_flags([2], ["\\Seen", "$Work"])
+    b.store_flags([3], ["\\Deleted"])
+    b.expunge()
+    a.sync(True)  # the expunge of 3 is held: still in the view, not answered for
+    assert a.expunged_elsewhere(3) and a.seq(3) == 3
+    wanted = [6, 1, 2, 3, 4, 99, 5, 5]
+    expected = [(a.seq(u), u, a.flags(u), a.is_recent(u), a.modseq(u))
+                for u in wanted if a.seq(u) is not None and not a.expunged_elsewhere(u)]
+    assert a.flag_rows(wanted) == expected
+    assert [row[1] for row in expected] == [6, 1, 2, 4, 5, 5]
+    assert a.flag_rows([2])[0][2] == {"\\Seen", "$Work"}
+    assert a.flag_rows([]) == []

@@ -1052,16 +1052,25 @@ class IMAPSession:
         failed_set = set(failed)
         out = [self._new_keywords(changed)] if any(f[0] != "\\" for f in flags) else []
         # A silent STORE without CONDSTORE answers nothing per message: no walk over them.
-        for uid in () if cmd.silent and not self.condstore else uids:
-            seq = index.seq(uid)
-            if seq is None or uid in failed_set or index.expunged_elsewhere(uid):
-                continue  # RFC 2180 4.2.1: a STORE to a message expunged elsewhere is ignored
-            if cmd.silent:
-                if self.condstore and uid in changed_set:
-                    out.append(fmt.fetch_response(seq, [("UID", uid), ("MODSEQ", fmt.Raw(
-                        b"(%d)" % index.modseq(uid)))]))
+        # RFC 2180 4.2.1: a STORE to a message expunged elsewhere is ignored (flag_rows
+        # leaves those out).
+        rows = [] if cmd.silent and not self.condstore else index.flag_rows(uids)
+        flag_lists: dict[tuple[frozenset[str], bool], bytes] = {}
+        for seq, uid, names, recent, modseq in rows:
+            if uid in failed_set:
                 continue
-            out.append(self._flags_fetch(seq, uid))
+            if cmd.silent:
+                if uid in changed_set:  # CONDSTORE: the new MODSEQ even when silent
+                    out.append(b"* %d FETCH (UID %d MODSEQ (%d))\r\n" % (seq, uid, modseq))
+                continue
+            listed = flag_lists.get((names, recent))
+            if listed is None:
+                listed = flag_lists[(names, recent)] = fmt.flags(
+                    sorted(names | {"\\Recent"} if recent else names))
+            if self.condstore:
+                out.append(b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n" % (seq, uid, listed, modseq))
+            else:
+                out.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, uid, listed))
         if out:
             self.out.write(b"".join(out))
         if failed:

@@ -366,6 +366,30 @@ class MailboxIndex:
             out.append((uid, flags, uid in recent, m.size, m.internal_date, m.modseq))
         return out
 
+    def flag_rows(self, uids: Sequence[int]) -> list[tuple[int, int, frozenset[str], bool, int]]:
+        """``(seq, uid, flags, recent, modseq)`` of each of ``uids`` (usually ascending) that is
+        in the view and not expunged elsewhere: the answers to a non-silent STORE, in one
+        walk (a ``seq``, ``flags`` and ``is_recent`` call per UID cost 3x more)."""
+        entries, ghosts, recent, view = self._entries, self._ghosts, self._recent, self._view
+        flags_of: dict[tuple[str, str], frozenset[str]] = {}
+        out = []
+        i, n = 0, len(view)
+        for uid in uids:
+            if not (i < n and view[i] == uid):  # not the next in the view: look it up
+                i = bisect.bisect_left(view, uid)
+                if i >= n or view[i] != uid:
+                    continue
+            i += 1
+            m = entries.get(uid)
+            if m is None or uid in ghosts:
+                continue
+            key = (m.suffix, m.extra)
+            flags = flags_of.get(key)
+            if flags is None:
+                flags = flags_of[key] = self._flag_names(m)
+            out.append((i, uid, flags, uid in recent, m.modseq))
+        return out
+
     def is_recent(self, uid: int) -> bool:
         return uid in self._recent
 
