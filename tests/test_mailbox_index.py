@@ -982,3 +982,42 @@ def test_flag_rows_agrees_with_the_per_message_calls(root: Path, writer: Maildir
     assert [row[1] for row in expected] == [6, 1, 2, 4, 5, 5]
     assert a.flag_rows([2])[0][2] == {"\\Seen", "$Work"}
     assert a.flag_rows([]) == []
+
+
+@pytest.mark.parametrize("old_sqlite", [False, True])
+def test_big_store_rows_on_disk_match_memory(root: Path, writer: MaildirWriter, old_sqlite: bool,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A STORE big enough to write its rows in a thread beside the renames, over messages
+    whose flags differ (several groups of new names, each a run of modseqs): every changed
+    message gets its own new modseq above the old HIGHESTMODSEQ, and what another index
+    reads back from the file is exactly what the storing index holds in memory. With an
+    SQLite older than 3.33 (no UPDATE ... FROM) the row-by-row fallback gives the same."""
+    from mailserver.storage import index as index_module
+    from mailserver.storage import indexstore
+
+    if old_sqlite:
+        monkeypatch.setattr(indexstore.sqlite3, "sqlite_version_info", (3, 31, 1))
+    n = index_module._ROWS_IN_THREAD + 100
+    deliver(writer, root, n)
+    ix = MailboxIndex(root)
+    ix.sync()
+    ix.store_flags(list(range(1, n + 1, 3)), ["\\Flagged"])
+    ix.store_flags(list(range(2, n + 1, 5)), ["$Work"])
+    before = ix.highestmodseq
+    changed, failed = ix.store_flags(list(ix.uids), ["\\Seen"])
+    assert changed == list(range(1, n + 1)) and failed == []
+    modseqs = [ix.modseq(u) for u in ix.uids]
+    assert len(set(modseqs)) == n and min(modseqs) == before + 1 and ix.highestmodseq == before + n
+    assert all("\\Seen" in ix.flags(u) for u in ix.uids)
+    assert ix.flags(4) == {"\\Seen", "\\Flagged"} and ix.flags(7) == {"\\Seen", "\\Flagged", "$Work"}
+    assert all(ix.path(u).exists() for u in ix.uids)
+    memory = {u: (ix.message(u), ix.path(u).name) for u in ix.uids}
+    ix.close()
+    with sqlite3.connect(root / INDEX_FILE) as db:  # the rows as written, not a shared copy
+        rows = db.execute("SELECT uid, sub, suffix, modseq, extra FROM messages ORDER BY uid").fetchall()
+    assert rows == [(m.uid, m.sub, m.suffix, m.modseq, m.extra) for m, _name in memory.values()]
+    index_module._snapshots.clear()
+    again = MailboxIndex(root)
+    changes = again.sync()  # a fresh view: all new, and no name differs from the file's rows
+    assert changes.new == list(range(1, n + 1)) and not changes.flags and not changes.expunged
+    assert {u: (again.message(u), again.path(u).name) for u in again.uids} == memory
