@@ -1021,3 +1021,22 @@ def test_big_store_rows_on_disk_match_memory(root: Path, writer: MaildirWriter, 
     changes = again.sync()  # a fresh view: all new, and no name differs from the file's rows
     assert changes.new == list(range(1, n + 1)) and not changes.flags and not changes.expunged
     assert {u: (again.message(u), again.path(u).name) for u in again.uids} == memory
+
+
+def test_view_rows_agrees_with_seq_and_message(root: Path, writer: MaildirWriter) -> None:
+    """``view_rows`` (what FETCH renders from, one walk) gives what ``seq`` and
+    ``message`` give one by one: UIDs in any order, UIDs not in the view left out, and a
+    message expunged elsewhere but not announced still answered with its last row."""
+    deliver(writer, root, 6)
+    a, b = MailboxIndex(root), MailboxIndex(root)
+    a.sync()
+    b.sync()
+    b.store_flags([3], ["\\Deleted"])
+    b.expunge()
+    a.sync(True)
+    assert a.expunged_elsewhere(3)
+    wanted = [6, 1, 3, 99, 2, 2, 0]
+    expected = [(a.seq(u), a.message(u)) for u in wanted if a.seq(u) is not None]
+    assert a.view_rows(wanted) == expected
+    assert [m.uid for _s, m in expected] == [6, 1, 3, 2, 2]
+    assert a.view_rows([]) == []

@@ -122,16 +122,19 @@ class Renderer:
         self._has_flags = "FLAGS" in seen
         self._has_modseq = "MODSEQ" in seen
         self._flag_cache: dict[tuple[str, str, bool], bytes] = {}
+        # FLAGS / MODSEQ the client did not ask for but must get (a \Seen just set;
+        # CONDSTORE), after the asked items.
+        self._tail_flags = not self._has_flags and bool(force_flags)
+        self._tail_modseq = with_modseq and not self._has_modseq
 
     def render(self, uids: Sequence[int]) -> list[bytes]:
         index, plan = self.index, self.plan
         entries: dict[str, CacheEntry] = {}
-        bases: dict[int, str] = {}
-        if (plan.need_header or plan.need_structure) and self.cache is not None:
-            for uid in uids:
-                bases[uid] = index.message(uid).base
+        rows = index.view_rows(uids)  # (seq, row) of those still in the view
+        cached = (plan.need_header or plan.need_structure) and self.cache is not None
+        if cached and self.cache is not None:
             try:
-                wanted = list(bases.values())
+                wanted = [m.base for _seq, m in rows]
                 if self._fields_key is not None:
                     self._cuts = self.cache.get_fields(wanted, self._fields_key)
                     wanted = [b for b in wanted if b not in self._cuts]
@@ -141,14 +144,12 @@ class Renderer:
                 entries = {}
         fresh: dict[str, CacheEntry] = {}
         out: list[bytes] = []
-        for uid in uids:
-            seq = index.seq(uid)
-            if seq is None:
-                continue
+        one = self._one
+        for seq, m in rows:
             try:
-                out.append(self._one(uid, seq, bases.get(uid), entries, fresh))
+                out.append(one(m, seq, cached, entries, fresh))
             except FileNotFoundError:
-                self.missing.append(uid)
+                self.missing.append(m.uid)
         if (fresh or self._fresh_cuts) and self.cache is not None:
             try:
                 self.cache.put_many(fresh)
@@ -159,9 +160,13 @@ class Renderer:
         self._fresh_cuts = {}
         return out
 
-    def _one(self, uid: int, seq: int, base: str | None, entries: dict[str, CacheEntry],
+    def _one(self, m: Message, seq: int, cached: bool, entries: dict[str, CacheEntry],
              fresh: dict[str, CacheEntry]) -> bytes:
+        """One ``* seq FETCH (...)``; ``cached``: the cache was asked for this chunk
+        (fresh entries are then written back to it)."""
         index, plan = self.index, self.plan
+        uid = m.uid
+        base = m.base if cached else None
         full: bytes | None = None
         entry = entries.get(base) if base is not None else None
         if plan.need_full:
@@ -181,20 +186,17 @@ class Renderer:
                          else CacheEntry(header[:HEADER_CAP], None, None, None))
             if base is not None:
                 fresh[base] = entry
-        m = index.message(uid)
-        parts: list[bytes] = []
+        parts = [name + render(uid, m, entry, full) for name, render in self._items]
         if self.with_uid:
-            parts.append(b"UID %d" % uid)
-        for name, render in self._items:
-            parts.append(name + render(uid, m, entry, full))
-        if not self._has_flags and uid in self.force_flags:
+            parts.insert(0, b"UID %d" % uid)
+        if self._tail_flags and uid in self.force_flags:
             parts.append(b"FLAGS " + self._flags(uid, m))
-        if self.with_modseq and not self._has_modseq:
+        if self._tail_modseq:
             parts.append(b"MODSEQ (%d)" % m.modseq)
         return b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n"
 
     def _flags(self, uid: int, m: Message) -> bytes:
-        key = (m.letters, m.extra, self.index.is_recent(uid))
+        key = (m.suffix, m.extra, self.index.is_recent(uid))  # the suffix: no letters parse
         out = self._flag_cache.get(key)
         if out is None:
             flags = self.index.flags(uid)
@@ -228,6 +230,8 @@ class Renderer:
                     data = mime.section_bytes(full, section)
                 if partial is not None:
                     data = data[partial[0]:partial[0] + partial[1]]
+                if data[-1:] == b"\n":  # a line end cannot be quoted: a literal, no scan
+                    return b"{%d}\r\n" % len(data) + data
                 return fmt.string(data)
 
             return body_section

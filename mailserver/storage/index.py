@@ -368,6 +368,24 @@ class MailboxIndex:
             out.append((uid, flags, uid in recent, m.size, m.internal_date, m.modseq))
         return out
 
+    def view_rows(self, uids: Sequence[int]) -> list[tuple[int, Message]]:
+        """``(seq, row)`` of each of ``uids`` (usually ascending) that is in the view, as
+        :meth:`seq` and :meth:`message` give them (a message expunged elsewhere keeps its
+        last row), in one walk: what FETCH renders from."""
+        entries, ghosts, view = self._entries, self._ghosts, self._view
+        out = []
+        i, n = 0, len(view)
+        for uid in uids:
+            if not (i < n and view[i] == uid):  # not the next in the view: look it up
+                i = bisect.bisect_left(view, uid)
+                if i >= n or view[i] != uid:
+                    continue
+            i += 1
+            m = entries.get(uid) or ghosts.get(uid)
+            if m is not None:
+                out.append((i, m))
+        return out
+
     def flag_rows(self, uids: Sequence[int]) -> list[tuple[int, int, frozenset[str], bool, int]]:
         """``(seq, uid, flags, recent, modseq)`` of each of ``uids`` (usually ascending) that is
         in the view and not expunged elsewhere: the answers to a non-silent STORE, in one
