@@ -75,8 +75,8 @@ def read_header(index: MailboxIndex, uid: int) -> bytes:
     return mime.split_header(to_crlf(data))[0]
 
 
-def read_message(index: MailboxIndex, uid: int) -> bytes:
-    with index.open(uid) as f:
+def read_message(index: MailboxIndex, uid: int, row: Message | None = None) -> bytes:
+    with index.open(uid, row) as f:
         return to_crlf(f.read())
 
 
@@ -170,7 +170,7 @@ class Renderer:
         full: bytes | None = None
         entry = entries.get(base) if base is not None else None
         if plan.need_full:
-            full = read_message(index, uid)
+            full = read_message(index, uid, m)
         cut_cached = base is not None and base in self._cuts
         if (plan.need_header or plan.need_structure) and not cut_cached and (
                 entry is None or (plan.need_structure and entry.bodystructure is None)):
@@ -186,14 +186,20 @@ class Renderer:
                          else CacheEntry(header[:HEADER_CAP], None, None, None))
             if base is not None:
                 fresh[base] = entry
-        parts = [name + render(uid, m, entry, full) for name, render in self._items]
-        if self.with_uid:
-            parts.insert(0, b"UID %d" % uid)
+        # One list of pieces and one join: a whole body is copied once here, not once per
+        # level of nesting (item, item list, response).
+        pieces = [b"* %d FETCH (UID %d " % (seq, uid) if self.with_uid else b"* %d FETCH (" % seq]
+        for name, render in self._items:
+            pieces += (name, render(uid, m, entry, full), b" ")
         if self._tail_flags and uid in self.force_flags:
-            parts.append(b"FLAGS " + self._flags(uid, m))
+            pieces += (b"FLAGS ", self._flags(uid, m), b" ")
         if self._tail_modseq:
-            parts.append(b"MODSEQ (%d)" % m.modseq)
-        return b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n"
+            pieces.append(b"MODSEQ (%d) " % m.modseq)
+        last = pieces[-1]
+        if last.endswith(b" "):  # the separator after the last item
+            pieces[-1] = last[:-1]
+        pieces.append(b")\r\n")
+        return b"".join(pieces)
 
     def _flags(self, uid: int, m: Message) -> bytes:
         key = (m.suffix, m.extra, self.index.is_recent(uid))  # the suffix: no letters parse

@@ -983,4 +983,6 @@ def body_structure(data: bytes, *, extended: bool) -> fmt.Value:
 
 def section_bytes(data: bytes, section: Section) -> bytes:
     """``BODY[section]`` of a message; ``b""`` for a part that does not exist."""
+    if not section.part and section.text is None:
+        return data  # BODY[]: the whole message, neither parsed nor copied
     return ParsedMessage(data).section(section)

@@ -14,7 +14,7 @@ import secrets
 import socket
 import ssl
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from mailserver.net.listener import (
     ConnectionTable,
@@ -110,6 +110,10 @@ class _IMAPProtocol(asyncio.Protocol, Output):
     def write(self, data: bytes) -> None:
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+
+    def writelines(self, pieces: Sequence[bytes]) -> None:
+        if pieces and self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(pieces)
 
     async def drain(self) -> None:
         """Wait while the transport has paused writing (asyncio's flow-control contract: only

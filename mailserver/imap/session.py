@@ -94,6 +94,12 @@ class Output:
     def write(self, data: bytes) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def writelines(self, pieces: Sequence[bytes]) -> None:
+        """Several responses at once, not joined first (big bodies are not copied again);
+        the transport may send them with one writev or one run of TLS records."""
+        for data in pieces:
+            self.write(data)
+
     async def drain(self) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -1020,7 +1026,10 @@ class IMAPSession:
                 responses = await pending
                 pending = (asyncio.ensure_future(asyncio.to_thread(renderer.render, chunks[i + 1]))
                            if i + 1 < len(chunks) else None)
-                self.out.write(b"".join(responses))
+                if plan.need_full:
+                    self.out.writelines(responses)
+                else:
+                    self.out.write(b"".join(responses))  # many small ones: one buffer
                 await self.out.drain()
         finally:
             if pending is not None:  # the connection failed mid-way: the render runs out alone

@@ -480,9 +480,10 @@ class MailboxIndex:
             complete = modseq >= self._meta.expunge_floor
         return sorted({uid for _m, uid in rows} - set(self._entries)), complete
 
-    def open(self, uid: int) -> BinaryIO:
-        """Open the message file for reading, following a rename by another program."""
-        m = self.message(uid)
+    def open(self, uid: int, row: Message | None = None) -> BinaryIO:
+        """Open the message file for reading, following a rename by another program.
+        ``row``: the message's row when the caller has it (no second lookup)."""
+        m = self.message(uid) if row is None else row
         try:
             # A str path: pathlib joins were a third of a cold header FETCH.
             return open(self._sub[m.sub] + m.name, "rb")  # the caller closes it
