@@ -84,6 +84,9 @@ def _internaldate(ts: float) -> _dt.datetime:
     return _dt.datetime.fromtimestamp(ts).astimezone()
 
 
+_Render = Callable[[int, Message, CacheEntry | None, bytes | None], bytes]  # (uid, row, entry, full)
+
+
 class Renderer:
     """Renders ``* n FETCH`` responses for one FETCH command (in a worker thread)."""
 
@@ -99,13 +102,17 @@ class Renderer:
         # Response names ("BODY[HEADER.FIELDS (...)] ") are the same for every message:
         # built once here, not 10,000 times (a header sync's hot spot).
         seen = {"UID"} if with_uid else set()
-        self._items: list[tuple[bytes, Callable[[int, Message, CacheEntry | None, bytes | None], bytes]]]
+        # (response name, renderer, raw): a raw renderer gives a section's bytes, which
+        # _one sends as a string (a literal's body is then not copied into a formatted
+        # value first); the others give the value in wire form.
+        self._items: list[tuple[bytes, _Render, bool]]
         self._items = []
         for item in plan.items:
             name = item.response_name()
             if name not in seen:
                 seen.add(name)
-                self._items.append((name.encode("ascii") + b" ", self._renderer(item)))
+                self._items.append((name.encode("ascii") + b" ", self._renderer(item),
+                                    isinstance(item, BodySection)))
         # A client's header sync (only HEADER.FIELDS besides index items): the cut result
         # itself is cached per field list, so a warm sync reads small blobs and no regex.
         self._fields_key: str | None = None
@@ -189,8 +196,15 @@ class Renderer:
         # One list of pieces and one join: a whole body is copied once here, not once per
         # level of nesting (item, item list, response).
         pieces = [b"* %d FETCH (UID %d " % (seq, uid) if self.with_uid else b"* %d FETCH (" % seq]
-        for name, render in self._items:
-            pieces += (name, render(uid, m, entry, full), b" ")
+        for name, render, raw in self._items:
+            value = render(uid, m, entry, full)
+            if raw:
+                # A line end cannot be quoted: a literal, without a quotability scan.
+                if value[-1:] == b"\n" or not fmt.can_quote(value):
+                    pieces += (name, b"{%d}\r\n" % len(value), value, b" ")
+                    continue
+                value = fmt.quoted(value)
+            pieces += (name, value, b" ")
         if self._tail_flags and uid in self.force_flags:
             pieces += (b"FLAGS ", self._flags(uid, m), b" ")
         if self._tail_modseq:
@@ -236,9 +250,7 @@ class Renderer:
                     data = mime.section_bytes(full, section)
                 if partial is not None:
                     data = data[partial[0]:partial[0] + partial[1]]
-                if data[-1:] == b"\n":  # a line end cannot be quoted: a literal, no scan
-                    return b"{%d}\r\n" % len(data) + data
-                return fmt.string(data)
+                return data  # raw: _one makes it a string
 
             return body_section
         name = item.name
