@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import signal
 import sys
@@ -473,7 +474,24 @@ class Daemon:
         await self.stop()
 
 
+# The cyclic collector's first threshold (default 700 new container objects): a folder's
+# index holds ~100k rows and a SEARCH or STORE over it makes ~100k short-lived tuples, so
+# with the default the collector ran ~140 times per command and re-walked the survivors;
+# at 100k messages SEARCH UNSEEN took 89 ms instead of 24, a cold SELECT 7 % longer.
+# Refcounting still frees almost all garbage at once; only cycles wait a little longer.
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """Fewer cyclic collections (see GC_THRESHOLDS); the objects made while starting
+    (modules, config, TLS contexts) are frozen, so no collection walks them again."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def run(cfg: Config) -> int:
+    tune_gc()
     try:
         import uvloop  # optional [fast] extra
 
