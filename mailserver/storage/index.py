@@ -1523,7 +1523,12 @@ class MailboxIndex:
         meta = self._meta_copy()
         if meta.highestmodseq == 0:
             meta.highestmodseq = 1  # an index made before HIGHESTMODSEQ started at 1: never 0
-        new_msgs = [self._new_message(meta, *info, "") for info in fresh]
+        # _new_message's numbering for each, without a call per row (a cold 100k SELECT).
+        uid0, modseq0, new_message = meta.uidnext, meta.highestmodseq + 1, _new_message
+        new_msgs = [new_message(Message, (uid0 + i, base, sub, suffix, modseq0 + i, size, idate, ""))
+                    for i, (base, sub, suffix, size, idate) in enumerate(fresh)]
+        meta.uidnext += len(new_msgs)
+        meta.highestmodseq += len(new_msgs)
         updates: list[Message] = []
         notify: list[int] = []
         for m, sub, suffix in changed:
@@ -1566,8 +1571,8 @@ class MailboxIndex:
     ) -> list[tuple[str, str, str, int, float]]:
         """``(base, sub, suffix, size, mtime)`` of files seen for the first time, in
         delivery order (the order their UIDs must follow)."""
-        found: list[tuple[float, str, float, int]] = []
-        lstat, is_reg = os.stat, stat.S_ISREG
+        found: list[tuple[float, str, str, str, int, float]] = []
+        lstat, is_reg, time_of, size_of = os.stat, stat.S_ISREG, name_time, imap_size
         with self._dir_fds() as fds:
             for base in fresh:
                 sub, suffix = disk[base]
@@ -1577,14 +1582,15 @@ class MailboxIndex:
                     continue  # gone again already; never indexed, nothing to report
                 if not is_reg(st.st_mode):
                     continue  # a directory or symlink someone left there: not a message
-                t = name_time(base)
+                t = time_of(base)
                 # Delivery order: the time in the name (when the writer made it); mtime is
                 # the internal date and may be older (APPEND with a date, migrated mail).
-                order = t[0] + t[1] / 1e6 if t else st.st_mtime
-                size = imap_size(base)
-                found.append((order, base, st.st_mtime, st.st_size if size is None else size))
+                mtime = st.st_mtime
+                size = size_of(base)
+                found.append((t[0] + t[1] / 1e6 if t else mtime, base, sub, suffix,
+                              st.st_size if size is None else size, mtime))
         found.sort()
-        return [(base, *disk[base], size, mtime) for _o, base, mtime, size in found]
+        return [row[1:] for row in found]
 
     def _new_message(
         self, meta: Meta, base: str, sub: str, suffix: str, size: int, idate: float, extra: str
