@@ -1040,3 +1040,59 @@ def test_view_rows_agrees_with_seq_and_message(root: Path, writer: MaildirWriter
     assert a.view_rows(wanted) == expected
     assert [m.uid for _s, m in expected] == [6, 1, 3, 2, 2]
     assert a.view_rows([]) == []
+
+
+def test_restart_skips_the_readdir_of_an_idle_folder_but_misses_nothing(
+    root: Path, writer: MaildirWriter, counted: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stamp of a quiet scan is stored with the rows: after a restart (no snapshot in
+    memory) the first open of an idle folder trusts it and reads no directory, but a
+    file added or renamed since, or a row changed since, makes it read them again."""
+    import mailserver.storage.index as index_mod
+
+    def restart() -> MailboxIndex:
+        index_mod._snapshots.clear()
+        index_mod._kept.clear()
+        return MailboxIndex(root)
+
+    deliver(writer, root, 4)
+    a = MailboxIndex(root)
+    a.sync()  # moves new/ -> cur/: the directories just changed, nothing to trust yet
+    a.close()
+    b = restart()
+    b.sync()
+    assert b._store.scan_stamp is None  # the changes are less than a second old
+    _quiet_dirs(monkeypatch)
+    b.sync()  # a quiet scan: its stamp goes into the file
+    assert b._store.scan_stamp is not None
+    b.close()
+    looks, reads = counted["look"], counted["all_rows"]
+    c = restart()
+    assert c.sync().new == [1, 2, 3, 4]
+    assert counted["look"] == looks and counted["all_rows"] == reads + 1  # rows read, no readdir
+    assert _state(c) == _fresh_state(root)
+    c.close()
+    # A file renamed behind everyone's back after the stamp: read again, and caught.
+    p = c.path(2)
+    os.rename(p, p.with_name(p.name + "F"))
+    d = restart()
+    d.sync()
+    assert counted["look"] == looks + 1 and d.flags(2) == {"\\Flagged"}
+    d.close()
+    # A row changed since the stamp with no file renamed (a 27th keyword lives only in the
+    # index): the stamp is for an older modseq, so the directories are read again.
+    e = restart()
+    e.sync()
+    e.store_flags([3], [f"k{i}" for i in range(27)])  # 26 letters (a rename) and one more
+    e.sync()  # a quiet scan again: a new stamp, stored
+    stored = e._store.scan_stamp
+    assert stored is not None and stored[2] == e.highestmodseq
+    cur_mtime = os.stat(root / "cur").st_mtime_ns
+    assert e.store_flags([3], ["k26"], "remove") == ([3], [])
+    assert os.stat(root / "cur").st_mtime_ns == cur_mtime  # no file touched
+    e.close()
+    looks = counted["look"]
+    f = restart()
+    f.sync()
+    assert counted["look"] == looks + 1
+    assert _state(f) == _fresh_state(root)

@@ -51,6 +51,7 @@ import logging
 import operator
 import os
 import shutil
+import sqlite3
 import stat
 import threading
 import time
@@ -273,6 +274,7 @@ class MailboxIndex:
         self._announced_modseq = 0
         self._announced_uidnext = 1
         self._scan_stamp: tuple[int, int] | None = None  # (new/, cur/) mtimes of a quiet scan
+        self._stamp_fresh = False  # _scan_stamp was just taken (not yet stored in the file)
         # The process-wide snapshot this mirror came from or was published as (held so it
         # stays alive for the next session), and the modseq at which the mirror equalled it.
         self._key = str(self.dir)
@@ -1177,7 +1179,9 @@ class MailboxIndex:
             entries = {row[0]: _new_message(Message, row) for row in self._store.all_rows()}
             self._snapshot = None
             self._publish_due = True
-            return entries, {m.base: uid for uid, m in entries.items()}, None, False
+            # The stamp stored with the rows (a restart): trusted as a snapshot's is.
+            return (entries, {m.base: uid for uid, m in entries.items()},
+                    self._trusted(self._store.scan_stamp, meta, entries), False)
         entries, by_base = snap.entries, snap.by_base
         self._snapshot, self._shared_at = snap, snap.highestmodseq
         since = snap.highestmodseq
@@ -1195,15 +1199,20 @@ class MailboxIndex:
                 prev = entries.pop(uid, None)
                 if prev is not None:
                     by_base.pop(prev.base, None)
-        stamp = snap.stamp
+        return entries, by_base, self._trusted(snap.stamp, meta, entries), shared
+
+    def _trusted(self, stamp: tuple[int, int, int] | None, meta: Meta,
+                 entries: Mapping[int, Message]) -> tuple[int, int] | None:
+        """The directory mtimes of ``stamp`` if the rows at ``meta`` are the ones it was
+        taken with, else None (the next sync reads the directories)."""
         if (
             stamp is None
             or stamp[2] != meta.highestmodseq
             # Files a read-only session left in new/ must still be moved by this one.
             or (not self.read_only and "new" in map(_SUB, entries.values()))
         ):
-            return entries, by_base, None, shared
-        return entries, by_base, stamp[:2], shared
+            return None
+        return stamp[0], stamp[1]
 
     def _use_shared(self, entries: dict[int, Message], by_base: dict[str, int]) -> None:
         """Take a snapshot's dicts as the mirror until the first change (see _own)."""
@@ -1257,6 +1266,13 @@ class MailboxIndex:
             return
         self._ident_seen = ident
         stamp = None if self._scan_stamp is None else (*self._scan_stamp, meta.highestmodseq)
+        fresh_stamp, self._stamp_fresh = self._stamp_fresh, False
+        if (fresh_stamp and stamp is not None and stamp != self._store.scan_stamp and not self.read_only
+                and self._store.conn is not None):
+            try:
+                self._store.write_scan_stamp(stamp)  # for the first open after a restart
+            except sqlite3.Error:
+                log.warning("%s: could not store the directory scan stamp", self.dir, exc_info=True)
         with _snapshots_lock:
             snap = _snapshots.get(self._key)
             usable = (
@@ -1381,6 +1397,7 @@ class MailboxIndex:
             return True
         quiet = max(stamp) < now - 1_000_000_000
         self._scan_stamp = stamp if quiet else None
+        self._stamp_fresh = quiet  # a scan follows: _share stores the stamp for a restart
         return False
 
     def _sync_disk(self) -> None:

@@ -50,7 +50,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from mailserver.storage.maildirpp import FILE_MODE
 
@@ -76,6 +76,8 @@ CREATE TABLE expunged (modseq INTEGER PRIMARY KEY, uid INTEGER NOT NULL);
 """
 
 Row = tuple[int, str, str, str, int, int, float, str]
+# meta keys of the last trusted directory scan (absent in older files, ignored by them).
+_SCAN_STAMP_KEYS = ("scan_new_mtime_ns", "scan_cur_mtime_ns", "scan_modseq")
 _UID = operator.itemgetter(0)
 _COLUMNS = "uid, base, sub, suffix, modseq, size, internal_date, extra"
 
@@ -187,6 +189,8 @@ class IndexStore:
         self.conn: sqlite3.Connection | None = None
         self.inode: int | None = None
         self._ident: tuple[int, int] | None = None
+        # The stored stamp of the last trusted directory scan, as of read_meta().
+        self.scan_stamp: tuple[int, int, int] | None = None
 
     @property
     def ident(self) -> tuple[int, int] | None:
@@ -282,6 +286,8 @@ class IndexStore:
             if not {"meta", "messages", "expunged"} <= tables:
                 raise CorruptIndex(f"tables missing: {sorted(tables)}")
             values = dict(self._c().execute("SELECT key, value FROM meta").fetchall())
+            stamp = tuple(values.get(k) for k in _SCAN_STAMP_KEYS)
+            self.scan_stamp = cast(tuple[int, int, int], stamp) if None not in stamp else None
         except sqlite3.Error as exc:
             if _corrupt(exc):
                 raise CorruptIndex(str(exc)) from exc
@@ -369,6 +375,17 @@ class IndexStore:
                 ("expunge_floor", meta.expunge_floor),
             ],
         )
+
+    def write_scan_stamp(self, stamp: tuple[int, int, int]) -> None:
+        """Remember ``(new/ mtime ns, cur/ mtime ns, highestmodseq)`` of a scan that found
+        the files matching the rows (see MailboxIndex._dirs_unchanged), in a transaction
+        of its own: after a restart the first open of an idle folder then needs two
+        stat() calls, not a readdir of every file (~80 ms per 100k). Call with the
+        folder lock held."""
+        with self.transaction():
+            self._c().executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                  zip(_SCAN_STAMP_KEYS, stamp, strict=True))
+        self.scan_stamp = stamp
 
     def upsert(self, rows: Iterable[Row]) -> None:
         self._c().executemany(f"INSERT OR REPLACE INTO messages ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", rows)
