@@ -36,7 +36,9 @@ Steps (one real ``pymaild run`` subprocess, IMAPS on 127.0.0.1, a throwaway CA):
    Every answer is checked: EXISTS = M, one FETCH per message with the right size and
    Message-ID, the same headers cold and warm, the exact SEARCH hits, body CRCs.
    The page cache is warm throughout (the files were just written): "cold" means
-   pymaild's index and header cache, not the disk.
+   pymaild's index and header cache, not the disk. Dirty pages are written back
+   (os.sync) before each server's sitting. Cold commands run once; warm and restart ones
+   (and the STORE set/clear cycle) ``--repeat`` times (default 3), the median shown.
 3. memory: the daemon restarted, N IMAPS connections (5 per account over N/5 small
    accounts of 20 messages each, as Thunderbird keeps ~5 per account) each do LOGIN,
    SELECT INBOX, IDLE; the daemon's RSS and PSS (/proc/<pid>/smaps_rollup) before and
