@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import os
 import sys
+from typing import Any, NoReturn
 
 from . import __version__
 from .commands import CommandError
@@ -17,7 +18,7 @@ from .config import ConfigError, load_config, resolve_config_path
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         # One clear line, like every other error, instead of argparse's usage dump.
         self.exit(2, f"pymaild: {message} (see pymaild --help)\n")
 
@@ -27,19 +28,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pymaild {__version__}")
     parser.add_argument("-c", "--config", dest="config_global", metavar="FILE",
                         help="config file (also accepted after the command)")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("-c", "--config", help="config file (default: $PYMAILD_CONFIG or "
                         "/etc/pymaild/pymaild.toml)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_Parser)
     original_add = sub.add_parser
 
-    def add_parser(name: str, **kwargs: object) -> argparse.ArgumentParser:
+    def add_parser(name: str, **kwargs: Any) -> _Parser:
         # Every subcommand (and sub-subcommand) accepts -c.
-        parents = list(kwargs.pop("parents", []))  # type: ignore[call-overload]
-        return original_add(name, parents=[*parents, common], **kwargs)  # type: ignore[arg-type]
+        return original_add(name, parents=[*kwargs.pop("parents", []), common], **kwargs)
 
-    sub.add_parser = add_parser  # type: ignore[method-assign]
+    # A wrapped method on this one object: argparse has no hook for common parents.
+    sub.add_parser = add_parser  # type: ignore[method-assign]  # see the comment above
     run = sub.add_parser("run", help="run the mail server (logs to stderr)")
     run.set_defaults(func=_run)
     from .commands import accounts, dns, init

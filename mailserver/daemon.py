@@ -15,9 +15,10 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import sdnotify
 from .auth.cache import VerifiedCache
@@ -298,7 +299,8 @@ def build_queue(cfg: Config, store: AccountStore, resolver: Resolver, writer: Ma
         mta_sts = MTASTS(resolver, cache_dir=cfg.state_path / "mta-sts", ca_file=d.ca_file or None,
                          https_port=d.mta_sts_port)
     remote = RemoteDelivery(
-        resolver, hostname=cfg.hostname, mx_port=d.mx_port, relay=d.relay, relay_tls=d.relay_tls,  # type: ignore[arg-type]
+        resolver, hostname=cfg.hostname, mx_port=d.mx_port, relay=d.relay,
+        relay_tls=d.relay_tls,  # type: ignore[arg-type]  # the config loader checked the value
         relay_username=d.relay_username, relay_password=password, mta_sts=mta_sts,
         ca_file=d.ca_file or None, connect_timeout=d.connect_timeout,
         command_timeout=d.command_timeout, data_timeout=d.data_timeout,
@@ -492,6 +494,7 @@ def tune_gc() -> None:
 
 def run(cfg: Config) -> int:
     tune_gc()
+    runner: Callable[[Coroutine[Any, Any, None]], None]
     try:
         import uvloop  # optional [fast] extra
 

@@ -80,8 +80,8 @@ def rsassa_pkcs1_v1_5_sign(hash_obj: Any, private_key: dict[str, int]) -> bytes:
 
 def install() -> None:
     """Make dkimpy use OpenSSL for RSA verification and signing (idempotent)."""
-    dkim.RSASSA_PKCS1_v1_5_verify = rsassa_pkcs1_v1_5_verify  # type: ignore[attr-defined]
-    dkim.RSASSA_PKCS1_v1_5_sign = rsassa_pkcs1_v1_5_sign  # type: ignore[attr-defined]
+    dkim.RSASSA_PKCS1_v1_5_verify = rsassa_pkcs1_v1_5_verify
+    dkim.RSASSA_PKCS1_v1_5_sign = rsassa_pkcs1_v1_5_sign
 
 
 install()

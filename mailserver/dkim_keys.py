@@ -344,8 +344,8 @@ def ensure_keys(cfg: Config) -> list[DKIMKey]:
                 path = key_path(cfg, domain, selector)
                 if path.exists():
                     continue
-                key = generate_private_key(algorithm)
-                if _create_exclusive(path, _pem(key), 0o600):
+                private = generate_private_key(algorithm)
+                if _create_exclusive(path, _pem(private), 0o600):
                     _match_owner(cfg, path)
                     created.add(path)
                     log.info("created DKIM key %s (%s)", path, algorithm)

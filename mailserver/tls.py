@@ -181,5 +181,5 @@ class TLSManager:
             if self._current is not None and self._current is not base:
                 ssl_obj.context = self._current
 
-        base.sni_callback = pick_current  # type: ignore[assignment]
+        base.sni_callback = pick_current
         return base

@@ -498,7 +498,7 @@ def write_static_files(cfg: Config, directory: Path) -> list[Path]:
     nginx or another web server instead of ``listen.https`` (docs/web.md). Byte-identical
     to what ``WebServer`` sends, so the ``_mta-sts`` id ``pymaild dns`` prints still matches.
     The autoconfig file is the primary domain's; Thunderbird only needs the server names."""
-    from .tls import write_file_atomic
+    from .fsutil import write_file_atomic
 
     xml = autoconfig_xml(cfg, cfg.primary_domain).encode("utf-8")
     files = {MTA_STS_PATH: mta_sts_policy(cfg).encode("utf-8"), **{p: xml for p in AUTOCONFIG_PATHS}}

@@ -23,7 +23,7 @@ import asyncio
 import concurrent.futures
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -152,7 +152,7 @@ class PasswordChecker:
         return False
 
 
-def _release(sem: asyncio.Semaphore, fut: asyncio.Future[object]) -> None:
+def _release(sem: asyncio.Semaphore, fut: asyncio.Future[Any]) -> None:
     sem.release()
     if not fut.cancelled():
         fut.exception()  # mark retrieved: a cancelled waiter must not log "never retrieved"

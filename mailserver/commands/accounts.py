@@ -12,7 +12,7 @@ import getpass
 import sqlite3
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..auth.store import MAX_PASSWORD_LENGTH, AccountError, AccountStore
 from ..config import Config
@@ -187,7 +187,7 @@ def _add_password_flag(parser: argparse.ArgumentParser) -> None:
                         help="read the password from the first line of standard input")
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[Any]) -> None:  # Any: the parser class is cli._Parser
     for name, help_text in (("creds", "manage accounts (login + mailbox)"),
                             ("imap-acct", "maddy-compatible alias of creds for IMAP accounts")):
         cmd = sub.add_parser(name, help=help_text)

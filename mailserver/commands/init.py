@@ -348,7 +348,7 @@ def _resolve(host: str) -> list[str] | None:
     def lookup() -> None:
         with contextlib.suppress(OSError, UnicodeError):
             infos = socket.getaddrinfo(host, None, 0, socket.SOCK_STREAM)
-            result.extend(info[4][0].split("%")[0] for info in infos)
+            result.extend(str(info[4][0]).split("%")[0] for info in infos)
 
     thread = threading.Thread(target=lookup, daemon=True)
     thread.start()

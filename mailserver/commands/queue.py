@@ -14,6 +14,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from ..config import Config
 from ..delivery import queue_store as store
@@ -224,7 +225,7 @@ def _wait_seconds(text: str) -> float:
     return value
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[Any]) -> None:  # Any: the parser class is cli._Parser
     queue = sub.add_parser("queue", help="inspect and manage the outbound queue")
     actions = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
     lst = actions.add_parser("list", help="one line per queued message")

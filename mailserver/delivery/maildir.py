@@ -30,12 +30,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mailserver.delivery.groupsync import DirectorySync
-from mailserver.fsutil import with_path
+from mailserver.fsutil import fsync_dir, with_path
 from mailserver.storage.maildirpp import (
     FILE_MODE,
     ensure_maildir,
     folder_path,
-    fsync_dir,
 )
 
 Chunk = bytes | bytearray | memoryview

@@ -27,7 +27,7 @@ import ssl
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 from mailserver.dns.resolver import DNSTempError, Resolver
 from mailserver.fsutil import write_file_atomic
@@ -135,7 +135,8 @@ def parse_policy(text: str, policy_id: str = "") -> Policy:
         raise PolicyError(f"max_age {age} exceeds {MAX_MAX_AGE}")
     if mode != "none" and not mx:
         raise PolicyError(f"mode {mode} without mx lines")
-    return Policy(mode=mode, mx_patterns=mx, max_age=int(age), id=policy_id)  # type: ignore[arg-type]
+    # cast: mode was checked against PolicyMode's values above.
+    return Policy(mode=cast(PolicyMode, mode), mx_patterns=mx, max_age=int(age), id=policy_id)
 
 
 class MTASTS:

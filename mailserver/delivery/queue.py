@@ -35,6 +35,7 @@ coroutine, which must send them with the null reverse path ``MAIL FROM:<>``.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import heapq
 import itertools
@@ -295,7 +296,7 @@ class Queue:
 
     # ------------------------------------------------------------------ loading
 
-    def _load(self) -> list[QueueEntry]:
+    def _load(self) -> builtins.list[QueueEntry]:  # (the method list shadows the builtin)
         store.ensure_dir(self.directory)
         store.clean_request_tmp(self.directory)
         return store.load_for_owner(self.directory)

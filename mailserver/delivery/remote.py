@@ -100,8 +100,8 @@ def from_reply(code: int, message: str, mx: str) -> DeliveryResult:
     klass = str(code)[0] if 200 <= code < 600 else "4"
     # An enhanced code of another class than the reply ("250 5.1.1") is ignored.
     status = f"{klass}.{m.group(2)}.{m.group(3)}" if m and m.group(1) == klass else f"{klass}.0.0"
-    kind = {"2": "sent", "4": "temp", "5": "perm"}.get(klass, "temp")
-    return DeliveryResult(kind, code, status, f"{code} {text}".strip(), mx)  # type: ignore[arg-type]
+    kind: Literal["sent", "temp", "perm"] = "sent" if klass == "2" else "perm" if klass == "5" else "temp"
+    return DeliveryResult(kind, code, status, f"{code} {text}".strip(), mx)
 
 
 def canonical_crlf(data: bytes) -> bytes:
@@ -259,7 +259,8 @@ class RemoteDelivery:
     ) -> dict[str, DeliveryResult]:
         if self.relay:
             host, port = self.relay
-            mode: TLSMode = {"starttls": "verify", "implicit": "implicit", "none": "none"}[self.relay_tls]  # type: ignore[assignment]
+            modes: dict[str, TLSMode] = {"starttls": "verify", "implicit": "implicit", "none": "none"}
+            mode = modes[self.relay_tls]
             routes: list[str] | DeliveryResult = [host]
         else:
             port = self.mx_port
@@ -484,7 +485,8 @@ class RemoteDelivery:
             leftover.extend(getattr(protocol, "_buffer", b""))
             return response
 
-        protocol.read_response = read_and_check  # type: ignore[method-assign]
+        # Wrapped on this one connection: aiosmtplib has no hook for it.
+        protocol.read_response = read_and_check  # type: ignore[method-assign]  # see above
         try:
             await smtp.starttls(
                 server_hostname=host, timeout=self.command_timeout,

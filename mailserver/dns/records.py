@@ -21,6 +21,7 @@ import textwrap
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from mailserver.config import Config
 from mailserver.dkim_keys import ED25519_ALGORITHM, DKIMKey
@@ -111,7 +112,8 @@ def served_families(cfg: Config) -> set[int]:
     return families or {4}
 
 
-Resolver = Callable[..., list[tuple]]
+# socket.getaddrinfo's shape: (family, type, proto, canonname, sockaddr) tuples.
+Resolver = Callable[..., list[tuple[Any, ...]]]
 
 
 RESOLVE_TIMEOUT = 5.0  # getaddrinfo cannot be given a timeout; a dead resolver takes ~20 s

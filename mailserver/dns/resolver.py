@@ -22,6 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import dns.asyncresolver
 import dns.exception
@@ -31,6 +32,11 @@ import dns.rdata
 import dns.rdatatype
 import dns.resolver
 import dns.reversename
+from dns.rdtypes.IN.A import A
+from dns.rdtypes.IN.AAAA import AAAA
+from dns.rdtypes.mxbase import MXBase
+from dns.rdtypes.nsbase import NSBase
+from dns.rdtypes.txtbase import TXTBase
 
 log = logging.getLogger(__name__)
 
@@ -284,22 +290,20 @@ class Resolver:
         answer = await self.lookup(name, "MX")
         if answer.nxdomain:
             return None
-        pairs = [
-            (r.preference, r.exchange.to_text(omit_final_dot=True))  # type: ignore[attr-defined]
-            for r in answer.records
-        ]
+        pairs = [(r.preference, r.exchange.to_text(omit_final_dot=True))
+                 for r in of_type(answer.records, MXBase)]
         return sorted(pairs)
 
     async def a(self, name: str) -> list[str]:
-        return [r.address for r in await self.query(name, "A")]  # type: ignore[attr-defined]
+        return [r.address for r in of_type(await self.query(name, "A"), A)]
 
     async def aaaa(self, name: str) -> list[str]:
-        return [r.address for r in await self.query(name, "AAAA")]  # type: ignore[attr-defined]
+        return [r.address for r in of_type(await self.query(name, "AAAA"), AAAA)]
 
     async def ptr(self, ip: str) -> list[str]:
         """Names for an address, without the final dot."""
         rev = dns.reversename.from_address(ip)
-        return [r.target.to_text(omit_final_dot=True) for r in await self.query(rev, "PTR")]  # type: ignore[attr-defined]
+        return [r.target.to_text(omit_final_dot=True) for r in of_type(await self.query(rev, "PTR"), NSBase)]
 
     # ----------------------------------------------------------------- thread bridge
 
@@ -342,8 +346,24 @@ class Resolver:
             raise DNSTempError(f"{name}/{rdtype}: lookup cancelled") from exc
 
 
+_R = TypeVar("_R", bound=dns.rdata.Rdata)
+
+
+def of_type(records: Sequence[dns.rdata.Rdata], cls: type[_R]) -> list[_R]:
+    """The records of one rdata class (dnspython gives each type its class: ``MXBase``
+    for MX, ``NSBase`` for PTR, ``TXTBase`` for TXT): typed access to their fields. An
+    answer holds only the asked type, so nothing is dropped in practice."""
+    return [r for r in records if isinstance(r, cls)]
+
+
+def txt_strings(rdata: dns.rdata.Rdata) -> bytes:
+    """The character-strings of a TXT record joined (RFC 7208 3.3, RFC 6376 3.6.2.2);
+    b"" for a record of another type."""
+    return b"".join(rdata.strings) if isinstance(rdata, TXTBase) else b""
+
+
 def _txt_text(rdata: dns.rdata.Rdata) -> str:
-    raw = b"".join(rdata.strings)  # type: ignore[attr-defined]
+    raw = txt_strings(rdata)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:

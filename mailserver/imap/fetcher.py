@@ -23,6 +23,7 @@ from mailserver.storage.index import MailboxIndex, Message
 from . import format as fmt
 from . import mime
 from .fetch import Attribute, BodySection, FetchItem, Section
+from .searcheval import Candidate, ContentNeed
 
 log = logging.getLogger("pymaild.imap")
 
@@ -303,9 +304,8 @@ class SearchLoader:
         self._headers: dict[int, bytes] = {}
         self._fresh: dict[str, CacheEntry] = {}
 
-    def __call__(self, cand: object, need: str) -> tuple[bytes | None, bytes | None]:
-        uid: int = cand.uid  # type: ignore[attr-defined]
-        seq: int = cand.seq  # type: ignore[attr-defined]
+    def __call__(self, cand: Candidate, need: ContentNeed) -> tuple[bytes | None, bytes | None]:
+        uid, seq = cand.uid, cand.seq
         try:
             if need == "full":
                 return None, read_message(self.index, uid)

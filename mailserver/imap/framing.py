@@ -233,11 +233,12 @@ class IMAPConnection:
                 self._tail = b""
                 self._after_discarded_line(line.rstrip(b"\r"), check_quotes=False)
                 continue
-            line = self._take_line()
-            if line is None:
+            taken = self._take_line()
+            if taken is None:
                 if self._events or self._mode is not mode:
                     continue
                 return NEED_DATA
+            line = taken
             if mode is _Mode.AUTH:
                 self._auth_line(line)
             elif mode is _Mode.IDLE:

@@ -9,6 +9,7 @@ system); the session calls it from a worker thread.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
 import secrets
@@ -16,13 +17,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailserver.fsutil import write_file_atomic
+from mailserver.fsutil import fsync_dir, write_file_atomic
 from mailserver.storage.maildirpp import (
     DEFAULT_FOLDERS,
     SUBSCRIPTIONS_FILE,
     ensure_maildir,
     folder_path,
-    fsync_dir,
 )
 
 from .errors import MailboxNameError
@@ -313,7 +313,7 @@ class MailboxTree:
             raise MailboxError("not subscribed", "NONEXISTENT")
         self._set_subscriptions([s for s in subs if s != name])
 
-    def _set_subscriptions(self, names: list[str]) -> None:
+    def _set_subscriptions(self, names: builtins.list[str]) -> None:  # (self.list shadows it)
         write_file_atomic(self.root / SUBSCRIPTIONS_FILE, "".join(f"{n}\n" for n in names).encode())
 
 

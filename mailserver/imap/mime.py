@@ -268,8 +268,7 @@ def _addr_spec(tokens: list[tuple[int, bytes]]) -> tuple[bytes, bytes, list[tupl
             at = i
             break
     if at < 0:
-        words = [_word(k, t) for k, t in tokens if k in (_Q, _A, _L)]
-        return b" ".join(words), b"", []
+        return b" ".join(_word(k, t) for k, t in tokens if k in (_Q, _A, _L)), b"", []
     host = b"".join(t for k, t in tokens[at + 1 :] if k in (_A, _L, _Q) or (k == _S and t == b"@"))
     # The local part: the words before "@", comments and whitespace skipped (CFWS may sit
     # around "@" and the dots: "user (c)@ (c) domain.org", RFC 5322 3.4.1 and 4.4). Words

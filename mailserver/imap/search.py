@@ -98,7 +98,7 @@ _FLAG_KEYS = {
     "RECENT": ("\\Recent", True), "OLD": ("\\Recent", False),
 }
 _HEADER_KEYS = {"BCC", "CC", "FROM", "SUBJECT", "TO"}
-_DATE_KEYS = {
+_DATE_KEYS: dict[str, tuple[Literal["INTERNAL", "SENT"], Literal["BEFORE", "ON", "SINCE"]]] = {
     "BEFORE": ("INTERNAL", "BEFORE"), "ON": ("INTERNAL", "ON"), "SINCE": ("INTERNAL", "SINCE"),
     "SENTBEFORE": ("SENT", "BEFORE"), "SENTON": ("SENT", "ON"), "SENTSINCE": ("SENT", "SINCE"),
 }
@@ -174,7 +174,7 @@ def read_search_key(r: Reader, depth: int = 0) -> SearchKey:
         return TextKey("BODY" if name == "BODY" else "TEXT", r.astring_text())
     if name in _DATE_KEYS:
         which, op = _DATE_KEYS[name]
-        return DateKey(which, op, read_date(r))  # type: ignore[arg-type]
+        return DateKey(which, op, read_date(r))
     if name == "HEADER":
         field = r.astring_text("header name")
         if not field or any(not (33 <= ord(ch) <= 126) or ch == ":" for ch in field):
@@ -184,7 +184,7 @@ def read_search_key(r: Reader, depth: int = 0) -> SearchKey:
     if name in ("KEYWORD", "UNKEYWORD"):
         return FlagKey(read_flag_keyword(r), name == "KEYWORD")
     if name in ("LARGER", "SMALLER"):
-        return SizeKey(name, r.number(MAX_NUMBER64, what="size"))  # type: ignore[arg-type]
+        return SizeKey("LARGER" if name == "LARGER" else "SMALLER", r.number(MAX_NUMBER64, what="size"))
     if name == "UID":
         return SequenceKey(read_sequence_set(r), uid=True)
     if name == "NOT":

@@ -429,7 +429,8 @@ class _Message(Message):
         cache = self.__dict__.setdefault("_params_memo", {})
         params = cache.get(header)
         if params is None:
-            params = cache[header] = super()._get_params_preserve(_NO_PARAMS, header)
+            params = cache[header] = super()._get_params_preserve(  # type: ignore[misc]  # private
+                _NO_PARAMS, header)  # (an email.message method, the one this memo exists for)
         return failobj if params is _NO_PARAMS else params
 
 
@@ -546,9 +547,11 @@ class _Splitter:
             msg.attach(child)
             # RFC 2046: the line break before a delimiter belongs to the delimiter
             if last.get_content_maintype() != "multipart":
-                payload = last._payload
+                # The raw payload, as email.feedparser trims it: get_payload() would
+                # re-decode surrogates, set_payload keeps a str as given.
+                payload = last._payload  # type: ignore[attr-defined]  # private, not in the stubs
                 if isinstance(payload, str) and payload.endswith(("\r", "\n")):  # NLCRE_eol
-                    last._payload = payload[: -2 if payload.endswith("\r\n") else -1]
+                    last.set_payload(payload[: -2 if payload.endswith("\r\n") else -1])
             if end >= len(data):
                 raise _Bail  # no close delimiter
             line = self._line(end)

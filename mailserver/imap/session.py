@@ -25,11 +25,12 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from mailserver.auth.login import AuthResult, loggable
 from mailserver.fsutil import describe_error, is_disk_full
 from mailserver.storage.fetchcache import FetchCache
-from mailserver.storage.index import ChangeSet, KeywordLimit, MailboxIndex, ReadOnlyMailbox
+from mailserver.storage.index import ChangeSet, KeywordLimit, MailboxIndex, ReadOnlyMailbox, StoreMode
 from mailserver.storage.indexstore import CorruptIndex
 
 from . import format as fmt
@@ -663,7 +664,7 @@ class IMAPSession:
             vanished = sorted({u for lo, hi in scope.resolve(largest) for u in range(lo, hi + 1)
                                if u not in present} | set(vanished))
         if known is not None:
-            keep = set()
+            keep: set[int] = set()
             largest = max(index.uidnext - 1, 1)
             for lo, hi in known.resolve(largest):
                 keep.update(u for u in vanished if lo <= u <= hi)
@@ -777,7 +778,7 @@ class IMAPSession:
             if childinfo and info.name in sub_parents:
                 line = line[:-2] + extended + b"\r\n"
             out.append(line)
-            if not lsub and "STATUS" in returns and info.selectable:
+            if isinstance(cmd, List) and "STATUS" in returns and info.selectable:
                 # RFC 5819: each STATUS follows its LIST line.
                 out.append(await self._status_line(info.name, cmd.status_items))
         if subscribed_only:
@@ -1050,11 +1051,11 @@ class IMAPSession:
             raise ReadOnlyMailbox()
         uids = self._resolve(cmd.sequence_set, cmd.uid)
         flags = [f for f in cmd.flags if f.upper() != "\\RECENT"]
-        mode = {"+": "add", "-": "remove"}.get(cmd.mode, "replace")
+        mode: StoreMode = "add" if cmd.mode == "+" else "remove" if cmd.mode == "-" else "replace"
         if cmd.unchangedsince is not None:
             self.condstore = True
         changed, failed = await asyncio.to_thread(
-            index.store_flags, uids, flags, mode, cmd.unchangedsince)  # type: ignore[arg-type]
+            index.store_flags, uids, flags, mode, cmd.unchangedsince)
         if changed:
             self._notify_others([index.dir])
         changed_set = set(changed)
@@ -1163,11 +1164,11 @@ class IMAPSession:
         self._wake = asyncio.Event()
         limits = self.backend.limits
         reader = asyncio.ensure_future(input_ready())
-        waker: asyncio.Future[bool] | None = None
+        waker: asyncio.Future[Literal[True]] | None = None
         try:
             while True:
                 waker = asyncio.ensure_future(self._wake.wait())
-                done, _ = await asyncio.wait({reader, waker}, timeout=limits.idle_keepalive,
+                done, _ = await asyncio.wait((reader, waker), timeout=limits.idle_keepalive,
                                              return_when=asyncio.FIRST_COMPLETED)
                 waker.cancel()
                 if reader in done:

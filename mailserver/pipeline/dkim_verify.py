@@ -38,7 +38,7 @@ import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from mailserver import dkim_crypto
-from mailserver.dns.resolver import DNSAnswer, DNSTempError, Resolver
+from mailserver.dns.resolver import DNSAnswer, DNSTempError, Resolver, txt_strings
 from mailserver.pipeline.authresults import header_end
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def _read_signature(index: int, raw: bytes) -> _Sig:
 
 def _pick_key(answer: DNSAnswer) -> bytes | None:
     """One key record: RFC 6376 §3.6.2.2 lets us choose; prefer one that has p=."""
-    texts = [b"".join(r.strings) for r in answer.records]  # type: ignore[attr-defined]
+    texts = [txt_strings(r) for r in answer.records]
     for text in texts:
         if re.search(rb"(^|;)\s*p\s*=", text):
             return text
@@ -350,6 +350,6 @@ async def verify_dkim(resolver: Resolver, data: bytes, *, max_signatures: int = 
             sig.verdict = _check_key(sig, key)
             keys[sig.key_name] = key
     if all(s.verdict is not None for s in sigs):
-        return [s.result(*s.verdict) for s in sigs]  # type: ignore[misc]
+        return [s.result(*verdict) for s in sigs if (verdict := s.verdict) is not None]
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(_POOL, _verify_all, data, sigs, keys)

@@ -33,7 +33,7 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import dns.exception
 import dns.name
@@ -143,11 +143,11 @@ def parse_dmarc_record(txt: str) -> DMARCRecord:
     rf = tuple(tags.get("rf", "afrf").replace(" ", "").lower().split(":"))
     ri_text = tags.get("ri", "86400")
     return DMARCRecord(
-        p=p,  # type: ignore[arg-type]
-        sp=sp,  # type: ignore[arg-type]
+        p=p,  # type: ignore[arg-type]  # one of _POLICIES, checked above
+        sp=sp,  # type: ignore[arg-type]  # one of _POLICIES or None, checked above
         pct=int(pct_text),
-        adkim=alignment["adkim"],  # type: ignore[arg-type]
-        aspf=alignment["aspf"],  # type: ignore[arg-type]
+        adkim=alignment["adkim"],  # type: ignore[arg-type]  # "r" or "s", checked above
+        aspf=alignment["aspf"],  # type: ignore[arg-type]  # "r" or "s", checked above
         rua=rua or (),
         ruf=ruf or (),
         fo=fo,
@@ -382,7 +382,7 @@ def evaluate(
     policy = record.subdomain_policy if policy_domain != from_domain else record.p
     spf_ok = bool(spf is not None and spf.result == "pass" and aligned(spf.domain, from_domain, record.aspf))
     dkim_ok = any(d.result == "pass" and aligned(d.domain, from_domain, record.adkim) for d in dkim)
-    common = {
+    common: dict[str, Any] = {  # the fields every result below shares (typed in DMARCResult)
         "from_domain": from_domain,
         "policy_domain": policy_domain,
         "record": record,
@@ -392,7 +392,7 @@ def evaluate(
     }
     if spf_ok or dkim_ok:
         how = "SPF" if spf_ok else "DKIM"
-        return DMARCResult("pass", reason=f"aligned {how} pass", **common)  # type: ignore[arg-type]
+        return DMARCResult("pass", reason=f"aligned {how} pass", **common)
     maybe = (
         spf is not None and spf.result == "temperror" and aligned(spf.domain, from_domain, record.aspf)
     ) or any(d.result == "temperror" and aligned(d.domain, from_domain, record.adkim) for d in dkim)
@@ -400,7 +400,7 @@ def evaluate(
         return DMARCResult(
             "temperror",
             reason="an aligned check failed temporarily",
-            **common,  # type: ignore[arg-type]
+            **common,
         )
     disposition: Policy = policy
     # pct (§6.6.4): unsampled messages get the next weaker policy.
@@ -410,7 +410,7 @@ def evaluate(
         "fail",
         disposition=disposition,
         reason="no aligned SPF or DKIM pass",
-        **common,  # type: ignore[arg-type]
+        **common,
     )
 
 

@@ -20,7 +20,13 @@ import re
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast, get_args
+
+from dns.rdtypes.IN.A import A
+from dns.rdtypes.IN.AAAA import AAAA
+from dns.rdtypes.mxbase import MXBase
+from dns.rdtypes.nsbase import NSBase
+from dns.rdtypes.txtbase import TXTBase
 
 from mailserver.dns.resolver import DNSError, DNSTempError, Resolver
 
@@ -32,7 +38,7 @@ with warnings.catch_warnings():
     import spf as pyspf
 
 SPFResultCode = Literal["pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"]
-_KNOWN_RESULTS = frozenset(SPFResultCode.__args__)  # type: ignore[attr-defined]
+_KNOWN_RESULTS: frozenset[str] = frozenset(get_args(SPFResultCode))
 
 # pyspf checks wait on the event loop for DNS, they do not compute: a pool of its own
 # keeps them from starving the default executor (and DKIM crypto) under load.
@@ -86,14 +92,16 @@ def _dns_lookup(name: str, qtype: str, strict: Any = True, timeout: float = 20) 
         raise pyspf.TempError(f"DNS {exc}") from exc
     key = (name, qtype)
     out: list[Any] = []
+    # By record class (what dnspython gives for each type): anything else in the answer
+    # is not what pyspf asked for and is left out.
     for rdata in answer.records:
-        if qtype in ("A", "AAAA"):
+        if isinstance(rdata, A | AAAA):
             out.append((key, rdata.address))
-        elif qtype == "MX":
+        elif isinstance(rdata, MXBase):
             out.append((key, (rdata.preference, rdata.exchange.to_text(omit_final_dot=True))))
-        elif qtype == "PTR":
+        elif isinstance(rdata, NSBase):  # PTR
             out.append((key, rdata.target.to_text(omit_final_dot=True)))
-        elif qtype in ("TXT", "SPF"):
+        elif isinstance(rdata, TXTBase):  # TXT and SPF
             out.append((key, tuple(rdata.strings)))
     return out
 
@@ -173,4 +181,4 @@ async def check_spf(
         return SPFResult("temperror", domain, identity, sender, "SPF check timed out")
     if result not in _KNOWN_RESULTS:  # "ambiguous" exists only in pyspf's harsh mode
         result = "permerror"
-    return SPFResult(result, domain, identity, sender, explanation)  # type: ignore[arg-type]
+    return SPFResult(cast(SPFResultCode, result), domain, identity, sender, explanation)  # checked above

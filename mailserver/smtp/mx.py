@@ -24,6 +24,7 @@ from ..metrics import Metrics
 from ..pipeline import trace
 from ..pipeline.authresults import strip_forged
 from . import protocol as p
+from .address import Address
 from .recipients import RecipientTable
 from .server import Answer, Session
 
@@ -48,7 +49,7 @@ Checker = Callable[[bytes, Session, str], Awaitable[CheckOutcome]]
 
 @dataclass
 class _Transaction:
-    mail_from: p.Address | None = None
+    mail_from: Address | None = None
     recipients: dict[str, list[str]] = field(default_factory=dict)  # rcpt as given -> accounts
 
 
@@ -101,7 +102,7 @@ class MXHandler:
         address = event.address
         if event.raw.lower() == "<postmaster>":
             # RFC 5321 4.5.1: the bare <Postmaster> must be accepted, whatever the domain.
-            address = p.Address("postmaster", self.primary_domain)
+            address = Address("postmaster", self.primary_domain)
         if address.is_literal or address.domain not in self.local_domains:
             # The relay decision uses the domain the parser resolved (routes stripped,
             # quotes undone): there is no way to make a non-local domain look local.

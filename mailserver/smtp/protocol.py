@@ -22,6 +22,7 @@ import binascii
 import enum
 import re
 from dataclasses import dataclass, field
+from typing import Final
 
 from .address import (
     Address,
@@ -48,8 +49,9 @@ class _Sentinel(enum.Enum):
     PAUSED = "PAUSED"  # waiting for the application's reply
 
 
-NEED_DATA = _Sentinel.NEED_DATA
-PAUSED = _Sentinel.PAUSED
+# Final: mypy then narrows ``event is PAUSED`` like the enum member itself.
+NEED_DATA: Final = _Sentinel.NEED_DATA
+PAUSED: Final = _Sentinel.PAUSED
 
 
 # ---------------------------------------------------------------------------- events
@@ -256,9 +258,9 @@ class ServerConnection:
         """
         while True:
             if self.state is State.CLOSED:
-                event = self._close_event
+                closed = self._close_event
                 self._close_event = None
-                return event if event is not None else NEED_DATA
+                return closed if closed is not None else NEED_DATA
             if self._pending is not None or self._awaiting_tls:
                 return PAUSED
             if self.state is State.DATA:

@@ -14,7 +14,7 @@ import ssl
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..message import new_message_id
 from ..metrics import Metrics
@@ -497,7 +497,7 @@ class _SMTPProtocol(asyncio.Protocol):
             self.session.tls_cipher = cipher[0] if cipher else None
 
 
-def _replace_params(params: p.ServerParams, **changes: object) -> p.ServerParams:
+def _replace_params(params: p.ServerParams, **changes: Any) -> p.ServerParams:
     import dataclasses
 
-    return dataclasses.replace(params, **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(params, **changes)

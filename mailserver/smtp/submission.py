@@ -32,6 +32,7 @@ from ..message import transport_problem
 from ..metrics import Metrics
 from ..pipeline import trace
 from . import protocol as p
+from .address import Address
 from .recipients import RecipientTable
 from .server import Answer, AuthOK, Session
 
@@ -277,7 +278,7 @@ class SubmissionHandler:
             for rcpt, accounts in tx.local.items():
                 for account in accounts:
                     per_account.setdefault(account, rcpt)
-            return_path = trace.return_path_header(p.Address(*tx.mail_from.rsplit("@", 1)))
+            return_path = trace.return_path_header(Address(*tx.mail_from.rsplit("@", 1)))
             try:
                 await self.writer.deliver_batch_async([
                     (self.store.maildir_path(account), None,

@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from mailserver.imap import format as fmt
 from mailserver.imap import mime
@@ -307,7 +307,9 @@ class FetchCache:
         if not bases:
             return {}
         found: dict[str, CacheEntry] = {}
-        for base, header, bodystructure, body, envelope in self._run("read", lambda c: _read(c, bases), []):
+        nothing: list[_Row] = []
+        rows = self._run("read", lambda c: _read(c, bases), nothing)
+        for base, header, bodystructure, body, envelope in rows:
             # Anything but what we write (a damaged or foreign row) is a miss; the next
             # put_many replaces it.
             if type(header) is bytes and _blob(bodystructure) and _blob(body) and _blob(envelope):
@@ -406,10 +408,15 @@ def _blob(value: object) -> bool:
     return value is None or type(value) is bytes
 
 
-def _read(conn: sqlite3.Connection, bases: Sequence[str]) -> list[tuple]:  # type: ignore[type-arg]
+# (base, header, bodystructure, body, envelope) as stored: checked by the reader, since a
+# damaged or foreign row may hold anything.
+_Row = tuple[Any, Any, Any, Any, Any]
+
+
+def _read(conn: sqlite3.Connection, bases: Sequence[str]) -> list[_Row]:
     """Rows for ``bases``, by primary-key lookups in chunks. (Reading the whole table and
     filtering is no faster even when every row is wanted: the time goes into the blobs.)"""
-    rows: list[tuple] = []  # type: ignore[type-arg]
+    rows: list[_Row] = []
     for i in range(0, len(bases), _CHUNK):
         chunk = list(bases[i : i + _CHUNK])
         marks = ",".join("?" * len(chunk))

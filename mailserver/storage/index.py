@@ -63,7 +63,7 @@ from types import MappingProxyType
 from typing import BinaryIO, Literal, NamedTuple, cast
 
 from mailserver.delivery.maildir import maildir_hostname
-from mailserver.fsutil import with_path
+from mailserver.fsutil import fsync_dir, with_path
 from mailserver.storage.indexstore import INDEX_FILE, CorruptIndex, IndexStore, Meta, StoreGroup
 from mailserver.storage.keywords import KEYWORDS_FILE, DovecotKeywords
 from mailserver.storage.maildirname import (
@@ -78,7 +78,7 @@ from mailserver.storage.maildirname import (
     normalize_flag,
     split_name,
 )
-from mailserver.storage.maildirpp import FILE_MODE, fsync_dir
+from mailserver.storage.maildirpp import FILE_MODE
 
 log = logging.getLogger("pymaild.storage")
 
@@ -148,7 +148,6 @@ _SUB = operator.itemgetter(2)  # Message fields, for C-speed scans of every row
 _SUFFIX = operator.itemgetter(3)
 _SIZE = operator.itemgetter(5)
 _EXTRA = operator.itemgetter(7)
-_NO_CHANGE = object()
 _PLAN_UID = lambda step: step[0][0]  # noqa: E731  a STORE plan step's UID (its old row's)
 _ROWS_IN_THREAD = 512  # a STORE of this many rows writes them in a thread beside its renames
 _new_message = tuple.__new__  # _new_message(Message, row): no argument parsing per row
@@ -579,8 +578,9 @@ class MailboxIndex:
                     failed.append(uid)
                     continue
                 key = (suffix, extra)
-                result = memo.get(key, _NO_CHANGE)
-                if result is _NO_CHANGE:
+                if key in memo:
+                    result = memo[key]
+                else:
                     result = memo[key] = self._store_result(suffix, extra, sys_letters, kws, mode)
                     if result is not None and mode == "add":  # replace was checked above
                         self._check_message_keywords(_keyword_count(result[0] or suffix, result[1]))
@@ -626,8 +626,8 @@ class MailboxIndex:
             if updates:
                 self._own()[0].update(updates)
             if external:
-                done = set(changed)
-                self._pending_flags.update(u for u in external if u not in done)
+                stored = set(changed)
+                self._pending_flags.update(u for u in external if u not in stored)
             self._pending_flags.difference_update(changed)
             self._forget(vanished)
             self._maybe_advance_modseq()
@@ -1274,14 +1274,15 @@ class MailboxIndex:
             except sqlite3.Error:
                 log.warning("%s: could not store the directory scan stamp", self.dir, exc_info=True)
         with _snapshots_lock:
-            snap = _snapshots.get(self._key)
+            current = _snapshots.get(self._key)
             usable = (
-                snap is not None
-                and snap.ident == ident
-                and snap.nonce == meta.nonce
-                and snap.uidvalidity == meta.uidvalidity
+                current is not None
+                and current.ident == ident
+                and current.nonce == meta.nonce
+                and current.uidvalidity == meta.uidvalidity
             )
-            if usable and snap.highestmodseq <= meta.highestmodseq:
+            snap = current if usable else None
+            if snap is not None and snap.highestmodseq <= meta.highestmodseq:
                 # Whoever loads the rows this mirror has may trust what it trusts: the
                 # files matched them when the directories had these mtimes.
                 if stamp is not None and snap.stamp != stamp:
@@ -1289,7 +1290,7 @@ class MailboxIndex:
                 if snap.highestmodseq == meta.highestmodseq:
                     self._snapshot, self._shared_at, self._publish_due = snap, meta.highestmodseq, False
                     return
-            if usable and snap.highestmodseq > meta.highestmodseq:
+            if snap is not None and snap.highestmodseq > meta.highestmodseq:
                 return  # another session published a newer one
             drift = meta.highestmodseq - self._shared_at
             due = self._publish_due or final

@@ -47,10 +47,10 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 from mailserver.storage.maildirpp import FILE_MODE
 
@@ -321,7 +321,7 @@ class IndexStore:
         """``(modseq, uid)`` of logged expunges after ``modseq``, oldest first."""
         return self._query("SELECT modseq, uid FROM expunged WHERE modseq > ? ORDER BY modseq", (modseq,))
 
-    def _query(self, sql: str, args: tuple[object, ...]) -> list:  # type: ignore[type-arg]
+    def _query(self, sql: str, args: tuple[object, ...]) -> list[Any]:  # rows, as the schema says
         try:
             return self._c().execute(sql, args).fetchall()
         except sqlite3.Error as exc:
@@ -332,7 +332,7 @@ class IndexStore:
     # ------------------------------------------------------------ writing
 
     @contextlib.contextmanager
-    def transaction(self):  # type: ignore[no-untyped-def]
+    def transaction(self) -> Iterator[IndexStore]:
         """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
         c = self._c()
         c.execute("BEGIN IMMEDIATE")
