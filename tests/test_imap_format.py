@@ -8,13 +8,9 @@ import random
 import pytest
 
 from mailserver.imap import format as fmt
-from mailserver.imap.protocol import (
-    Append,
-    Login,
-    SequenceSet,
-    encode_mailbox_name,
-    parse_command,
-)
+from mailserver.imap.commands import Append, Login, parse_command
+from mailserver.imap.seqset import SequenceSet
+from mailserver.imap.utf7 import encode_mailbox_name
 
 
 @pytest.mark.parametrize(
