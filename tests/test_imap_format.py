@@ -97,7 +97,7 @@ def test_tagged_and_untagged() -> None:
         )
         == b"a OK [COPYUID 38505 304,319:321 3956:3959] moved\r\n"
     )
-    assert fmt.tagged("a", "BAD", "x", code=fmt.CODE_CLIENTBUG) == b"a BAD [CLIENTBUG] x\r\n"
+    assert fmt.tagged("a", "BAD", "x", code="CLIENTBUG") == b"a BAD [CLIENTBUG] x\r\n"
     assert fmt.tagged("*", "BAD", "no tag") == b"* BAD no tag\r\n"
     assert (
         fmt.untagged_status("OK", "ok", code=fmt.code_highestmodseq(715194045007))

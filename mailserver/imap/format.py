@@ -317,5 +317,4 @@ def code_modified(uids: SequenceSet | Iterable[int]) -> str:
     return f"MODIFIED {seqset}"
 
 
-CODE_CLIENTBUG = "CLIENTBUG"
 CODE_OVERQUOTA = "OVERQUOTA"
