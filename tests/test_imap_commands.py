@@ -6,47 +6,44 @@ import datetime as dt
 
 import pytest
 
-from mailserver.imap.protocol import (
-    AllKey,
-    AndKey,
+from mailserver.imap.commands import (
     Append,
-    Attribute,
     Authenticate,
-    BadCharsetError,
-    BodySection,
     Copy,
-    DateKey,
     Enable,
     Fetch,
-    FlagKey,
-    HeaderKey,
     Id,
-    IMAPError,
-    IMAPParseError,
     List,
     Login,
     Lsub,
     MailboxCommand,
-    ModSeqKey,
-    NotKey,
-    OrKey,
     QResync,
     Rename,
     Search,
-    Section,
     Select,
-    SequenceKey,
-    SequenceSet,
     SimpleCommand,
-    SizeKey,
     Status,
     Store,
-    TextKey,
     UidExpunge,
-    UnknownCommandError,
     parse_command,
+)
+from mailserver.imap.errors import BadCharsetError, IMAPError, IMAPParseError, UnknownCommandError
+from mailserver.imap.fetch import Attribute, BodySection, Section
+from mailserver.imap.search import (
+    AllKey,
+    AndKey,
+    DateKey,
+    FlagKey,
+    HeaderKey,
+    ModSeqKey,
+    NotKey,
+    OrKey,
+    SequenceKey,
+    SizeKey,
+    TextKey,
     uses_modseq,
 )
+from mailserver.imap.seqset import SequenceSet
 
 
 def p(line: str | bytes):

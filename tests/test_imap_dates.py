@@ -6,7 +6,8 @@ import datetime as dt
 
 import pytest
 
-from mailserver.imap.protocol import DateError, format_date, format_datetime, parse_date, parse_datetime
+from mailserver.imap.dates import format_date, format_datetime, parse_date, parse_datetime
+from mailserver.imap.errors import DateError
 
 
 @pytest.mark.parametrize(

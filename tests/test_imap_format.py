@@ -8,13 +8,9 @@ import random
 import pytest
 
 from mailserver.imap import format as fmt
-from mailserver.imap.protocol import (
-    Append,
-    Login,
-    SequenceSet,
-    encode_mailbox_name,
-    parse_command,
-)
+from mailserver.imap.commands import Append, Login, parse_command
+from mailserver.imap.seqset import SequenceSet
+from mailserver.imap.utf7 import encode_mailbox_name
 
 
 @pytest.mark.parametrize(
@@ -101,7 +97,7 @@ def test_tagged_and_untagged() -> None:
         )
         == b"a OK [COPYUID 38505 304,319:321 3956:3959] moved\r\n"
     )
-    assert fmt.tagged("a", "BAD", "x", code=fmt.CODE_CLIENTBUG) == b"a BAD [CLIENTBUG] x\r\n"
+    assert fmt.tagged("a", "BAD", "x", code="CLIENTBUG") == b"a BAD [CLIENTBUG] x\r\n"
     assert fmt.tagged("*", "BAD", "no tag") == b"* BAD no tag\r\n"
     assert (
         fmt.untagged_status("OK", "ok", code=fmt.code_highestmodseq(715194045007))

@@ -11,11 +11,10 @@ from collections.abc import Callable
 
 import pytest
 
-from mailserver.imap.protocol import (
+from mailserver.imap.commands import Append, Authenticate, Login, SimpleCommand, parse_command
+from mailserver.imap.framing import (
     NEED_DATA,
     PAUSED,
-    Append,
-    Authenticate,
     AuthResponse,
     CommandError,
     CommandReceived,
@@ -25,10 +24,7 @@ from mailserver.imap.protocol import (
     IdleDone,
     IMAPConnection,
     Limits,
-    Login,
     ProtocolError,
-    SimpleCommand,
-    parse_command,
 )
 
 

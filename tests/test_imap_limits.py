@@ -81,7 +81,7 @@ def test_imap_create_past_max_folders_is_no_limit(ca, tmp_path: Path) -> None:
 
 
 def events_of(conn, data: bytes) -> list:
-    from mailserver.imap.protocol import NEED_DATA
+    from mailserver.imap.framing import NEED_DATA
 
     conn.receive_data(data)
     out = []
@@ -91,7 +91,7 @@ def events_of(conn, data: bytes) -> list:
 
 
 def test_literals_per_command_are_capped_and_the_rest_is_discarded() -> None:
-    from mailserver.imap.protocol import CommandError, CommandReceived, IMAPConnection, Limits
+    from mailserver.imap.framing import CommandError, CommandReceived, IMAPConnection, Limits
 
     conn = IMAPConnection(Limits(max_literals=10))
     ok = b"a SEARCH" + b" SUBJECT {1+}\r\nx" * 10 + b"\r\n"
@@ -107,7 +107,7 @@ def test_literals_per_command_are_capped_and_the_rest_is_discarded() -> None:
 
 
 def test_commands_other_than_append_have_their_own_size_cap() -> None:
-    from mailserver.imap.protocol import CommandError, CommandReceived, IMAPConnection, Limits
+    from mailserver.imap.framing import CommandError, CommandReceived, IMAPConnection, Limits
 
     conn = IMAPConnection(Limits(max_line_length=8192, max_small_command=64 * 1024, max_literals=10_000))
     line = b" SUBJECT " + b"y" * 4000

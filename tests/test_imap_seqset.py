@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mailserver.imap.protocol import SequenceSet, SequenceSetError
+from mailserver.imap.errors import SequenceSetError
+from mailserver.imap.seqset import SequenceSet
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from mailserver.imap.protocol import MailboxNameError, decode_mailbox_name, encode_mailbox_name
+from mailserver.imap.errors import MailboxNameError
+from mailserver.imap.utf7 import decode_mailbox_name, encode_mailbox_name
 
 PAIRS = [
     ("INBOX", "INBOX"),

@@ -641,19 +641,6 @@ def _order(records: list[tuple[int, str]]) -> list[str]:
     return ordered
 
 
-def _end_of_reply(buffer: bytes) -> int | None:
-    """Offset just after the first complete (possibly multi-line) SMTP reply, or None."""
-    offset = 0
-    while True:
-        nl = buffer.find(b"\n", offset)
-        if nl < 0:
-            return None
-        line = buffer[offset : nl + 1]
-        offset = nl + 1
-        if line[3:4] != b"-":
-            return offset
-
-
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"

@@ -1,6 +1,13 @@
-"""IMAP4rev1 foundation: a sans-I/O framer, command parser and response formatter.
+"""The IMAP4rev1 server of the daemon (``daemon.py`` builds it and listens on
+``listen.imap`` / ``listen.imaps``), serving the accounts' Maildir++ stores.
 
-Not wired into the daemon yet: the IMAP server is a later task. ``protocol`` is the
-public facade; the other modules each have one job (framing, commands, fetch items,
-search keys, sequence sets, dates, modified UTF-7, response formatting).
+* ``server``: the asyncio transport (sockets, TLS, timeouts, IDLE); ``session``: the state
+  machine of one connection; ``backend``: what all sessions share; ``hub``: change
+  notification between sessions, deliveries and other programs writing the Maildir;
+  ``mailboxes``: one account's folder tree.
+* Sans-I/O protocol core, one job per module: ``framing`` (bytes -> events), ``lexer`` and
+  ``commands`` (command parser), ``fetch`` and ``search`` (FETCH items, SEARCH keys),
+  ``seqset``, ``dates``, ``utf7`` (modified UTF-7), ``errors``, ``format`` (responses).
+* Answering FETCH and SEARCH: ``fetcher`` (rendering, in a worker thread), ``mime``
+  (ENVELOPE, BODYSTRUCTURE, sections), ``searcheval`` (evaluating a parsed SEARCH).
 """

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from mailserver.dns.resolver import Resolver
-from mailserver.pipeline.authresults import build_authentication_results, strip_forged
+from mailserver.pipeline.authresults import build_authentication_results
 from mailserver.pipeline.dkim_verify import DKIMResult, verify_dkim
 from mailserver.pipeline.dmarc import DMARCResult, FromHeaderError, author_domain, check_dmarc
 from mailserver.pipeline.spf import SPFResult, check_spf
@@ -283,8 +283,3 @@ async def _dmarc(
         return DMARCResult("temperror", domain, reason="timed out"), "", True
     return result, "", False
 
-
-def stamp(data: bytes, verdict: InboundVerdict, hostname: str) -> bytes:
-    """The message as it should be stored: forged Authentication-Results claiming to be
-    ours removed, our header on top (RFC 8601 §5)."""
-    return verdict.header + strip_forged(data, hostname)
