@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -41,6 +40,7 @@ from mailserver.pipeline.dkim_sign import DKIMSigner, DKIMSignError, headers_to_
 from mailserver.pipeline.dkim_verify import verify_dkim
 from tests.support.dnsserver import DNSServer
 from tests.support.fixtures import dns_resolver_fixture, dns_server_fixture  # noqa: F401
+from tests.support.tools import require_tool
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = 1_780_000_000  # a fixed t= so two signing paths can be compared byte for byte
@@ -447,10 +447,9 @@ def _unshare_cmd() -> list[str]:
 
 @pytest.fixture(scope="module")
 def opendkim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    if shutil.which("opendkim-testmsg") is None:
-        pytest.skip("opendkim-testmsg missing (Debian package opendkim-tools)")
-    if shutil.which("unshare") is None or shutil.which("mount") is None:
-        pytest.skip("unshare/mount (util-linux) missing")
+    require_tool("opendkim-testmsg", "opendkim-tools")
+    require_tool("unshare", "util-linux")
+    require_tool("mount", "mount")
     probe = subprocess.run([*_unshare_cmd(), "true"], capture_output=True, text=True)
     if probe.returncode != 0:
         pytest.skip(f"cannot create namespaces for an offline resolver: {probe.stderr.strip()}")

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import REPO, PymaildProcess, free_port
+from tests.support.tools import missing, require_tool
 from tests.test_mx_e2e import RawSMTP
 
 FILTER = REPO / "config" / "fail2ban" / "filter.d" / "pymaild.conf"
@@ -222,8 +223,9 @@ def test_shutdown_refusals_are_not_failures() -> None:
 
 def fail2ban_regex(tmp_path: Path, lines: list[str], mode: str) -> list[str]:
     """IPs fail2ban-regex finds, one per matched line."""
-    if shutil.which("fail2ban-regex") is None or not COMMON.exists():
-        pytest.skip("fail2ban-regex not installed (Debian package: fail2ban)")
+    require_tool("fail2ban-regex", "fail2ban")
+    if not COMMON.exists():
+        missing(f"{COMMON} not found (Debian package fail2ban)")
     # The filter's `before = common.conf` is looked up beside it, as in /etc/fail2ban/filter.d.
     filters = tmp_path / "filter.d"
     filters.mkdir(exist_ok=True)

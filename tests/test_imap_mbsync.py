@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from tests.support.imap import PASSWORD, imap_daemon, login, new_account, smtp_deliver
+from tests.support.tools import needs_tool
 
-pytestmark = pytest.mark.skipif(shutil.which("mbsync") is None, reason="mbsync (isync) not installed")
+pytestmark = needs_tool("mbsync", "isync")
 
 
 def _mbsync_config(tmp: Path, port: int, user: str, cafile: Path, local: Path) -> Path:

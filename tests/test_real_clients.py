@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
-import pytest
+from tests.support.tools import needs_tool
 
-pytestmark = pytest.mark.skipif(shutil.which("swaks") is None,
-                                reason="swaks not installed (.ci/run installs it)")
+pytestmark = needs_tool("swaks", "swaks")
 
 
 def swaks(d, *args: str) -> subprocess.CompletedProcess[str]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mailserver.smtp.server import Limits
+from tests.support.tools import needs_tool
 
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "pymaild.service"
 
@@ -92,7 +93,7 @@ def test_state_dir_matches_example_config() -> None:
     assert one("ExecStart").endswith("-c /etc/pymaild/pymaild.toml")
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+@needs_tool("systemd-analyze", "systemd")
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
     pymaild = shutil.which("pymaild")
     if pymaild is None:
