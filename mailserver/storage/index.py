@@ -391,24 +391,18 @@ class MailboxIndex:
         """``(seq, uid, flags, recent, modseq)`` of each of ``uids`` (usually ascending) that is
         in the view and not expunged elsewhere: the answers to a non-silent STORE, in one
         walk (a ``seq``, ``flags`` and ``is_recent`` call per UID cost 3x more)."""
-        entries, ghosts, recent, view = self._entries, self._ghosts, self._recent, self._view
+        ghosts, recent = self._ghosts, self._recent
         flags_of: dict[tuple[str, str], frozenset[str]] = {}
         out = []
-        i, n = 0, len(view)
-        for uid in uids:
-            if not (i < n and view[i] == uid):  # not the next in the view: look it up
-                i = bisect.bisect_left(view, uid)
-                if i >= n or view[i] != uid:
-                    continue
-            i += 1
-            m = entries.get(uid)
-            if m is None or uid in ghosts:
+        for seq, m in self.view_rows(uids):
+            uid = m.uid
+            if uid in ghosts:
                 continue
             key = (m.suffix, m.extra)
             flags = flags_of.get(key)
             if flags is None:
                 flags = flags_of[key] = self._flag_names(m)
-            out.append((i, uid, flags, uid in recent, m.modseq))
+            out.append((seq, uid, flags, uid in recent, m.modseq))
         return out
 
     def is_recent(self, uid: int) -> bool:
