@@ -24,6 +24,7 @@ from ..fsutil import describe_error, storage_failure_reply
 from ..metrics import Metrics
 from ..pipeline import trace
 from ..pipeline.authresults import strip_forged
+from ..smtpreply import SMTPReply
 from . import protocol as p
 from .address import Address
 from .recipients import RecipientTable
@@ -31,7 +32,6 @@ from .server import Answer, Session
 
 if TYPE_CHECKING:
     from ..pipeline.inbound import InboundVerdict
-    from ..smtpreply import SMTPReply
 
 log = logging.getLogger("pymaild.mx")
 
@@ -85,11 +85,11 @@ class MXHandler:
 
     async def on_helo(self, session: Session, event: p.Helo) -> Answer:
         self._tx.pop(session.id, None)
-        return (250, "", f"{self.hostname} Hello {event.hostname}")
+        return SMTPReply(250, "", f"{self.hostname} Hello {event.hostname}")
 
     async def on_mail(self, session: Session, event: p.MailFrom) -> Answer:
         self._tx[session.id] = _Transaction(mail_from=event.address)
-        return (250, "2.1.0", "Sender OK")
+        return SMTPReply(250, "2.1.0", "Sender OK")
 
     async def on_rcpt(self, session: Session, event: p.RcptTo) -> Answer:
         tx = self._tx.setdefault(session.id, _Transaction())
@@ -101,7 +101,7 @@ class MXHandler:
             # The relay decision uses the domain the parser resolved (routes stripped,
             # quotes undone): there is no way to make a non-local domain look local.
             log.info("relay denied session=%s client=%s rcpt=%s", session.id, session.client_ip, event.raw)
-            return (554, "5.7.1", f"<{address}>: Relay access denied")
+            return SMTPReply(554, "5.7.1", f"<{address}>: Relay access denied")
         try:
             accounts = await self.recipients.accounts_for(str(address))
         except (OSError, sqlite3.Error) as exc:
@@ -112,9 +112,9 @@ class MXHandler:
         if not accounts:
             log.info("unknown recipient session=%s client=%s rcpt=%s", session.id, session.client_ip,
                      event.raw)
-            return (550, "5.1.1", f"<{address}>: Recipient address rejected: no such user")
+            return SMTPReply(550, "5.1.1", f"<{address}>: Recipient address rejected: no such user")
         tx.recipients[str(address)] = accounts
-        return (250, "2.1.5", "Recipient OK")
+        return SMTPReply(250, "2.1.5", "Recipient OK")
 
     def _count_checks(self, verdict: InboundVerdict) -> None:
         # One result per check that ran and per DKIM signature; an unsigned message
@@ -129,7 +129,7 @@ class MXHandler:
             self.metrics.inc("check_results_total", check="dmarc", result=verdict.dmarc.result)
 
     async def on_auth(self, session: Session, event: p.AuthStart | p.AuthResponse) -> Answer | str:
-        return (502, "5.5.1", "AUTH not available")  # the core never offers it on MX
+        return SMTPReply(502, "5.5.1", "AUTH not available")  # the core never offers it on MX
 
     def on_disconnect(self, session: Session) -> None:
         self._tx.pop(session.id, None)
@@ -145,12 +145,12 @@ class MXHandler:
                 f" from=<{sender}> to={rcpts} size={len(data)}")
         # One line per message; verdicts are appended only when checks ran.
         if not tx.recipients:
-            return (554, "5.5.1", "No valid recipients")
+            return SMTPReply(554, "5.5.1", "No valid recipients")
         hops = trace.count_received(data)
         if hops >= self.max_received_headers:
             self.rejected += 1
             log.info("%s outcome=rejected reason=loop hops=%d", base, hops)
-            return (554, "5.4.6", f"Too many Received headers ({hops}): mail loop?")
+            return SMTPReply(554, "5.4.6", f"Too many Received headers ({hops}): mail loop?")
 
         verdict: InboundVerdict | None = None
         if self.checker is not None:
@@ -161,11 +161,11 @@ class MXHandler:
             self.rejected += 1
             self.metrics.inc("messages_total", direction="in", result="rejected")
             log.info("%s%s outcome=rejected code=%d", base, _verdicts(verdict), verdict.reply.code)
-            return _answer(verdict.reply)
+            return verdict.reply
         if verdict is not None and verdict.action == "tempfail":
             self.metrics.inc("messages_total", direction="in", result="deferred")
             log.info("%s%s outcome=deferred code=%d", base, _verdicts(verdict), verdict.reply.code)
-            return _answer(verdict.reply)
+            return verdict.reply
 
         # A forged Authentication-Results claiming to be ours must never reach the user.
         data = strip_forged(data, self.hostname)
@@ -208,12 +208,9 @@ class MXHandler:
         ms = (time.perf_counter() - started) * 1000
         log.info("%s%s outcome=delivered folder=%s accounts=%d ms=%.1f", base, _verdicts(verdict),
                  folder or "INBOX", len(per_account), ms)
-        return (250, "2.0.0", f"Ok: delivered as {msg_id}")
+        return SMTPReply(250, "2.0.0", f"Ok: delivered as {msg_id}")
 
 
 def _verdicts(verdict: InboundVerdict | None) -> str:
     return f" {verdict.summary}" if verdict is not None and verdict.summary else ""
 
-
-def _answer(reply: SMTPReply) -> Answer:
-    return (reply.code, reply.enhanced, reply.text)
