@@ -44,7 +44,7 @@ from .imap.server import IMAPEndpoint
 from .metrics import Metrics, MetricsServer
 from .pipeline import trace
 from .smtp import protocol as p
-from .smtp.mx import Checker, CheckOutcome, MXHandler
+from .smtp.mx import Checker, MXHandler
 from .smtp.recipients import RecipientTable
 from .smtp.server import Limits, Session, SMTPEndpoint
 from .smtp.submission import SubmissionHandler
@@ -93,7 +93,7 @@ def make_checker(cfg: Config, resolver: Resolver) -> Checker | None:
     """The inbound check stage from [checks]; None when every check is off."""
     if not (cfg.checks.spf or cfg.checks.dkim or cfg.checks.dmarc):
         return None
-    from .pipeline.inbound import InboundPolicy, run_inbound_checks
+    from .pipeline.inbound import InboundPolicy, InboundVerdict, run_inbound_checks
 
     c = cfg.checks
     policy = InboundPolicy(
@@ -106,15 +106,11 @@ def make_checker(cfg: Config, resolver: Resolver) -> Checker | None:
         timeout=c.timeout,
     )
 
-    async def check(data: bytes, session: Session, mail_from: str) -> CheckOutcome:
-        verdict = await run_inbound_checks(
+    async def check(data: bytes, session: Session, mail_from: str) -> InboundVerdict:
+        return await run_inbound_checks(
             resolver, data=data, client_ip=session.client_ip, helo=session.conn.helo_name,
             mail_from=mail_from, hostname=cfg.hostname, policy=policy,
         )
-        # The reply carries the enhanced status once: the core adds it in front of the text.
-        text = verdict.smtp_text.removeprefix(verdict.smtp_status).lstrip()
-        return CheckOutcome(verdict.action, verdict.smtp_code, verdict.smtp_status,
-                            text, verdict.header, verdict.summary)
 
     return check
 

@@ -14,6 +14,8 @@ import secrets
 import sqlite3
 from pathlib import Path
 
+from .smtpreply import SMTPReply
+
 # Errors that mean "no room": SMTP answers 452 4.3.1 (RFC 3463: mail system full).
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
@@ -51,11 +53,11 @@ def describe_error(exc: BaseException) -> str:
     return f"path={where} errno={exc.errno} ({code}) {exc.strerror or exc}"
 
 
-def storage_failure_reply(exc: OSError | sqlite3.Error, what: str) -> tuple[int, str, str]:
+def storage_failure_reply(exc: OSError | sqlite3.Error, what: str) -> SMTPReply:
     """The SMTP answer when the disk refused a write: nothing was accepted, retry later."""
     if is_disk_full(exc):
-        return (452, "4.3.1", f"Insufficient system storage: {what}, try again later")
-    return (451, "4.3.0", f"{what} failed, try again later")
+        return SMTPReply(452, "4.3.1", f"Insufficient system storage: {what}, try again later", "storage")
+    return SMTPReply(451, "4.3.0", f"{what} failed, try again later", "storage")
 
 
 def fsync_dir(path: Path | str) -> None:

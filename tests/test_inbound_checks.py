@@ -87,7 +87,7 @@ def ar(verdict: InboundVerdict) -> str:
 
 async def test_all_pass(world: DNSServer, dns_resolver: Resolver, rsa_key: tuple[bytes, str]) -> None:
     v = await run(dns_resolver, signed(rsa_key))
-    assert (v.action, v.smtp_code) == ("accept", 250)
+    assert (v.action, v.reply.code) == ("accept", 250)
     assert v.summary == "spf=pass dkim=pass dmarc=pass from=example.com"
     text = ar(v)
     assert text.startswith(
@@ -118,23 +118,23 @@ async def test_unsigned_from_domain_without_dmarc(dns_server: DNSServer, dns_res
 
 async def test_dmarc_reject(world: DNSServer, dns_resolver: Resolver) -> None:
     v = await run(dns_resolver, MESSAGE, ip=BAD_IP, mail_from="spoofer@evil.example")
-    assert (v.action, v.smtp_code, v.smtp_status) == ("reject", 550, "5.7.1")
-    assert v.smtp_text == "5.7.1 DMARC policy of example.com rejects this message"
+    assert (v.action, v.reply.code, v.reply.enhanced) == ("reject", 550, "5.7.1")
+    assert v.reply.text == "DMARC policy of example.com rejects this message"
     assert "dmarc=fail (p=reject dis=reject)" in ar(v)
 
 
 async def test_dmarc_reject_mapped_to_junk(world: DNSServer, dns_resolver: Resolver) -> None:
     v = await run(dns_resolver, MESSAGE, ip=BAD_IP, dmarc_reject_action="junk")
-    assert (v.action, v.smtp_code) == ("junk", 250)
+    assert (v.action, v.reply.code) == ("junk", 250)
 
 
 async def test_dmarc_quarantine_is_junk(world: DNSServer, dns_resolver: Resolver) -> None:
     world.set("_dmarc.example.com", "TXT", ["v=DMARC1; p=quarantine"])
     v = await run(dns_resolver, MESSAGE, ip=BAD_IP)
-    assert (v.action, v.smtp_code) == ("junk", 250)
+    assert (v.action, v.reply.code) == ("junk", 250)
     v = await run(dns_resolver, MESSAGE, ip=BAD_IP, dmarc_quarantine_action="reject")
-    assert (v.action, v.smtp_code, v.smtp_status) == ("reject", 550, "5.7.1")
-    assert "quarantines" in v.smtp_text
+    assert (v.action, v.reply.code, v.reply.enhanced) == ("reject", 550, "5.7.1")
+    assert "quarantines" in v.reply.text
 
 
 async def test_dmarc_none_policy_accepts(world: DNSServer, dns_resolver: Resolver) -> None:
@@ -174,8 +174,8 @@ async def test_unusable_from_is_rejected(
     world: DNSServer, dns_resolver: Resolver, headers: bytes, reason: str
 ) -> None:
     v = await run(dns_resolver, headers + b"Subject: x\r\n\r\nbody\r\n")
-    assert (v.action, v.smtp_code, v.smtp_status) == ("reject", 550, "5.7.1")
-    assert reason in v.smtp_text and v.dmarc.result == "permerror"
+    assert (v.action, v.reply.code, v.reply.enhanced) == ("reject", 550, "5.7.1")
+    assert reason in v.reply.text and v.dmarc.result == "permerror"
     assert "dmarc=permerror" in ar(v)
 
 
@@ -192,8 +192,8 @@ async def test_spf_fail_action(dns_server: DNSServer, dns_resolver: Resolver) ->
     v = await run(dns_resolver, MESSAGE, ip=BAD_IP)
     assert v.action == "accept"  # default: DMARC decides
     v = await run(dns_resolver, MESSAGE, ip=BAD_IP, spf_fail_action="reject")
-    assert (v.action, v.smtp_code, v.smtp_status) == ("reject", 550, "5.7.23")
-    assert "example.com" in v.smtp_text
+    assert (v.action, v.reply.code, v.reply.enhanced) == ("reject", 550, "5.7.23")
+    assert "example.com" in v.reply.text
     v = await run(dns_resolver, MESSAGE, ip=BAD_IP, spf_fail_action="junk")
     assert v.action == "junk"
 
@@ -212,8 +212,8 @@ async def test_spf_temperror_matters_only_if_spf_fail_would(
     v = await run(dns_resolver, MESSAGE, dmarc=False)
     assert (v.action, v.spf.result) == ("accept", "temperror")
     v = await run(dns_resolver, MESSAGE, dmarc=False, spf_fail_action="reject")
-    assert (v.action, v.smtp_code, v.smtp_status) == ("tempfail", 451, "4.7.24")
-    assert v.smtp_text.startswith("4.7.24 ")
+    assert (v.action, v.reply.code, v.reply.enhanced) == ("tempfail", 451, "4.7.24")
+    assert v.reply.encode().startswith(b"451 4.7.24 SPF check of ")
 
 
 # ----------------------------------------------------------------- temporary errors
@@ -222,8 +222,8 @@ async def test_spf_temperror_matters_only_if_spf_fail_would(
 async def test_dmarc_dns_failure_is_tempfail(world: DNSServer, dns_resolver: Resolver) -> None:
     world.servfail("_dmarc.example.com")
     v = await run(dns_resolver, MESSAGE)
-    assert (v.action, v.smtp_code, v.smtp_status) == ("tempfail", 451, "4.7.1")
-    assert v.smtp_text.startswith("4.7.1 ") and "try again later" in v.smtp_text
+    assert (v.action, v.reply.code, v.reply.enhanced) == ("tempfail", 451, "4.7.1")
+    assert v.reply.encode().startswith(b"451 4.7.1 ") and "try again later" in v.reply.text
     assert "dmarc=temperror" in ar(v)
 
 
@@ -257,8 +257,8 @@ async def test_overall_timeout_is_tempfail(world: DNSServer, dns_server: DNSServ
     t0 = time.monotonic()
     v = await run(resolver, MESSAGE, timeout=0.5)
     assert time.monotonic() - t0 < 2.0
-    assert (v.action, v.smtp_code, v.smtp_status) == ("tempfail", 451, "4.7.1")
-    assert "timed out" in v.smtp_text
+    assert (v.action, v.reply.code, v.reply.enhanced) == ("tempfail", 451, "4.7.1")
+    assert "timed out" in v.reply.text
     assert v.spf.result == "temperror"
     v = await run(resolver, MESSAGE, timeout=0.5, dns_temperror_action="accept")
     assert v.action == "accept"
@@ -372,7 +372,7 @@ def test_strongest_outcome_wins() -> None:
         "fail", "example.com", "example.com", DMARCRecord(p="quarantine"), "quarantine", "quarantine"
     )
     out = decide(InboundPolicy(spf_fail_action="reject"), spf, dmarc)
-    assert (out.action, out.status) == ("reject", "5.7.23")
+    assert (out.action, out.reply.enhanced) == ("reject", "5.7.23")
     out = decide(InboundPolicy(spf_fail_action="junk"), spf, dmarc, timed_out=True)
     assert out.action == "tempfail"
     out = decide(InboundPolicy(dmarc_reject_action="reject"), spf, dmarc, from_error="x", timed_out=True)
@@ -382,9 +382,11 @@ def test_strongest_outcome_wins() -> None:
 def test_reply_text_is_one_printable_line() -> None:
     spf = SPFResult("fail", "evil.example\r\n250 ok", "mailfrom", "a@evil.example")
     out = decide(InboundPolicy(spf_fail_action="reject"), spf, None)
-    assert out.text == "5.7.23 SPF of evil.example??250 ok does not allow this host to send its mail"
+    assert out.reply.encode() == (
+        b"550 5.7.23 SPF of evil.example??250 ok does not allow this host to send its mail\r\n"
+    )
 
 
 def test_accept_outcome() -> None:
     out = decide(InboundPolicy(), None, None)
-    assert (out.action, out.code, out.status) == ("accept", 250, "2.6.0")
+    assert (out.action, out.reply.code, out.reply.enhanced) == ("accept", 250, "2.6.0")

@@ -35,6 +35,7 @@ from mailserver.pipeline.authresults import build_authentication_results
 from mailserver.pipeline.dkim_verify import DKIMResult, verify_dkim
 from mailserver.pipeline.dmarc import DMARCResult, FromHeaderError, author_domain, check_dmarc
 from mailserver.pipeline.spf import SPFResult, check_spf
+from mailserver.smtpreply import SMTPReply
 
 Action = Literal["accept", "junk", "reject", "tempfail"]
 _SEVERITY: dict[str, int] = {"accept": 0, "junk": 1, "tempfail": 2, "reject": 3}
@@ -73,10 +74,15 @@ class InboundPolicy:
 
 @dataclass(frozen=True)
 class InboundVerdict:
+    """What the checks decided, and the structured results they decided it from.
+
+    ``reply`` is the SMTP reply to send for reject/tempfail (for accept/junk the 250
+    the checks would give; the endpoint answers after delivery). The results travel as
+    they are: ``spf``/``dkim``/``dmarc`` for metrics, ``summary`` only for the log line.
+    """
+
     action: Action
-    smtp_code: int  # 250 for accept/junk; the reply to send otherwise
-    smtp_status: str  # enhanced status code, e.g. "5.7.1"
-    smtp_text: str  # starts with the status: "5.7.1 DMARC policy of ... rejects ..."
+    reply: SMTPReply
     header: bytes  # "Authentication-Results: ...\r\n" (folded) to prepend
     spf: SPFResult | None  # None: SPF check off
     dkim: tuple[DKIMResult, ...] | None  # None: off; (): unsigned
@@ -87,13 +93,14 @@ class InboundVerdict:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
+    """``decide``'s answer: the action and the reply that goes with it."""
+
     action: Action
-    code: int
-    status: str
-    text: str
+    reply: SMTPReply
 
 
-_ACCEPT = Outcome("accept", 250, "2.6.0", "2.6.0 message accepted")
+_MODULE = "inbound"  # SMTPReply.module: the replies this stage produces
+_ACCEPT = Outcome("accept", SMTPReply(250, "2.6.0", "message accepted", _MODULE))
 
 
 def _reply_text(text: str) -> str:
@@ -103,15 +110,15 @@ def _reply_text(text: str) -> str:
 
 
 def _reply(action: str, status_5xx: str, text: str) -> Outcome:
-    """The SMTP reply for a configured action; ``text`` follows the status code."""
-    text = _reply_text(text)
+    """The SMTP reply for a configured action: 550 ``status_5xx``, or for tempfail its
+    transient form (451, enhanced class 4, same subject and detail)."""
     if action == "reject":
-        return Outcome("reject", 550, status_5xx, f"{status_5xx} {text}")
+        return Outcome("reject", SMTPReply(550, status_5xx, _reply_text(text), _MODULE))
     if action == "tempfail":
-        status = "4" + status_5xx[1:]
-        return Outcome("tempfail", 451, status, f"{status} {text}")
+        reply = SMTPReply(550, status_5xx, _reply_text(text), _MODULE).as_temporary(451)
+        return Outcome("tempfail", reply)
     if action == "junk":
-        return Outcome("junk", 250, "2.6.0", "2.6.0 message accepted")
+        return Outcome("junk", _ACCEPT.reply)
     return _ACCEPT
 
 
@@ -242,9 +249,7 @@ async def run_inbound_checks(
     outcome = decide(policy, spf, dmarc, from_error=from_error, timed_out=timed_out)
     return InboundVerdict(
         action=outcome.action,
-        smtp_code=outcome.code,
-        smtp_status=outcome.status,
-        smtp_text=outcome.text,
+        reply=outcome.reply,
         header=header,
         spf=spf,
         dkim=dkim,

@@ -16,6 +16,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..auth.store import AccountStore
 from ..delivery.maildir import MaildirWriter
@@ -23,28 +24,21 @@ from ..fsutil import describe_error, storage_failure_reply
 from ..metrics import Metrics
 from ..pipeline import trace
 from ..pipeline.authresults import strip_forged
+from ..smtpreply import SMTPReply
 from . import protocol as p
 from .address import Address
 from .recipients import RecipientTable
 from .server import Answer, Session
 
+if TYPE_CHECKING:
+    from ..pipeline.inbound import InboundVerdict
+
 log = logging.getLogger("pymaild.mx")
 
 
-@dataclass
-class CheckOutcome:
-    """What the inbound checks decided (see pipeline/inbound.InboundVerdict)."""
-
-    action: str  # accept | junk | reject | tempfail
-    code: int = 250
-    status: str = "2.0.0"
-    text: str = ""
-    header: bytes = b""
-    summary: str = ""
-
-
-# (data, session, mail_from) -> CheckOutcome; None when every check is off.
-Checker = Callable[[bytes, Session, str], Awaitable[CheckOutcome]]
+# (data, session, mail_from) -> the checks' verdict; None when every check is off.
+# (A string: pipeline.inbound is imported only when checks are configured.)
+Checker = Callable[[bytes, Session, str], Awaitable["InboundVerdict"]]
 
 
 @dataclass
@@ -91,11 +85,11 @@ class MXHandler:
 
     async def on_helo(self, session: Session, event: p.Helo) -> Answer:
         self._tx.pop(session.id, None)
-        return (250, "", f"{self.hostname} Hello {event.hostname}")
+        return SMTPReply(250, "", f"{self.hostname} Hello {event.hostname}")
 
     async def on_mail(self, session: Session, event: p.MailFrom) -> Answer:
         self._tx[session.id] = _Transaction(mail_from=event.address)
-        return (250, "2.1.0", "Sender OK")
+        return SMTPReply(250, "2.1.0", "Sender OK")
 
     async def on_rcpt(self, session: Session, event: p.RcptTo) -> Answer:
         tx = self._tx.setdefault(session.id, _Transaction())
@@ -107,7 +101,7 @@ class MXHandler:
             # The relay decision uses the domain the parser resolved (routes stripped,
             # quotes undone): there is no way to make a non-local domain look local.
             log.info("relay denied session=%s client=%s rcpt=%s", session.id, session.client_ip, event.raw)
-            return (554, "5.7.1", f"<{address}>: Relay access denied")
+            return SMTPReply(554, "5.7.1", f"<{address}>: Relay access denied")
         try:
             accounts = await self.recipients.accounts_for(str(address))
         except (OSError, sqlite3.Error) as exc:
@@ -118,21 +112,24 @@ class MXHandler:
         if not accounts:
             log.info("unknown recipient session=%s client=%s rcpt=%s", session.id, session.client_ip,
                      event.raw)
-            return (550, "5.1.1", f"<{address}>: Recipient address rejected: no such user")
+            return SMTPReply(550, "5.1.1", f"<{address}>: Recipient address rejected: no such user")
         tx.recipients[str(address)] = accounts
-        return (250, "2.1.5", "Recipient OK")
+        return SMTPReply(250, "2.1.5", "Recipient OK")
 
-    def _count_checks(self, verdict: CheckOutcome) -> None:
-        # The summary is "spf=pass dkim=pass,fail dmarc=none": one result per check and
-        # per DKIM signature; "off" means the check is disabled.
-        for token in verdict.summary.split():
-            check, sep, results = token.partition("=")
-            if sep and check in ("spf", "dkim", "dmarc") and results != "off":
-                for result in results.split(","):
-                    self.metrics.inc("check_results_total", check=check, result=result)
+    def _count_checks(self, verdict: InboundVerdict) -> None:
+        # One result per check that ran and per DKIM signature; an unsigned message
+        # counts as dkim "none". A check that is off (None) counts nothing.
+        if verdict.spf is not None:
+            self.metrics.inc("check_results_total", check="spf", result=verdict.spf.result)
+        if verdict.dkim is not None:
+            dkim: list[str] = [d.result for d in verdict.dkim] or ["none"]
+            for result in dkim:
+                self.metrics.inc("check_results_total", check="dkim", result=result)
+        if verdict.dmarc is not None:
+            self.metrics.inc("check_results_total", check="dmarc", result=verdict.dmarc.result)
 
     async def on_auth(self, session: Session, event: p.AuthStart | p.AuthResponse) -> Answer | str:
-        return (502, "5.5.1", "AUTH not available")  # the core never offers it on MX
+        return SMTPReply(502, "5.5.1", "AUTH not available")  # the core never offers it on MX
 
     def on_disconnect(self, session: Session) -> None:
         self._tx.pop(session.id, None)
@@ -148,31 +145,32 @@ class MXHandler:
                 f" from=<{sender}> to={rcpts} size={len(data)}")
         # One line per message; verdicts are appended only when checks ran.
         if not tx.recipients:
-            return (554, "5.5.1", "No valid recipients")
+            return SMTPReply(554, "5.5.1", "No valid recipients")
         hops = trace.count_received(data)
         if hops >= self.max_received_headers:
             self.rejected += 1
             log.info("%s outcome=rejected reason=loop hops=%d", base, hops)
-            return (554, "5.4.6", f"Too many Received headers ({hops}): mail loop?")
+            return SMTPReply(554, "5.4.6", f"Too many Received headers ({hops}): mail loop?")
 
-        verdict = CheckOutcome("accept")
+        verdict: InboundVerdict | None = None
         if self.checker is not None:
             # Verify the bytes as sent: a DKIM signature may cover headers we strip below.
             verdict = await self.checker(data, session, sender)
-        self._count_checks(verdict)
-        if verdict.action == "reject":
+            self._count_checks(verdict)
+        if verdict is not None and verdict.action == "reject":
             self.rejected += 1
             self.metrics.inc("messages_total", direction="in", result="rejected")
-            log.info("%s%s outcome=rejected code=%d", base, _verdicts(verdict), verdict.code)
-            return (verdict.code, verdict.status, verdict.text)
-        if verdict.action == "tempfail":
+            log.info("%s%s outcome=rejected code=%d", base, _verdicts(verdict), verdict.reply.code)
+            return verdict.reply
+        if verdict is not None and verdict.action == "tempfail":
             self.metrics.inc("messages_total", direction="in", result="deferred")
-            log.info("%s%s outcome=deferred code=%d", base, _verdicts(verdict), verdict.code)
-            return (verdict.code, verdict.status, verdict.text)
+            log.info("%s%s outcome=deferred code=%d", base, _verdicts(verdict), verdict.reply.code)
+            return verdict.reply
 
         # A forged Authentication-Results claiming to be ours must never reach the user.
         data = strip_forged(data, self.hostname)
-        folder = "Junk" if verdict.action == "junk" else None
+        folder = "Junk" if verdict is not None and verdict.action == "junk" else None
+        auth_results = verdict.header if verdict is not None else b""
         single = next(iter(tx.recipients)) if len(tx.recipients) == 1 else None
         received = trace.received_header(
             helo=session.conn.helo_name,
@@ -196,7 +194,7 @@ class MXHandler:
             # the sender's retry never duplicates a copy for one recipient.
             await self.writer.deliver_batch_async([
                 (self.store.maildir_path(account), folder,
-                 [return_path, trace.delivered_to_header(rcpt), verdict.header, received, data])
+                 [return_path, trace.delivered_to_header(rcpt), auth_results, received, data])
                 for account, rcpt in per_account.items()
             ])
         except OSError as exc:
@@ -210,8 +208,9 @@ class MXHandler:
         ms = (time.perf_counter() - started) * 1000
         log.info("%s%s outcome=delivered folder=%s accounts=%d ms=%.1f", base, _verdicts(verdict),
                  folder or "INBOX", len(per_account), ms)
-        return (250, "2.0.0", f"Ok: delivered as {msg_id}")
+        return SMTPReply(250, "2.0.0", f"Ok: delivered as {msg_id}")
 
 
-def _verdicts(verdict: CheckOutcome) -> str:
-    return f" {verdict.summary}" if verdict.summary else ""
+def _verdicts(verdict: InboundVerdict | None) -> str:
+    return f" {verdict.summary}" if verdict is not None and verdict.summary else ""
+

@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Final
 
+from ..smtpreply import SMTPReply
 from .address import (
     Address,
     AddressError,
@@ -138,22 +139,8 @@ class ServerParams:
     greeting_text: str = "ESMTP pymaild"
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    code: int
-    status: str  # enhanced status code, "" for replies without one (220, 221 greeting...)
-    text: str
-
-    def encode(self) -> bytes:
-        # "\n" separates lines of a multi-line reply; a stray CR must never reach the wire.
-        text = self.text.replace("\r\n", "\n").replace("\r", " ")
-        lines = text.split("\n") if text else [""]
-        prefix = f"{self.status} " if self.status else ""
-        out = []
-        for i, line in enumerate(lines):
-            sep = " " if i == len(lines) - 1 else "-"
-            out.append(f"{self.code}{sep}{prefix}{line}".rstrip(" "))
-        return ("\r\n".join(out) + "\r\n").encode("utf-8", "replace")
+# The core's replies are the project's one reply type (mailserver/smtpreply.py).
+Reply = SMTPReply
 
 
 _KNOWN = {"HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "HELP", "VRFY",

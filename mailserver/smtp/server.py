@@ -27,6 +27,7 @@ from ..net.listener import (
     TransferPace,
     drain_listeners,
 )
+from ..smtpreply import SMTPReply
 from . import protocol as p
 
 log = logging.getLogger("pymaild.smtp")
@@ -61,7 +62,7 @@ class Session:
         return self.conn.tls
 
 
-Answer = tuple[int, str, str]  # (code, enhanced status, text)
+Answer = SMTPReply  # what a handler answers; the core renders it (mailserver/smtpreply.py)
 
 
 @dataclass(frozen=True)
@@ -370,7 +371,7 @@ class _SMTPProtocol(asyncio.Protocol):
         try:
             refusal = await handler.on_connect(session)
             if refusal is not None:
-                conn.close_with(*refusal)
+                conn.close_with(refusal.code, refusal.enhanced, refusal.text)
                 self._flush()
                 self.transport.close()
                 return
@@ -428,7 +429,7 @@ class _SMTPProtocol(asyncio.Protocol):
                     conn.auth_succeeded(answer.user)
                     log.info("auth session=%s client=%s user=%s", session.id, session.client_ip, answer.user)
                 elif answer is not None:
-                    conn.reply(*answer)
+                    conn.reply(answer.code, answer.enhanced, answer.text)
                 if conn.closed:
                     self._flush()
                     break

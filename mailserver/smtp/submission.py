@@ -31,6 +31,7 @@ from ..fsutil import describe_error, storage_failure_reply
 from ..message import transport_problem
 from ..metrics import Metrics
 from ..pipeline import trace
+from ..smtpreply import SMTPReply
 from . import protocol as p
 from .address import Address
 from .recipients import RecipientTable
@@ -117,7 +118,7 @@ class SubmissionHandler:
     async def on_connect(self, session: Session) -> Answer | None:
         if self.throttle.ip_blocked(session.client_ip):
             log.warning("auth throttled client=%s (too many failed logins)", session.client_ip)
-            return (421, "4.7.0", f"{self.hostname} Too many failed logins, try again later")
+            return SMTPReply(421, "4.7.0", f"{self.hostname} Too many failed logins, try again later")
         return None
 
     def on_disconnect(self, session: Session) -> None:
@@ -127,7 +128,7 @@ class SubmissionHandler:
 
     async def on_helo(self, session: Session, event: p.Helo) -> Answer:
         self._tx.pop(session.id, None)
-        return (250, "", f"{self.hostname} Hello {event.hostname}")
+        return SMTPReply(250, "", f"{self.hostname} Hello {event.hostname}")
 
     # ---------------------------------------------------------------- AUTH
 
@@ -149,7 +150,7 @@ class SubmissionHandler:
         if not state.username:
             state.username = _utf8(event.response)
             if not state.username:
-                return (501, "5.5.2", "Empty user name")
+                return SMTPReply(501, "5.5.2", "Empty user name")
             return "UGFzc3dvcmQ6"
         return await self._check(session, state.username, _utf8(event.response))
 
@@ -157,11 +158,11 @@ class SubmissionHandler:
         try:
             authzid, user, password = p.decode_auth_plain(response)
         except (ValueError, UnicodeDecodeError):
-            return (501, "5.5.2", "Malformed PLAIN response")
+            return SMTPReply(501, "5.5.2", "Malformed PLAIN response")
         if authzid and authzid.lower() != user.lower():
             # Acting as someone else is not something an account can be allowed here.
             self.throttle.failure(session.client_ip, user)
-            return (535, "5.7.8", "Authorization identity must be the login name")
+            return SMTPReply(535, "5.7.8", "Authorization identity must be the login name")
         return await self._check(session, user, password)
 
     async def _check(self, session: Session, user: str, password: str) -> Answer | AuthOK:
@@ -169,9 +170,9 @@ class SubmissionHandler:
         ip = session.client_ip
         result = await self.logins.check(ip, user, password, session.listener)
         if result is AuthResult.INVALID and not self.throttle.ip_blocked(ip):
-            return (535, "5.7.8", "Authentication credentials invalid")
+            return SMTPReply(535, "5.7.8", "Authentication credentials invalid")
         if result is not AuthResult.OK:  # throttled, now or by this very failure
-            return (421, "4.7.0", f"{self.hostname} Too many failed logins, try again later")
+            return SMTPReply(421, "4.7.0", f"{self.hostname} Too many failed logins, try again later")
         self._senders[session.id] = await asyncio.to_thread(self.store.sender_addresses, user)
         return AuthOK(user)
 
@@ -191,17 +192,17 @@ class SubmissionHandler:
 
     async def on_mail(self, session: Session, event: p.MailFrom) -> Answer:
         if session.conn.authenticated_as is None:
-            return (530, "5.7.0", "Authentication required")
+            return SMTPReply(530, "5.7.0", "Authentication required")
         if event.address is None:
-            return (553, "5.7.1", "Null sender not allowed for submission")
+            return SMTPReply(553, "5.7.1", "Null sender not allowed for submission")
         sender = str(event.address)
         if not self._owns(session, sender):
             log.warning("sender refused session=%s user=%s from=<%s>", session.id,
                         session.conn.authenticated_as, sender)
-            return (553, "5.7.1", f"<{sender}>: Sender address not owned by user "
+            return SMTPReply(553, "5.7.1", f"<{sender}>: Sender address not owned by user "
                     f"{session.conn.authenticated_as}")
         self._tx[session.id] = _Tx(mail_from=sender)
-        return (250, "2.1.0", "Sender OK")
+        return SMTPReply(250, "2.1.0", "Sender OK")
 
     async def on_rcpt(self, session: Session, event: p.RcptTo) -> Answer:
         tx = self._tx.setdefault(session.id, _Tx())
@@ -216,14 +217,14 @@ class SubmissionHandler:
                           describe_error(exc))
                 return storage_failure_reply(exc, "Recipient lookup")
             if not accounts:
-                return (550, "5.1.1", f"<{rcpt}>: Recipient address rejected: no such user")
+                return SMTPReply(550, "5.1.1", f"<{rcpt}>: Recipient address rejected: no such user")
             tx.local[rcpt] = accounts
-            return (250, "2.1.5", "Recipient OK")
+            return SMTPReply(250, "2.1.5", "Recipient OK")
         if self.enqueue is None:
-            return (451, "4.3.2", "Outbound delivery is not available")
+            return SMTPReply(451, "4.3.2", "Outbound delivery is not available")
         if rcpt not in tx.remote:
             tx.remote.append(rcpt)
-        return (250, "2.1.5", "Recipient OK")
+        return SMTPReply(250, "2.1.5", "Recipient OK")
 
     # ---------------------------------------------------------------- DATA
 
@@ -236,22 +237,22 @@ class SubmissionHandler:
         base = (f"submission id={msg_id} user={user} client={session.client_ip} from=<{tx.mail_from}>"
                 f" to={','.join([*tx.local, *tx.remote])} size={len(data)}")
         if not (tx.local or tx.remote):
-            return (554, "5.5.1", "No valid recipients")
+            return SMTPReply(554, "5.5.1", "No valid recipients")
         unsendable = transport_problem(data)
         if unsendable is not None:
             # Refused rather than re-encoded: the client can encode (every MUA does), while
             # changing the body here would change what the user signed or encrypted.
             log.info("%s outcome=rejected reason=%r", base, unsendable)
-            return (554, "5.6.0", f"Message {unsendable}; encode it (quoted-printable or base64)"
+            return SMTPReply(554, "5.6.0", f"Message {unsendable}; encode it (quoted-printable or base64)"
                     " before sending (RFC 5322 2.1.1)")
         hops = trace.count_received(data)
         if hops >= self.max_received_headers:
             log.info("%s outcome=rejected reason=loop hops=%d", base, hops)
-            return (554, "5.4.6", f"Too many Received headers ({hops}): mail loop?")
+            return SMTPReply(554, "5.4.6", f"Too many Received headers ({hops}): mail loop?")
         head = trace.header_section(data)
         problem = self._check_from(session, head)
         if problem is not None:
-            log.warning("%s outcome=rejected reason=%r", base, problem[2])
+            log.warning("%s outcome=rejected reason=%r", base, problem.text)
             return problem
         data = self._add_missing(head, data, tx.mail_from)
         received = trace.received_header(
@@ -303,22 +304,22 @@ class SubmissionHandler:
         ms = (time.perf_counter() - started) * 1000
         log.info("%s outcome=accepted local=%d queued=%s ms=%.1f", base, len(tx.local),
                  queue_id or "-", ms)
-        return (250, "2.0.0", f"Ok: queued as {queue_id or msg_id}")
+        return SMTPReply(250, "2.0.0", f"Ok: queued as {queue_id or msg_id}")
 
     def _check_from(self, session: Session, head: bytes) -> Answer | None:
         """Exactly one From with exactly one address, owned by the account (RFC 6409 8.1)."""
         values = _header_values(head, b"from")
         if len(values) != 1:
-            return (553, "5.7.1", "Message must have exactly one From header")
+            return SMTPReply(553, "5.7.1", "Message must have exactly one From header")
         raw = values[0]
         if "=?" in raw.split("<")[-1]:
-            return (553, "5.7.1", "Encoded words are not allowed in the From address")
+            return SMTPReply(553, "5.7.1", "Encoded words are not allowed in the From address")
         addresses = [a for _, a in email.utils.getaddresses([raw]) if a]
         if len(addresses) != 1 or ":" in raw.split("<")[0].replace('"', ""):
-            return (553, "5.7.1", "From must name exactly one address")
+            return SMTPReply(553, "5.7.1", "From must name exactly one address")
         address = addresses[0]
         if not self._owns(session, address):
-            return (553, "5.7.1", f"From address <{address}> not owned by user "
+            return SMTPReply(553, "5.7.1", f"From address <{address}> not owned by user "
                     f"{session.conn.authenticated_as}")
         return None
 
