@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from ..address import Address
 from ..auth.store import AccountStore
 from ..delivery.maildir import MaildirWriter
 from ..fsutil import describe_error, storage_failure_reply
@@ -24,7 +25,6 @@ from ..metrics import Metrics
 from ..pipeline import trace
 from ..pipeline.authresults import strip_forged
 from . import protocol as p
-from .address import Address
 from .recipients import RecipientTable
 from .server import Answer, Session
 

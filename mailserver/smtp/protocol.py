@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Final
 
-from .address import (
+from ..address import (
     Address,
     AddressError,
     NeedsSMTPUTF8Error,

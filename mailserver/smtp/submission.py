@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from ..address import Address
 from ..auth.cache import VerifiedCache
 from ..auth.login import AuthResult, LoginChecker, LoginPolicy
 from ..auth.passwords import PasswordChecker
@@ -32,7 +33,6 @@ from ..message import transport_problem
 from ..metrics import Metrics
 from ..pipeline import trace
 from . import protocol as p
-from .address import Address
 from .recipients import RecipientTable
 from .server import Answer, AuthOK, Session
 

@@ -19,6 +19,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 
+from mailserver import address as smtp_address
 from mailserver.dns import check as dns_check
 from mailserver.dns import records as dns_records
 from mailserver.dns.resolver import DNSAnswer
@@ -31,7 +32,6 @@ from mailserver.imap.lexer import TAG_CHARS
 from mailserver.imap.seqset import MAX_NUMBER, SequenceSet
 from mailserver.imap.utf7 import decode_mailbox_name, encode_mailbox_name
 from mailserver.pipeline import dkim_verify, dmarc, spf
-from mailserver.smtp import address as smtp_address
 from mailserver.smtp import protocol as smtp
 
 # ============================================================================ SMTP core
