@@ -27,11 +27,11 @@ from ..auth.login import AuthResult, LoginChecker, LoginPolicy
 from ..auth.passwords import PasswordChecker
 from ..auth.ratelimit import AuthThrottle
 from ..auth.store import AccountStore
-from ..delivery.maildir import MaildirWriter
 from ..fsutil import describe_error, storage_failure_reply
 from ..message import transport_problem
 from ..metrics import Metrics
 from ..pipeline import trace
+from ..storage.maildir import MaildirWriter
 from . import protocol as p
 from .recipients import RecipientTable
 from .server import Answer, AuthOK, Session
