@@ -263,7 +263,7 @@ def _imap_event(conn: framing.IMAPConnection, event: Any, limits: framing.Limits
     if isinstance(event, framing.CommandError):
         err = event.error
         assert isinstance(err, IMAPError) and err.status in ("BAD", "NO")
-        line = err.response()
+        line = imap_format.error_response(err)
         assert line.endswith(b"\r\n") and b"\r" not in line[:-2] and b"\n" not in line[:-2], line
     elif isinstance(event, framing.CommandReceived):
         cmd = event.command
@@ -336,7 +336,7 @@ def check_imap_parser(data: bytes) -> Command | None:
         cmd = parse_command(data)
     except IMAPError as exc:
         assert exc.status in ("BAD", "NO")
-        exc.response()  # must be formattable: the tag is valid or None
+        imap_format.error_response(exc)  # must be formattable: the tag is valid or None
         return None
     assert data.endswith(b"\r\n")
     tag, name = split_tag_and_name(data[:-2])
