@@ -20,7 +20,7 @@ import dns.rdataclass
 import dns.rdatatype
 
 from mailserver import address as smtp_address
-from mailserver.dns import check as dns_check
+from mailserver.commands import dnscheck as dns_check
 from mailserver.dns import records as dns_records
 from mailserver.dns.resolver import DNSAnswer
 from mailserver.imap import dates, framing, mime
