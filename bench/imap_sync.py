@@ -93,7 +93,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench import dovecot_anchor  # noqa: E402
-from mailserver.delivery.maildir import MaildirWriter, size_from_name  # noqa: E402
+from mailserver.storage.maildir import MaildirWriter, size_from_name  # noqa: E402
 from tests.support.ca import TestCA  # noqa: E402
 from tests.support.daemon import PymaildProcess  # noqa: E402
 from tests.support.imap import PASSWORD, client_ctx, imap_daemon  # noqa: E402

@@ -49,10 +49,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from mailserver.delivery.maildir import MaildirWriter
 from mailserver.storage import index as index_module
 from mailserver.storage.index import MailboxIndex
 from mailserver.storage.indexstore import INDEX_FILE, IndexStore
+from mailserver.storage.maildir import MaildirWriter
 from mailserver.storage.maildirpp import create_maildirpp
 
 T = TypeVar("T")

@@ -27,7 +27,6 @@ from .auth.passwords import PasswordChecker
 from .auth.ratelimit import AuthThrottle
 from .auth.store import AccountStore
 from .config import Config, load_config
-from .delivery.maildir import MaildirWriter
 from .delivery.mtasts import MTASTS
 from .delivery.queue import Queue, QueuedMessage
 from .delivery.remote import RemoteDelivery
@@ -49,6 +48,7 @@ from .smtp.recipients import RecipientTable
 from .smtp.server import Limits, Session, SMTPEndpoint
 from .smtp.submission import SubmissionHandler
 from .storage.index import MailboxIndex
+from .storage.maildir import MaildirWriter
 from .tls import TLSManager
 from .web import WebServer, required_names, uncovered_names
 

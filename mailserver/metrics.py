@@ -16,7 +16,7 @@ import logging
 import math
 from collections.abc import Callable
 
-from .web import HTTPListener, Request, Response, error_response
+from .net.http import HTTPListener, Request, Response, error_response
 
 log = logging.getLogger("pymaild.metrics")
 

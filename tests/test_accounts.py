@@ -23,7 +23,7 @@ from mailserver.auth.store import (
     NoSuchAlias,
     normalize_address,
 )
-from mailserver.delivery.maildir import MaildirWriter
+from mailserver.storage.maildir import MaildirWriter
 
 CHEAP = make_hasher(time_cost=1, memory_cost_kib=8, parallelism=1)
 DOMAINS = ("example.org", "example.net")

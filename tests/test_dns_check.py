@@ -24,10 +24,7 @@ from pathlib import Path
 import pytest
 
 from mailserver.commands import dns as dns_command
-from mailserver.config import Config, load_config
-from mailserver.delivery.mtasts import Policy
-from mailserver.dkim_keys import RSA_ALGORITHM, DKIMKey, dns_txt_for, ensure_keys, generate_private_key
-from mailserver.dns.check import (
+from mailserver.commands.dnscheck import (
     CheckResult,
     dkim_tags,
     exit_code,
@@ -44,6 +41,9 @@ from mailserver.dns.check import (
     render_text,
     spf_records,
 )
+from mailserver.config import Config, load_config
+from mailserver.delivery.mtasts import Policy
+from mailserver.dkim_keys import RSA_ALGORITHM, DKIMKey, dns_txt_for, ensure_keys, generate_private_key
 from mailserver.dns.records import Record, expected_records, mta_sts_policy
 from tests.support.ca import TestCA
 from tests.support.dnsserver import DNSServer

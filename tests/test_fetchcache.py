@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from mailserver.imap import fetchcache, mime
 from mailserver.imap import format as fmt
-from mailserver.imap import mime
-from mailserver.storage import fetchcache
-from mailserver.storage.fetchcache import CACHE_FILE, HEADER_CAP, CacheEntry, FetchCache, entry_for
+from mailserver.imap.fetchcache import CACHE_FILE, HEADER_CAP, CacheEntry, FetchCache, entry_for
 
 MESSAGE = (
     b"From: Ann <ann@example.org>\r\nTo: bob@example.com\r\nSubject: hello\r\n"
@@ -438,7 +437,7 @@ def test_speed(cache: FetchCache) -> None:
 
 
 def test_fields_cache_round_trip_forget_and_prune(tmp_path):
-    from mailserver.storage.fetchcache import fields_key
+    from mailserver.imap.fetchcache import fields_key
 
     key = fields_key(["To", "FROM", "from"], exclude=False)
     assert key == fields_key(["from", "to"], exclude=False) != fields_key(["from", "to"], exclude=True)

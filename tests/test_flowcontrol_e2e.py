@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mailserver.web import HTTPListener, Response
+from mailserver.net.http import HTTPListener, Response
 from tests.support.ca import TestCA
 from tests.support.daemon import PymaildProcess
 from tests.support.imap import PASSWORD, client_ctx, new_account

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mailserver.delivery.groupsync import DirectorySync
+from mailserver.storage.groupsync import DirectorySync
 
 
 def test_concurrent_callers_share_fsyncs(tmp_path: Path) -> None:

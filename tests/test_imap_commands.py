@@ -29,6 +29,7 @@ from mailserver.imap.commands import (
 )
 from mailserver.imap.errors import BadCharsetError, IMAPError, IMAPParseError, UnknownCommandError
 from mailserver.imap.fetch import Attribute, BodySection, Section
+from mailserver.imap.format import error_response
 from mailserver.imap.search import (
     AllKey,
     AndKey,
@@ -124,8 +125,8 @@ def test_missing_crlf() -> None:
 
 
 def test_error_response_line() -> None:
-    assert bad("a1 FROB").response() == b"a1 BAD unknown command FROB\r\n"
-    assert bad("+ NOOP").response().startswith(b"* BAD ")
+    assert error_response(bad("a1 FROB")) == b"a1 BAD unknown command FROB\r\n"
+    assert error_response(bad("+ NOOP")).startswith(b"* BAD ")
 
 
 # ---------------------------------------------------------------------------- authentication
@@ -496,7 +497,8 @@ def test_search_modseq_detection() -> None:
 def test_search_bad_charset_is_no() -> None:
     err = bad("s SEARCH CHARSET ISO-8859-1 SUBJECT x")
     assert isinstance(err, BadCharsetError) and err.status == "NO"
-    assert err.response() == b"s NO [BADCHARSET (US-ASCII UTF-8)] charset ISO-8859-1 is not supported\r\n"
+    expected = b"s NO [BADCHARSET (US-ASCII UTF-8)] charset ISO-8859-1 is not supported\r\n"
+    assert error_response(err) == expected
 
 
 @pytest.mark.parametrize(

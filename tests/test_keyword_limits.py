@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mailserver.delivery.maildir import MaildirWriter
 from mailserver.storage.index import KeywordLimit, MailboxIndex
+from mailserver.storage.maildir import MaildirWriter
 from mailserver.storage.maildirpp import create_maildirpp
 from tests.support.imap import imap_daemon, login, new_account, smtp_deliver
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from mailserver.delivery.maildir import MaildirWriter
 from mailserver.storage.index import MailboxIndex, ReadOnlyMailbox
 from mailserver.storage.indexstore import EXPUNGE_LOG_MAX, INDEX_FILE
+from mailserver.storage.maildir import MaildirWriter
 from mailserver.storage.maildirpp import create_maildirpp, folder_path
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mailserver.delivery import maildir as maildir_mod
-from mailserver.delivery.maildir import MaildirWriter, maildir_hostname, size_from_name
+from mailserver.storage import maildir as maildir_mod
+from mailserver.storage.maildir import MaildirWriter, maildir_hostname, size_from_name
 from mailserver.storage.maildirpp import create_maildirpp
 
 MSG = [b"From: a@example.org\r\nTo: b@example.org\r\n", b"Subject: hi\r\n\r\n", b"body\r\n"]

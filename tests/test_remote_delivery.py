@@ -10,10 +10,10 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
+from mailserver.address import AddressError
 from mailserver.delivery.mtasts import MTASTS
 from mailserver.delivery.remote import RemoteDelivery, canonical_crlf, check_address, wire_data
 from mailserver.dns.resolver import Resolver
-from mailserver.smtp.address import AddressError
 from tests.support.ca import TestCA
 from tests.support.dnsserver import DNSServer
 from tests.support.smtpsink import PolicyServer, SMTPSink, start_sinks

@@ -1,10 +1,10 @@
-"""RFC 5321 path parsing (mailserver.smtp.address): what the relay decision gets to see."""
+"""RFC 5321 path parsing (mailserver.address): what the relay decision gets to see."""
 
 from __future__ import annotations
 
 import pytest
 
-from mailserver.smtp.address import (
+from mailserver.address import (
     MAX_DOMAIN,
     MAX_LOCAL,
     Address,

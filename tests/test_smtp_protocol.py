@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from mailserver.smtp.address import Address
+from mailserver.address import Address
 from mailserver.smtp.protocol import (
     NEED_DATA,
     PAUSED,

@@ -20,17 +20,9 @@ from mailserver.config import Config, config_from_dict
 from mailserver.delivery.mtasts import MTASTS
 from mailserver.dns.records import mta_sts_id, mta_sts_policy
 from mailserver.dns.resolver import Resolver
+from mailserver.net.http import HTTPError, Response, find_head_end, parse_request
 from mailserver.tls import TLSManager
-from mailserver.web import (
-    HTTPError,
-    Response,
-    WebServer,
-    autoconfig_xml,
-    find_head_end,
-    parse_request,
-    required_names,
-    uncovered_names,
-)
+from mailserver.web import WebServer, autoconfig_xml, required_names, uncovered_names
 from mailserver.web import main as web_main
 from tests.support.ca import TestCA
 from tests.support.dnsserver import DNSServer

@@ -117,7 +117,7 @@ def check_handler(args: argparse.Namespace, cfg: Config) -> int:
     """``pymaild dns check``: exit 0 when every record is ok (warnings allowed), else 1."""
     import asyncio
 
-    from mailserver.dns.check import exit_code, render_json, render_text, run_checks
+    from mailserver.commands.dnscheck import exit_code, render_json, render_text, run_checks
 
     domains = _domains(cfg, args.check_domain)
     ipv4, ipv6 = _addresses(cfg, args.ip)

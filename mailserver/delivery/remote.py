@@ -42,11 +42,11 @@ from typing import Any, Literal
 
 import aiosmtplib
 
+from mailserver.address import AddressError, parse_mailbox
 from mailserver.delivery.mtasts import MTASTS, Policy
 from mailserver.delivery.results import DeliveryResult
 from mailserver.dns.resolver import DNSTempError, Resolver
 from mailserver.message import transport_problem
-from mailserver.smtp.address import AddressError, parse_mailbox
 
 log = logging.getLogger(__name__)
 

@@ -9,5 +9,7 @@
   ``commands`` (command parser), ``fetch`` and ``search`` (FETCH items, SEARCH keys),
   ``seqset``, ``dates``, ``utf7`` (modified UTF-7), ``errors``, ``format`` (responses).
 * Answering FETCH and SEARCH: ``fetcher`` (rendering, in a worker thread), ``mime``
-  (ENVELOPE, BODYSTRUCTURE, sections), ``searcheval`` (evaluating a parsed SEARCH).
+  (ENVELOPE, BODYSTRUCTURE, sections), ``fetchcache`` (the per-folder SQLite cache of
+  rendered ENVELOPE/BODYSTRUCTURE and header blocks), ``searcheval`` (evaluating a parsed
+  SEARCH).
 """

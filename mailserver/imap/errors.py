@@ -1,4 +1,9 @@
-"""Typed errors of the IMAP parser: each knows the tag and the tagged answer it calls for."""
+"""Typed errors of the IMAP parser: each knows the tag and the tagged answer it calls for.
+
+The bottom of the IMAP parser: imports nothing of the package, so ``dates``, ``lexer``,
+``seqset`` and ``format`` can all raise these. The answer line itself is
+:func:`mailserver.imap.format.error_response`.
+"""
 
 from __future__ import annotations
 
@@ -27,12 +32,6 @@ class IMAPError(Exception):
     @property
     def is_bad(self) -> bool:
         return self.status == "BAD"
-
-    def response(self) -> bytes:
-        """The tagged (or ``*``) response line that answers this error."""
-        from .format import tagged  # local import: format does not depend on errors
-
-        return tagged(self.tag or "*", self.status, self.message, code=self.code)
 
     def _key(self) -> tuple[object, ...]:
         return (type(self), self.tag, self.status, self.message, self.code)

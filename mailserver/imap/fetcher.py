@@ -2,7 +2,7 @@
 
 What each item costs decides what is read: FLAGS, UID, RFC822.SIZE, INTERNALDATE and MODSEQ
 come from the index alone; ENVELOPE and header sections (what a client's header sync asks
-for) come from the per-folder :class:`~mailserver.storage.fetchcache.FetchCache`, filled
+for) come from the per-folder :class:`~mailserver.imap.fetchcache.FetchCache`, filled
 from the first 16 KiB of each file on a miss; BODY/BODYSTRUCTURE are cached too; only real
 content (``BODY[]``, ``BODY[TEXT]``, parts) reads the whole file.
 
@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from mailserver.storage.fetchcache import HEADER_CAP, CacheEntry, FetchCache, entry_for, fields_key
+from mailserver.imap.fetchcache import HEADER_CAP, CacheEntry, FetchCache, entry_for, fields_key
 from mailserver.storage.index import MailboxIndex, Message
 
 from . import format as fmt

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .dates import format_datetime
+from .errors import IMAPError
 from .lexer import ASTRING_CHARS, ATOM_CHARS, TAG_CHARS
 from .seqset import SequenceSet
 
@@ -182,6 +183,11 @@ def tagged(tag: str, status: str, text: str, *, code: str | None = None) -> byte
         raise ValueError(f"invalid tagged status {status!r}")
     prefix = _code(code) if code else b""
     return _check_tag(tag) + b" " + status.encode() + b" " + prefix + _text(text) + b"\r\n"
+
+
+def error_response(error: IMAPError) -> bytes:
+    """The tagged (or ``*`` when the tag was invalid) response line that answers ``error``."""
+    return tagged(error.tag or "*", error.status, error.message, code=error.code)
 
 
 def untagged_status(status: str, text: str, *, code: str | None = None) -> bytes:

@@ -84,7 +84,7 @@ class CommandReceived:
 
 @dataclass(frozen=True, slots=True)
 class CommandError:
-    """Answer with ``error.response()`` (tagged, or ``* BAD`` when the tag was invalid)."""
+    """Answer with ``format.error_response(error)`` (tagged, or ``* BAD`` when the tag was invalid)."""
 
     error: IMAPError
 

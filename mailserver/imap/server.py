@@ -310,7 +310,7 @@ class _IMAPProtocol(asyncio.Protocol, Output):
                     self.write(fmt.continuation("Ready for literal data"))
                     continue
                 if isinstance(event, CommandError):
-                    self.write(event.error.response())
+                    self.write(fmt.error_response(event.error))
                     session.errors += 1
                     if session.errors > limits.max_errors:
                         self.write(fmt.untagged_status("BYE", "too many errors"))

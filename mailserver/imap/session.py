@@ -29,7 +29,7 @@ from typing import Literal
 
 from mailserver.auth.login import AuthResult, loggable
 from mailserver.fsutil import describe_error, is_disk_full
-from mailserver.storage.fetchcache import FetchCache
+from mailserver.imap.fetchcache import FetchCache
 from mailserver.storage.index import ChangeSet, KeywordLimit, MailboxIndex, ReadOnlyMailbox, StoreMode
 from mailserver.storage.indexstore import CorruptIndex
 

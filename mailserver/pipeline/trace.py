@@ -6,7 +6,7 @@ import email.utils
 import re
 import time
 
-from ..smtp.address import Address
+from ..address import Address
 
 _RECEIVED = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
 

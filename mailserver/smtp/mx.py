@@ -6,7 +6,7 @@ Data flow for one message (each stage its own module):
     DATA  -> loop check (pipeline/trace)                  554 5.4.6
           -> inbound checks (pipeline/inbound)            550 5.7.1 / 451 4.7.x / Junk
           -> trace headers + Authentication-Results
-          -> Maildir delivery, fsync'd (delivery/maildir) 250 only after this returns
+          -> Maildir delivery, fsync'd (storage/maildir) 250 only after this returns
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..address import Address
 from ..auth.store import AccountStore
-from ..delivery.maildir import MaildirWriter
 from ..fsutil import describe_error, storage_failure_reply
 from ..metrics import Metrics
 from ..pipeline import trace
 from ..pipeline.authresults import strip_forged
 from ..smtpreply import SMTPReply
+from ..storage.maildir import MaildirWriter
 from . import protocol as p
-from .address import Address
 from .recipients import RecipientTable
 from .server import Answer, Session
 

@@ -24,8 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Final
 
-from ..smtpreply import SMTPReply
-from .address import (
+from ..address import (
     Address,
     AddressError,
     NeedsSMTPUTF8Error,
@@ -33,6 +32,7 @@ from .address import (
     parse_path,
     split_path_and_params,
 )
+from ..smtpreply import SMTPReply
 
 
 class State(enum.Enum):

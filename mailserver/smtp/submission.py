@@ -21,19 +21,19 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from ..address import Address
 from ..auth.cache import VerifiedCache
 from ..auth.login import AuthResult, LoginChecker, LoginPolicy
 from ..auth.passwords import PasswordChecker
 from ..auth.ratelimit import AuthThrottle
 from ..auth.store import AccountStore
-from ..delivery.maildir import MaildirWriter
 from ..fsutil import describe_error, storage_failure_reply
 from ..message import transport_problem
 from ..metrics import Metrics
 from ..pipeline import trace
 from ..smtpreply import SMTPReply
+from ..storage.maildir import MaildirWriter
 from . import protocol as p
-from .address import Address
 from .recipients import RecipientTable
 from .server import Answer, AuthOK, Session
 

@@ -62,10 +62,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import BinaryIO, Literal, NamedTuple, cast
 
-from mailserver.delivery.maildir import maildir_hostname
 from mailserver.fsutil import fsync_dir, with_path
 from mailserver.storage.indexstore import INDEX_FILE, CorruptIndex, IndexStore, Meta, StoreGroup
 from mailserver.storage.keywords import KEYWORDS_FILE, DovecotKeywords
+from mailserver.storage.maildir import maildir_hostname
 from mailserver.storage.maildirname import (
     FLAG_TO_LETTER,
     LETTER_TO_FLAG,

@@ -6,7 +6,7 @@ it is the key the index uses to recognise a file after any flag rename. The lett
 sorted in ASCII order: upper case for the system flags (D F P R S T), lower case for
 Dovecot's keyword letters (``dovecot-keywords`` maps ``a``..``z`` to names).
 
-Our own names (see :mod:`mailserver.delivery.maildir`) look like
+Our own names (see :mod:`mailserver.storage.maildir`) look like
 ``<secs>.M<usecs>P<pid>Q<n>R<rand>.<host>,S=<size>``; Dovecot adds ``,W=<vsize>`` (the
 size with CRLF line ends, which is what IMAP's RFC822.SIZE means).
 """

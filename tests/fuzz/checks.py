@@ -19,7 +19,8 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 
-from mailserver.dns import check as dns_check
+from mailserver import address as smtp_address
+from mailserver.commands import dnscheck as dns_check
 from mailserver.dns import records as dns_records
 from mailserver.dns.resolver import DNSAnswer
 from mailserver.imap import dates, framing, mime
@@ -31,7 +32,6 @@ from mailserver.imap.lexer import TAG_CHARS
 from mailserver.imap.seqset import MAX_NUMBER, SequenceSet
 from mailserver.imap.utf7 import decode_mailbox_name, encode_mailbox_name
 from mailserver.pipeline import dkim_verify, dmarc, spf
-from mailserver.smtp import address as smtp_address
 from mailserver.smtp import protocol as smtp
 
 # ============================================================================ SMTP core
@@ -263,7 +263,7 @@ def _imap_event(conn: framing.IMAPConnection, event: Any, limits: framing.Limits
     if isinstance(event, framing.CommandError):
         err = event.error
         assert isinstance(err, IMAPError) and err.status in ("BAD", "NO")
-        line = err.response()
+        line = imap_format.error_response(err)
         assert line.endswith(b"\r\n") and b"\r" not in line[:-2] and b"\n" not in line[:-2], line
     elif isinstance(event, framing.CommandReceived):
         cmd = event.command
@@ -336,7 +336,7 @@ def check_imap_parser(data: bytes) -> Command | None:
         cmd = parse_command(data)
     except IMAPError as exc:
         assert exc.status in ("BAD", "NO")
-        exc.response()  # must be formattable: the tag is valid or None
+        imap_format.error_response(exc)  # must be formattable: the tag is valid or None
         return None
     assert data.endswith(b"\r\n")
     tag, name = split_tag_and_name(data[:-2])

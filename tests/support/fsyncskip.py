@@ -5,7 +5,7 @@ test can show that its crash checker notices the missing fsync. Nothing in ``mai
 knows about this: the hook replaces ``os.fsync``/``os.fdatasync`` in this process only.
 
 A *site* is one call in the source, named ``path:function:line`` (for example
-``mailserver/delivery/maildir.py:_write_tmp:227``); :func:`fsync_sites` lists every call
+``mailserver/storage/maildir.py:_write_tmp:227``); :func:`fsync_sites` lists every call
 of ``os.fsync``, ``os.fdatasync`` and ``fsync_dir`` under ``mailserver/``. An fsync is
 skipped when that call is anywhere on the stack, so a site that calls a helper
 (``fsync_dir``, ``_write_fd``) removes the helper's fsync for that call only.

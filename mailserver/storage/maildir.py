@@ -29,8 +29,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mailserver.delivery.groupsync import DirectorySync
 from mailserver.fsutil import fsync_dir, with_path
+from mailserver.storage.groupsync import DirectorySync
 from mailserver.storage.maildirpp import (
     FILE_MODE,
     ensure_maildir,
