@@ -25,7 +25,6 @@ import shutil
 import socket
 import sys
 import textwrap
-import threading
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any
 from ..auth.store import AccountError, AccountStore, normalize_address
 from ..config import DEFAULT_CONFIG_PATH, Config, ConfigError, config_from_dict, load_config, parse_domain
 from ..dkim_keys import DKIMKeyError, ensure_keys
-from ..dns.records import first_start_banner, interface_addresses
+from ..dns.records import first_start_banner, interface_addresses, resolve_host
 from . import CommandError
 
 # The commented production example; found in a source checkout or an editable install.
@@ -342,18 +341,9 @@ def _write_new(path: Path, text: str, force: bool) -> str | None:
 
 
 def _resolve(host: str) -> list[str] | None:
-    """Addresses of ``host`` by the system resolver; None when it takes too long."""
-    result: list[str] = []
-
-    def lookup() -> None:
-        with contextlib.suppress(OSError, UnicodeError):
-            infos = socket.getaddrinfo(host, None, 0, socket.SOCK_STREAM)
-            result.extend(str(info[4][0]).split("%")[0] for info in infos)
-
-    thread = threading.Thread(target=lookup, daemon=True)
-    thread.start()
-    thread.join(RESOLVE_TIMEOUT)
-    return None if thread.is_alive() else sorted(set(result))
+    """Addresses of ``host`` by the system resolver, sorted; None when it takes too long."""
+    found = resolve_host(host, resolve=socket.getaddrinfo, timeout=RESOLVE_TIMEOUT)
+    return None if found is None else sorted(set(found))
 
 
 def check_hostname(cfg: Config) -> list[str]:

@@ -119,9 +119,11 @@ Resolver = Callable[..., list[tuple[Any, ...]]]
 RESOLVE_TIMEOUT = 5.0  # getaddrinfo cannot be given a timeout; a dead resolver takes ~20 s
 
 
-def _resolve(resolve: Resolver, host: str, timeout: float = RESOLVE_TIMEOUT) -> list[str]:
-    """Addresses of ``host``, or [] on failure or after ``timeout`` (the banner must not
-    hold up the first start: the lookup is then left to finish in a daemon thread)."""
+def resolve_host(host: str, *, resolve: Resolver = socket.getaddrinfo,
+                 timeout: float = RESOLVE_TIMEOUT) -> list[str] | None:
+    """Addresses of ``host`` by the system resolver ([] when it has none or fails), or
+    None after ``timeout``: the lookup is then left to finish in a daemon thread, so a
+    dead resolver holds up neither the first start's banner nor ``pymaild init``."""
     result: list[str] = []
 
     def lookup() -> None:
@@ -129,12 +131,17 @@ def _resolve(resolve: Resolver, host: str, timeout: float = RESOLVE_TIMEOUT) -> 
             infos = resolve(host, None, 0, socket.SOCK_STREAM)
         except (OSError, UnicodeError):
             return
-        result.extend(info[4][0].split("%")[0] for info in infos)
+        result.extend(str(info[4][0]).split("%")[0] for info in infos)
 
     thread = threading.Thread(target=lookup, name=f"getaddrinfo {host}", daemon=True)
     thread.start()
     thread.join(timeout)
-    return list(result) if not thread.is_alive() else []
+    return None if thread.is_alive() else list(result)
+
+
+def _resolve(resolve: Resolver, host: str, timeout: float = RESOLVE_TIMEOUT) -> list[str]:
+    """:func:`resolve_host`, with a timeout read as no addresses."""
+    return resolve_host(host, resolve=resolve, timeout=timeout) or []
 
 
 def interface_addresses() -> list[str]:
