@@ -73,16 +73,50 @@ def transport_problem(data: bytes) -> str | None:
 
 # ----------------------------------------------------------------- header section
 
-_BLANK_LINE = re.compile(rb"\n\r?\n")
 _FIELD_END = re.compile(rb"\n(?![ \t])")  # a line break not followed by folding WSP
 
 
-def header_end(data: bytes) -> int:
-    """Offset where the header section ends: the start of the blank line (or len)."""
-    if data.startswith((b"\r\n", b"\n")):
-        return 0
-    m = _BLANK_LINE.search(data)
-    return m.start() + 1 if m else len(data)
+# RFC 5322 2.1 and 3.5: the header section is followed by an empty line, then the body.
+# The empty line is "\n\n" or "\n\r\n" (CRLF or bare-LF text, as IMAP keeps files
+# from Dovecot and mutt), or the very first line (no header at all). Without one the
+# whole data is header. Found with two C-level finds, no regex: this runs for every
+# message of an IMAP header FETCH.
+
+
+def header_end(data: bytes, start: int = 0, end: int | None = None) -> int:
+    """Where the empty line ending the header in ``data[start:end]`` starts, or ``end``
+    (default ``len(data)``) if there is none: the header is ``data[start:header_end]``."""
+    if end is None:
+        end = len(data)
+    if data.startswith((b"\r\n", b"\n"), start, end):
+        return start
+    i = data.find(b"\n\r\n", start, end)
+    j = data.find(b"\n\n", start, end if i < 0 else i + 2)  # the earlier of the two
+    if j >= 0:
+        return j + 1
+    if i >= 0:
+        return i + 1
+    return end
+
+
+def body_start(data: bytes, start: int = 0, end: int | None = None) -> int:
+    """Offset just past the empty line ending the header in ``data[start:end]``, or
+    ``end`` (default ``len(data)``) if there is none."""
+    if end is None:
+        end = len(data)
+    cut = header_end(data, start, end)
+    if cut == end:
+        return end
+    return cut + 1 if data[cut] == 0x0A else cut + 2
+
+
+def split_header(data: bytes) -> tuple[bytes, bytes]:
+    """``(header, body)``: the header includes its terminating empty line (CRLF or LF).
+
+    Without an empty line the whole data is header and the body is empty.
+    """
+    cut = body_start(data)
+    return data[:cut], data[cut:]
 
 
 def field_spans(data: bytes, name: str, end: int | None = None) -> list[tuple[int, int]]:
