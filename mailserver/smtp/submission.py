@@ -28,7 +28,7 @@ from ..auth.passwords import PasswordChecker
 from ..auth.ratelimit import AuthThrottle
 from ..auth.store import AccountStore
 from ..fsutil import describe_error, storage_failure_reply
-from ..message import transport_problem
+from ..message import FromHeaderError, parse_mailbox_list, transport_problem
 from ..metrics import Metrics
 from ..pipeline import trace
 from ..smtpreply import SMTPReply
@@ -314,7 +314,10 @@ class SubmissionHandler:
         raw = values[0]
         if "=?" in raw.split("<")[-1]:
             return SMTPReply(553, "5.7.1", "Encoded words are not allowed in the From address")
-        addresses = [a for _, a in email.utils.getaddresses([raw]) if a]
+        try:  # the parser DMARC uses: what is checked here is what receivers check
+            addresses = parse_mailbox_list(raw)
+        except FromHeaderError:  # a shape a reader and a parser could disagree about
+            addresses = []
         if len(addresses) != 1 or ":" in raw.split("<")[0].replace('"', ""):
             return SMTPReply(553, "5.7.1", "From must name exactly one address")
         address = addresses[0]
@@ -360,5 +363,8 @@ def _header_values(head: bytes, name: bytes) -> list[str]:
 
 def _from_domain(head: bytes) -> str:
     values = _header_values(head, b"from")
-    addresses = [a for _, a in email.utils.getaddresses(values[:1]) if a]
+    try:
+        addresses = parse_mailbox_list(values[0]) if values else []
+    except FromHeaderError:
+        return ""
     return addresses[0].rpartition("@")[2].lower() if addresses else ""
