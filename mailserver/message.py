@@ -6,8 +6,9 @@ and delivery:
   ``new_message_id``                  the id used in logs, Received and queue file names
   ``has_long_line``/``transport_problem``  may these octets be relayed as they are
   ``header_end``                      where the header section ends (RFC 5322 2.1, 3.5)
-  ``field_spans``/``field_value``     the fields called NAME, and their unfolded value
-                                      (RFC 5322 2.2.3)
+  ``header_end``/``body_start``/``split_header``  the same cut, as offsets or slices
+  ``field_spans``/``field_value``/``field_values``  the fields called NAME (any case,
+                                      RFC 5322 2.2) and their unfolded values (2.2.3)
   ``parse_mailbox_list``              the addr-specs of a From mailbox-list (RFC 5322
                                       3.4, RFC 6854 groups); raises FromHeaderError on
                                       shapes a reader and a parser could disagree about
@@ -136,6 +137,11 @@ def field_value(data: bytes, span: tuple[int, int]) -> str:
     value = raw.split(b":", 1)[1]
     value = re.sub(rb"\r?\n(?=[ \t])", b"", value).rstrip(b"\r\n")
     return value.decode("utf-8", "replace")
+
+
+def field_values(data: bytes, name: str, end: int | None = None) -> list[str]:
+    """The unfolded value of every header field called ``name``, in order."""
+    return [field_value(data, span) for span in field_spans(data, name, end)]
 
 
 # ----------------------------------------------------------------- From addresses
