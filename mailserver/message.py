@@ -1,12 +1,12 @@
 """Low-level facts about an RFC 5322 message, shared by every stage (issue 11).
 
-One implementation each, used by SMTP, the pipeline (DKIM, DMARC, Authentication-Results)
-and delivery:
+One implementation each, used by SMTP submission, the pipeline (DKIM, DMARC,
+Authentication-Results), delivery and IMAP (FETCH, BODYSTRUCTURE, SEARCH):
 
   ``new_message_id``                  the id used in logs, Received and queue file names
   ``has_long_line``/``transport_problem``  may these octets be relayed as they are
-  ``header_end``                      where the header section ends (RFC 5322 2.1, 3.5)
-  ``header_end``/``body_start``/``split_header``  the same cut, as offsets or slices
+  ``header_end``/``body_start``/``split_header``  where the header section ends (RFC 5322
+                                      2.1, 3.5), as offsets or as (header, body)
   ``field_spans``/``field_value``/``field_values``  the fields called NAME (any case,
                                       RFC 5322 2.2) and their unfolded values (2.2.3)
   ``parse_mailbox_list``              the addr-specs of a From mailbox-list (RFC 5322
@@ -15,6 +15,11 @@ and delivery:
 
 The header helpers scan only the header section, with C-speed searches, so a 10 MiB
 message or a flood of short header lines costs the event loop next to nothing.
+
+Not here yet (their rules differ, so moving them would change answers): IMAP SEARCH's
+field reader ends the header at a line of only CRs (searcheval ``_header_end``,
+``parse_header_fields``), and the SMTP-side cuts in pipeline/trace.py, delivery/queue.py,
+delivery/queue_store.py and delivery/dsn.py look for CRLF CRLF only.
 """
 
 from __future__ import annotations
