@@ -7,14 +7,12 @@ import email.policy
 
 import pytest
 
+from mailserver.message import field_spans, field_value, header_end
 from mailserver.pipeline.authresults import (
     ResInfo,
     authserv_id,
     build_authentication_results,
-    field_spans,
-    field_value,
     format_header,
-    header_end,
     pvalue,
     strip_forged,
 )

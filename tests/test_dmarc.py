@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from mailserver.dns.resolver import Resolver
+from mailserver.message import FromHeaderError, parse_mailbox_list
 from mailserver.pipeline.dkim_verify import DKIMResult
 from mailserver.pipeline.dmarc import (
     DMARCRecord,
     DMARCRecordError,
-    FromHeaderError,
     aligned,
     author_domain,
     check_dmarc,
@@ -18,7 +18,6 @@ from mailserver.pipeline.dmarc import (
     normalize_domain,
     organizational_domain,
     parse_dmarc_record,
-    parse_mailbox_list,
 )
 from mailserver.pipeline.spf import SPFResult
 from tests.support.dnsserver import DNSServer

@@ -14,6 +14,7 @@ import pytest
 from mailserver.imap import fetchcache, mime
 from mailserver.imap import format as fmt
 from mailserver.imap.fetchcache import CACHE_FILE, HEADER_CAP, CacheEntry, FetchCache, entry_for
+from mailserver.message import split_header
 
 MESSAGE = (
     b"From: Ann <ann@example.org>\r\nTo: bob@example.com\r\nSubject: hello\r\n"
@@ -56,7 +57,7 @@ def cache(folder: Path):  # type: ignore[no-untyped-def]
 
 def test_entry_for_with_structure() -> None:
     entry = entry_for(MESSAGE, structure=True)
-    header = mime.split_header(MESSAGE)[0]
+    header = split_header(MESSAGE)[0]
     assert entry.header == header
     assert entry.envelope == fmt.format_value(mime.envelope(header))
     assert entry.envelope == (
@@ -75,7 +76,7 @@ def test_entry_for_with_structure() -> None:
 def test_entry_for_without_structure() -> None:
     entry = entry_for(MESSAGE, structure=False)
     envelope = entry_for(MESSAGE, structure=True).envelope
-    assert entry == CacheEntry(mime.split_header(MESSAGE)[0], None, None, envelope)
+    assert entry == CacheEntry(split_header(MESSAGE)[0], None, None, envelope)
 
 
 def test_entry_for_caps_the_header() -> None:

@@ -17,6 +17,7 @@ import pytest
 from mailserver.imap import format as fmt
 from mailserver.imap import mime
 from mailserver.imap.fetch import Section
+from mailserver.message import split_header
 
 
 def crlf(text: str) -> bytes:
@@ -36,7 +37,7 @@ def body(data: bytes) -> bytes:
 
 
 def env(data: bytes) -> bytes:
-    return wire(mime.envelope(mime.split_header(data)[0]))
+    return wire(mime.envelope(split_header(data)[0]))
 
 
 def block(size: int, lines: int, char: str = "x") -> bytes:
@@ -391,7 +392,7 @@ DOVECOT = {
     ],
 )
 def test_split_header(data: bytes, header: bytes, rest: bytes) -> None:
-    assert mime.split_header(data) == (header, rest)
+    assert split_header(data) == (header, rest)
     assert mime.ParsedMessage(data).header == header
     assert mime.ParsedMessage(data).body == rest
 
@@ -431,7 +432,7 @@ SYNC_NAMES = [
 
 
 def test_header_fields_selects_in_original_order_with_folding() -> None:
-    header = mime.split_header(SYNC_HEADER)[0]
+    header = split_header(SYNC_HEADER)[0]
     assert mime.header_fields(header, SYNC_NAMES) == crlf("""From: "Doe, Jane" <jane@example.org>
 To: Bob <bob@example.com>,
  carol@example.com
@@ -446,7 +447,7 @@ Content-Type: text/plain; charset=utf-8
 
 
 def test_header_fields_not() -> None:
-    header = mime.split_header(SYNC_HEADER)[0]
+    header = split_header(SYNC_HEADER)[0]
     assert mime.header_fields(header, SYNC_NAMES, exclude=True) == crlf("""Return-Path: <bounce@example.org>
 Received: from mx.example.net (mx.example.net [192.0.2.1])
 \tby mail.example.com with ESMTPS id 4Xyz
@@ -461,7 +462,7 @@ MIME-Version: 1.0
 def test_header_fields_whole_message_stops_at_empty_line() -> None:
     # The "From:" line in the body is not a header field.
     assert mime.header_fields(SYNC_HEADER, ["from"]) == b'From: "Doe, Jane" <jane@example.org>\r\n\r\n'
-    assert mime.header_fields(SYNC_HEADER, ["X-Nothing"], exclude=True) == mime.split_header(SYNC_HEADER)[0]
+    assert mime.header_fields(SYNC_HEADER, ["X-Nothing"], exclude=True) == split_header(SYNC_HEADER)[0]
 
 
 @pytest.mark.parametrize(
@@ -1284,7 +1285,7 @@ def test_structure_offsets_are_consistent() -> None:
 
 def test_speed() -> None:
     # Loose bounds (a slow CI machine must pass); see the commit message for real figures.
-    header = mime.split_header(SYNC_HEADER)[0]
+    header = split_header(SYNC_HEADER)[0]
     start = time.perf_counter()
     for _ in range(2000):
         mime.header_fields(header, SYNC_NAMES)

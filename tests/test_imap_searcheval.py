@@ -43,9 +43,9 @@ from mailserver.imap.searcheval import (
     parse_header_fields,
     parse_sent_date,
     search,
-    split_message,
 )
 from mailserver.imap.seqset import SequenceSet
+from mailserver.message import split_header
 
 UTC = dt.UTC
 
@@ -149,7 +149,7 @@ MULTIPART = (
 
 
 def header_of(message: bytes) -> bytes:
-    return split_message(message)[0]
+    return split_header(message)[0]
 
 
 # ------------------------------------------------------------------ content_needed
@@ -531,11 +531,11 @@ def test_needle_edge_whitespace_is_kept() -> None:
     assert not m('SUBJECT " "', header=b"Subject: word\r\n\r\n")
 
 
-def test_split_message() -> None:
-    assert split_message(b"A: 1\r\n\r\nbody") == (b"A: 1\r\n\r\n", b"body")
-    assert split_message(b"A: 1\n\nbody\n\nmore") == (b"A: 1\n\n", b"body\n\nmore")
-    assert split_message(b"A: 1\r\n") == (b"A: 1\r\n", b"")
-    assert split_message(b"\r\nbody") == (b"\r\n", b"body")
+def test_split_header() -> None:
+    assert split_header(b"A: 1\r\n\r\nbody") == (b"A: 1\r\n\r\n", b"body")
+    assert split_header(b"A: 1\n\nbody\n\nmore") == (b"A: 1\n\n", b"body\n\nmore")
+    assert split_header(b"A: 1\r\n") == (b"A: 1\r\n", b"")
+    assert split_header(b"\r\nbody") == (b"\r\n", b"body")
 
 
 # ------------------------------------------------------------------ dates

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mailserver.imap.fetchcache import HEADER_CAP, CacheEntry, FetchCache, entry_for, fields_key
+from mailserver.message import split_header
 from mailserver.storage.index import MailboxIndex, Message
 
 from . import format as fmt
@@ -73,7 +74,7 @@ def read_header(index: MailboxIndex, uid: int) -> bytes:
             if not more:
                 break
             data += more
-    return mime.split_header(to_crlf(data))[0]
+    return split_header(to_crlf(data))[0]
 
 
 def read_message(index: MailboxIndex, uid: int, row: Message | None = None) -> bytes:
@@ -281,7 +282,7 @@ class Renderer:
         if name == "RFC822.HEADER":
             return lambda uid, m, entry, full: fmt.string(entry.header if entry else b"")
         if name == "RFC822.TEXT":
-            return lambda uid, m, entry, full: fmt.string(mime.split_header(full or b"")[1])
+            return lambda uid, m, entry, full: fmt.string(split_header(full or b"")[1])
         raise ValueError(f"unexpected fetch attribute {name}")
 
 

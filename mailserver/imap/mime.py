@@ -54,6 +54,8 @@ import functools
 import re
 from collections.abc import Iterable
 
+from mailserver.message import body_start as message_body_start
+
 from . import format as fmt
 from .fetch import Section
 
@@ -64,30 +66,6 @@ Address = tuple[bytes | None, bytes | None, bytes | None, bytes | None]  # name 
 _GROUP_END: Address = (None, None, None, None)
 
 # ---------------------------------------------------------------------------- header block
-
-
-def _header_end(data: bytes, start: int, end: int) -> int:
-    """Offset just past the empty line ending the header in data[start:end] (or end)."""
-    if data.startswith(b"\r\n", start, end):
-        return start + 2
-    if data.startswith(b"\n", start, end):
-        return start + 1
-    i = data.find(b"\n\r\n", start, end)
-    j = data.find(b"\n\n", start, end if i < 0 else i + 2)
-    if j >= 0:
-        return j + 2
-    if i >= 0:
-        return i + 3
-    return end
-
-
-def split_header(data: bytes) -> tuple[bytes, bytes]:
-    """``(header, body)``: the header includes its terminating empty line (CRLF or LF).
-
-    Without an empty line the whole data is header and the body is empty.
-    """
-    end = _header_end(data, 0, len(data))
-    return data[:end], data[end:]
 
 
 _UNFOLD_RE = re.compile(rb"\r?\n(?=[ \t])")
@@ -795,7 +773,7 @@ class _Parser:
     def parse(self, start: int, end: int, depth: int, default: tuple[bytes, bytes, Params]) -> MimePart:
         data = self.data
         self.parts += 1
-        body_start = _header_end(data, start, end)
+        body_start = message_body_start(data, start, end)
         fields = _field_values(data[start:body_start], _CONTENT_FINDER) if body_start > start else {}
         ctype = _content_type(fields.get(b"content-type"))
         if ctype is None:
@@ -890,7 +868,7 @@ class ParsedMessage:
 
     def __init__(self, data: bytes) -> None:
         self.data = data
-        self.body_start = _header_end(data, 0, len(data))
+        self.body_start = message_body_start(data, 0, len(data))
         self._root: MimePart | None = None
 
     @property

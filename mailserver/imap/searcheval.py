@@ -80,6 +80,8 @@ from dataclasses import dataclass
 from email.message import Message
 from typing import Literal
 
+from mailserver.message import header_end, split_header
+
 from .mime import parse_addresses
 from .search import (
     AllKey,
@@ -258,21 +260,6 @@ def decode_encoded_words(text: str) -> str:
         out.append(decode_bytes(bytes(pending), pending_charset))
     out.append(text[pos:])
     return "".join(out)
-
-
-_BLANK_LINE = re.compile(rb"\n\r?\n")
-
-
-def split_message(message: bytes) -> tuple[bytes, bytes]:
-    """(header block including the empty line, body). Without an empty line it is all
-    header."""
-    if message.startswith((b"\r\n", b"\n")):
-        cut = 2 if message.startswith(b"\r\n") else 1
-        return message[:cut], message[cut:]
-    m = _BLANK_LINE.search(message)
-    if m is None:
-        return message, b""
-    return message[: m.end()], message[m.end() :]
 
 
 def parse_header_fields(header: bytes) -> dict[str, list[str]]:
@@ -497,10 +484,10 @@ class _Splitter:
             block_end = start
             body = start + (1 if data[start] == 0x0A else 2)
         else:
-            m = _BLANK_LINE.search(data, start)
-            if m is None:
+            block_end = header_end(data, start)
+            if block_end == len(data):  # no empty line
                 raise _Bail
-            block_end, body = m.start() + 1, m.end()
+            body = block_end + (1 if data[block_end] == 0x0A else 2)
             if not _HEADER_BLOCK.fullmatch(data, start, block_end):
                 raise _Bail
         msg = _Message(policy=_COMPAT32)
@@ -974,7 +961,7 @@ def raw_haystacks(message: bytes) -> list[_Hay] | None:
       UTF-8 (or decode_bytes' UTF-8 fallback, or utf-8-sig for a trailing " sig"), and every
       text is the UTF-8 reading of its bytes (slices at line boundaries are valid UTF-8);
     * every line of the top header block is one the feed parser takes as a header line, and
-      none is "From " or has a bare CR: the parser's body starts where split_message's
+      none is "From " or has a bare CR: the parser's body starts where split_header's
       does, so every nested part lies in that body;
     * every "content-transfer-encoding:" is followed by 7bit, 8bit, binary or
       quoted-printable and the end of an unfolded line: a field's name is written out in
@@ -1001,7 +988,7 @@ def raw_haystacks(message: bytes) -> list[_Hay] | None:
             message.decode("utf-8")
         except UnicodeDecodeError:
             return None
-    header, body = split_message(message)
+    header, body = split_header(message)
     if header.endswith(b"\n\r\n"):
         block = header[:-2]
     elif header.endswith(b"\n\n"):
@@ -1164,7 +1151,7 @@ class MessageContent:
         if self._header is None:
             if self._message is None:
                 raise ValueError("this SEARCH program needs the message header (header= or message=)")
-            self._header = split_message(self._message)[0]
+            self._header = split_header(self._message)[0]
         return self._header
 
     def message(self) -> bytes:
@@ -1225,7 +1212,7 @@ class MessageContent:
             try:
                 self._pieces = body_pieces(message)
             except Exception:
-                self._pieces = [_Piece(split_message(message)[1].decode("utf-8", "replace"))]
+                self._pieces = [_Piece(split_header(message)[1].decode("utf-8", "replace"))]
         return self._pieces
 
     def body_text(self) -> str:
@@ -1634,5 +1621,5 @@ def search(
 __all__ = [
     "Candidate", "ContentNeed", "MessageContent", "SearchContext", "content_needed", "decode_bytes",
     "decode_encoded_words", "matches", "normalize", "normalize_needle", "parse_header_fields",
-    "parse_sent_date", "prepare", "search", "split_message",
+    "parse_sent_date", "prepare", "search",
 ]

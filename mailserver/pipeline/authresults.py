@@ -1,4 +1,4 @@
-"""The Authentication-Results header (RFC 8601) and header-section helpers.
+"""The Authentication-Results header (RFC 8601).
 
 We add exactly one Authentication-Results field per received message and remove any
 that claim to come from us (``authserv-id`` equal to our hostname), since MUAs and
@@ -8,9 +8,6 @@ Everything that reaches the header from outside (MAIL FROM, HELO, DKIM d=/s=/b=,
 reason texts) goes through ``pvalue``/``_clean``: control characters (CR and LF
 above all) are dropped, quotes and backslashes escaped, lengths capped. No input can
 start a new header field or break the one we write.
-
-The header helpers at the bottom scan only the header section, with C-speed searches,
-so a 10 MiB message or a flood of short header lines costs the event loop next to nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # type-only: these modules import the header helpers from here
+from mailserver.message import field_spans, field_value, header_end
+
+if TYPE_CHECKING:  # type-only: the result types, for the *_resinfo helpers
     from mailserver.pipeline.dkim_verify import DKIMResult
     from mailserver.pipeline.dmarc import DMARCResult
     from mailserver.pipeline.spf import SPFResult
@@ -147,39 +146,6 @@ def build_authentication_results(
     if dmarc is not None:
         results.append(dmarc_resinfo(dmarc))
     return format_header(hostname, results)
-
-
-# ----------------------------------------------------------------- header section
-
-_BLANK_LINE = re.compile(rb"\n\r?\n")
-_FIELD_END = re.compile(rb"\n(?![ \t])")  # a line break not followed by folding WSP
-
-
-def header_end(data: bytes) -> int:
-    """Offset where the header section ends: the start of the blank line (or len)."""
-    if data.startswith((b"\r\n", b"\n")):
-        return 0
-    m = _BLANK_LINE.search(data)
-    return m.start() + 1 if m else len(data)
-
-
-def field_spans(data: bytes, name: str, end: int | None = None) -> list[tuple[int, int]]:
-    """(start, stop) of every header field called ``name``, folded lines included."""
-    end = header_end(data) if end is None else end
-    pattern = re.compile(rb"(?im)^" + re.escape(name.encode()) + rb"[ \t]*:")
-    spans = []
-    for m in pattern.finditer(data, 0, end):
-        stop = _FIELD_END.search(data, m.end(), end)
-        spans.append((m.start(), stop.end() if stop else end))
-    return spans
-
-
-def field_value(data: bytes, span: tuple[int, int]) -> str:
-    """The unfolded value after the colon, as text (UTF-8 per RFC 6532, else replaced)."""
-    raw = data[span[0] : span[1]]
-    value = raw.split(b":", 1)[1]
-    value = re.sub(rb"\r?\n(?=[ \t])", b"", value).rstrip(b"\r\n")
-    return value.decode("utf-8", "replace")
 
 
 # ----------------------------------------------------------------- stripping

@@ -56,7 +56,7 @@ from dkim.canonicalization import CanonicalizationPolicy
 
 from mailserver import dkim_crypto
 from mailserver.dkim_keys import ED25519_ALGORITHM, RSA_ALGORITHM, DKIMKey
-from mailserver.pipeline.authresults import field_spans, field_value, header_end
+from mailserver.message import field_spans, field_value, header_end
 from mailserver.pipeline.dkim_verify import body_hash, body_start
 
 log = logging.getLogger(__name__)

@@ -39,7 +39,7 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 
 from mailserver import dkim_crypto
 from mailserver.dns.resolver import DNSAnswer, DNSTempError, Resolver, txt_strings
-from mailserver.pipeline.authresults import header_end
+from mailserver.message import header_end
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,13 @@ import dns.name
 from publicsuffixlist import PublicSuffixList
 
 from mailserver.dns.resolver import DNSTempError, Resolver
-from mailserver.pipeline.authresults import field_spans, field_value, header_end
+from mailserver.message import (
+    FromHeaderError,
+    field_spans,
+    field_value,
+    header_end,
+    parse_mailbox_list,
+)
 from mailserver.pipeline.dkim_verify import DKIMResult
 from mailserver.pipeline.spf import SPFResult
 
@@ -53,10 +59,6 @@ _POLICIES: frozenset[str] = frozenset({"none", "quarantine", "reject"})
 
 class DMARCRecordError(ValueError):
     """A TXT record that starts with v=DMARC1 but cannot be used."""
-
-
-class FromHeaderError(ValueError):
-    """The message has no single, usable RFC5322.From address (RFC 7489 §6.6.1)."""
 
 
 # ----------------------------------------------------------------- the record
@@ -222,134 +224,6 @@ def author_domain(data: bytes) -> str:
         return normalize_domain(domain)
     except ValueError:
         raise FromHeaderError("From address has an invalid domain") from None
-
-
-_Item = tuple[str, int, int]  # (kind, start, stop): kind is the character, '"' or '('
-
-
-def _scan(value: str) -> list[_Item]:
-    """The value's characters, with each quoted string and comment as one item.
-
-    Callers look for structure (commas, angle brackets, colons) in the kinds only, so
-    they cannot be fooled by "a,b" <x@y> or (comment, with <brackets>).
-    """
-    out: list[_Item] = []
-    i, n = 0, len(value)
-    while i < n:
-        ch = value[i]
-        if ch == '"':
-            j = i + 1
-            while j < n and value[j] != '"':
-                j += 2 if value[j] == "\\" else 1
-            if j >= n:
-                raise FromHeaderError("unterminated quoted string in From")
-            out.append(('"', i, j + 1))
-            i = j + 1
-        elif ch == "(":
-            depth, j = 1, i + 1
-            while j < n and depth:
-                if value[j] == "\\":
-                    j += 1
-                elif value[j] == "(":
-                    depth += 1
-                elif value[j] == ")":
-                    depth -= 1
-                j += 1
-            if depth:
-                raise FromHeaderError("unterminated comment in From")
-            out.append(("(", i, j))
-            i = j
-        else:
-            out.append((ch, i, i + 1))
-            i += 1
-    return out
-
-
-def _text_of(value: str, items: list[_Item]) -> str:
-    """The items' text with comments removed and quoted strings kept verbatim."""
-    return "".join(value[a:b] for kind, a, b in items if kind != "(")
-
-
-def _blank(items: list[_Item]) -> bool:
-    return all(kind == "(" or kind.isspace() for kind, _, _ in items)
-
-
-def parse_mailbox_list(value: str) -> list[str]:
-    """The addr-specs ("local@domain") of an RFC 5322 mailbox-list (or group).
-
-    Display names (plain, quoted or RFC 2047 encoded) and comments are skipped; an
-    address is whatever is inside <...>, or the bare addr-spec. Raises
-    FromHeaderError for shapes a human reader and a parser could disagree about.
-    """
-    items = _scan(value)
-    # Group syntax "name: a@b, c@d;" (RFC 6854 allows it in From): use its members.
-    depth, colon = 0, -1
-    for k, (kind, _, _) in enumerate(items):
-        depth += (kind == "<") - (kind == ">")
-        if kind == ":" and depth == 0:
-            colon = k
-            break
-    if colon >= 0:
-        semi = next((k for k in range(colon + 1, len(items)) if items[k][0] == ";"), -1)
-        if semi < 0:
-            raise FromHeaderError("group in From is not terminated by ';'")
-        if not _blank(items[semi + 1 :]):
-            raise FromHeaderError("text after the group in From")
-        items = items[colon + 1 : semi]
-
-    addresses: list[str] = []
-    for piece in _split_commas(items):
-        if _blank(piece):
-            continue  # obsolete empty list elements: "a@b, , c@d"
-        addresses.append(_mailbox(value, piece))
-    return addresses
-
-
-def _split_commas(items: list[_Item]) -> list[list[_Item]]:
-    pieces: list[list[_Item]] = [[]]
-    depth = 0
-    for item in items:
-        kind = item[0]
-        if kind == "<":
-            depth += 1
-        elif kind == ">":
-            depth -= 1
-            if depth < 0:
-                raise FromHeaderError("unbalanced '>' in From")
-        if kind == "," and depth == 0:
-            pieces.append([])
-        else:
-            pieces[-1].append(item)
-    if depth:
-        raise FromHeaderError("unbalanced '<' in From")
-    return pieces
-
-
-def _mailbox(value: str, piece: list[_Item]) -> str:
-    opens = [k for k, item in enumerate(piece) if item[0] == "<"]
-    if len(opens) > 1:
-        raise FromHeaderError("more than one <address> in one From mailbox")
-    if opens:
-        close = next(k for k, item in enumerate(piece) if item[0] == ">")
-        if not _blank(piece[close + 1 :]):
-            raise FromHeaderError("text after <address> in From")
-        inner = piece[opens[0] + 1 : close]
-        if ":" in [kind for kind, _, _ in inner]:  # obsolete source route "<@a,@b:x@y>"
-            last = max(k for k, item in enumerate(inner) if item[0] == ":")
-            inner = inner[last + 1 :]
-    else:
-        inner = piece
-    # Whitespace between the address's own parts means a display name without <>.
-    words = [item for item in inner if item[0] != "("]
-    while words and words[0][0].isspace():
-        words.pop(0)
-    while words and words[-1][0].isspace():
-        words.pop()
-    if not words:
-        raise FromHeaderError("empty address in From")
-    if any(kind.isspace() for kind, _, _ in words):
-        raise FromHeaderError("From mailbox is not a single address")
-    return _text_of(value, words)
 
 
 # ----------------------------------------------------------------- evaluation

@@ -31,9 +31,10 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from mailserver.dns.resolver import Resolver
+from mailserver.message import FromHeaderError
 from mailserver.pipeline.authresults import build_authentication_results
 from mailserver.pipeline.dkim_verify import DKIMResult, verify_dkim
-from mailserver.pipeline.dmarc import DMARCResult, FromHeaderError, author_domain, check_dmarc
+from mailserver.pipeline.dmarc import DMARCResult, author_domain, check_dmarc
 from mailserver.pipeline.spf import SPFResult, check_spf
 from mailserver.smtpreply import SMTPReply
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -28,7 +27,7 @@ from ..auth.passwords import PasswordChecker
 from ..auth.ratelimit import AuthThrottle
 from ..auth.store import AccountStore
 from ..fsutil import describe_error, storage_failure_reply
-from ..message import transport_problem
+from ..message import FromHeaderError, field_values, parse_mailbox_list, transport_problem
 from ..metrics import Metrics
 from ..pipeline import trace
 from ..smtpreply import SMTPReply
@@ -44,8 +43,6 @@ Enqueue = Callable[[str, list[str], bytes, str], Awaitable[str]]
 Unqueue = Callable[[str], Awaitable[None]]
 # (data, signing domain) -> DKIM-Signature header block(s) to prepend.
 Sign = Callable[[bytes, str], Awaitable[bytes]]
-
-_HEADER_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.MULTILINE)
 
 
 @dataclass
@@ -314,7 +311,10 @@ class SubmissionHandler:
         raw = values[0]
         if "=?" in raw.split("<")[-1]:
             return SMTPReply(553, "5.7.1", "Encoded words are not allowed in the From address")
-        addresses = [a for _, a in email.utils.getaddresses([raw]) if a]
+        try:  # the parser DMARC uses: what is checked here is what receivers check
+            addresses = parse_mailbox_list(raw)
+        except FromHeaderError:  # a shape a reader and a parser could disagree about
+            addresses = []
         if len(addresses) != 1 or ":" in raw.split("<")[0].replace('"', ""):
             return SMTPReply(553, "5.7.1", "From must name exactly one address")
         address = addresses[0]
@@ -340,25 +340,15 @@ def _utf8(data: bytes) -> str:
 
 
 def _header_values(head: bytes, name: bytes) -> list[str]:
-    """Unfolded values of every header field called ``name`` (case-insensitive)."""
-    out: list[str] = []
-    lines = head.split(b"\r\n")
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        m = _HEADER_NAME.match(line)
-        i += 1
-        if not m or m.group(1).lower() != name:
-            continue
-        value = line[m.end():]
-        while i < len(lines) and lines[i][:1] in (b" ", b"\t"):
-            value += b" " + lines[i].strip()
-            i += 1
-        out.append(value.decode("utf-8", "replace").strip())
-    return out
+    """Unfolded, stripped values of every header field called ``name`` in ``head`` (all
+    of it: the caller has already cut the header section)."""
+    return [v.strip() for v in field_values(head, name.decode("ascii"), len(head))]
 
 
 def _from_domain(head: bytes) -> str:
     values = _header_values(head, b"from")
-    addresses = [a for _, a in email.utils.getaddresses(values[:1]) if a]
+    try:
+        addresses = parse_mailbox_list(values[0]) if values else []
+    except FromHeaderError:
+        return ""
     return addresses[0].rpartition("@")[2].lower() if addresses else ""
