@@ -139,6 +139,13 @@ def test_authzid_must_equal_login(sub, ca):
     ("alice@example.test", "<=?utf-8?q?alice=40example.test?=>", "553 5.7.1"),
     ("alice+lists@example.test", "alice+lists@example.test", "250"),
     ("info@example.test", "Info <info@example.test>", "250"),
+    # An unquoted address as the display name reads as the sender to a human: refused,
+    # even though the address in brackets is alice's own.
+    ("alice@example.test", "ceo@bank.example <alice@example.test>", "553 5.7.1"),
+    ("alice@example.test", '"Alice, at work" <alice@example.test>', "250"),
+    # Shapes a reader and a parser could disagree about (the parser DMARC uses refuses them).
+    ("alice@example.test", "Alice <alice@example.test", "553 5.7.1"),
+    ("alice@example.test", "alice@example.test>", "553 5.7.1"),
 ])
 def test_sender_ownership(sub, ca, mail_from, from_header, expected):
     with starttls_client(sub, ca) as client:

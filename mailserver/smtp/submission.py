@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -56,6 +57,9 @@ class _Tx:
 class _Auth:
     mechanism: str = ""
     username: str = ""
+
+
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')  # an RFC 5322 quoted-string
 
 
 class SubmissionHandler:
@@ -315,7 +319,10 @@ class SubmissionHandler:
             addresses = parse_mailbox_list(raw)
         except FromHeaderError:  # a shape a reader and a parser could disagree about
             addresses = []
-        if len(addresses) != 1 or ":" in raw.split("<")[0].replace('"', ""):
+        display = _QUOTED.sub("", raw.split("<")[0]) if "<" in raw else ""
+        # An unquoted "@" before "<" ("ceo@bank.example <me@here>") is a second address
+        # to a reader's eye, though the parser takes the one in brackets: refused.
+        if len(addresses) != 1 or ":" in raw.split("<")[0].replace('"', "") or "@" in display:
             return SMTPReply(553, "5.7.1", "From must name exactly one address")
         address = addresses[0]
         if not self._owns(session, address):
