@@ -37,7 +37,10 @@ Every method blocks (disk, network); the IMAP layer calls them from worker threa
 call at a time per view. Errors: :class:`ReadOnlyMailbox`, :class:`KeywordLimit` and
 (for folder operations) :class:`MailboxError` are the refusals a client hears as NO;
 :class:`CorruptIndex` or :class:`FileNotFoundError` from :meth:`MailboxView.sync` mean
-the folder went away under the session (it is deselected); any other :class:`OSError` is a storage failure.
+the folder went away under the session (it is deselected); any other :class:`OSError`
+(or :class:`sqlite3.OperationalError`, from the Maildir index) is a storage failure: the
+command fails with NO, the session goes on. A second store raises :class:`OSError`
+subclasses for its failures.
 
 Row types are the Maildir implementation's (:class:`Message`, :class:`ChangeSet`), re-
 exported here: a second store fills ``base``/``sub``/``suffix`` with its own stable
@@ -362,6 +365,15 @@ class ChangeNotifier(Protocol):
 
     A store shared by several machines needs a notifier that also hears the other
     machines' changes (the in-process hub sees this process's and polls the Maildir)."""
+
+    def start(self) -> None:
+        """Start any background work (the hub's poll of folders other programs write);
+        called on the running event loop when the IMAP server starts."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop what :meth:`start` started; called when the IMAP server stops."""
+        ...
 
     def register(self, folder_dir: Path | str, listener: ChangeListener) -> str:
         """``listener`` has the folder (:attr:`MailboxView.dir`) selected; returns the key
