@@ -268,8 +268,9 @@ class MailboxView(Protocol):
 
     def expunge(self, uids: Iterable[int] | None = None) -> ChangeSet:
         """EXPUNGE every \\Deleted message of the view, or (UID EXPUNGE, RFC 4315) those
-        among ``uids``. Returns ``expunged`` UIDs and ``expunged_seqs`` (the EXPUNGE
-        responses' numbers, each as it is when sent, in order); the view no longer holds
+        among ``uids``. Returns ``expunged`` UIDs (ascending) and ``expunged_seqs`` (the
+        EXPUNGE responses' numbers, descending, so each is right when sent in that order);
+        the view no longer holds
         them, and each expunge raises HIGHESTMODSEQ. Raises :class:`ReadOnlyMailbox`.
         Durable on return."""
         ...
