@@ -721,9 +721,10 @@ class IMAPSession:
         if self.selected is not None and self.selected.index.dir == old and cmd.old.upper() != "INBOX":
             self._deselect()
             self.state = State.AUTHENTICATED
+        # The folder and its children move; which identities (paths) that touches is the
+        # store's business, so every kept view goes (a cache of _STATUS_CACHE at most).
         for path in list(self._status_indexes):
-            if path == old or path.name.startswith(old.name + "."):
-                await self._forget_index(path)
+            await self._forget_index(path)
         await asyncio.to_thread(tree.rename, cmd.old, cmd.new)
         self.backend.hub.changed([old])
         self._ok(cmd.tag, "RENAME completed")
