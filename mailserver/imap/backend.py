@@ -12,10 +12,12 @@ from mailserver.auth.passwords import PasswordChecker
 from mailserver.auth.ratelimit import AuthThrottle
 from mailserver.auth.store import AccountStore
 from mailserver.metrics import Metrics
+from mailserver.storage.api import ChangeNotifier, MailboxStore
 from mailserver.storage.maildirpp import create_maildirpp
 
 from .framing import Limits as FramingLimits
 from .hub import MailboxHub
+from .mailboxes import MailboxTree
 
 log = logging.getLogger("pymaild.imap")
 
@@ -43,7 +45,7 @@ class IMAPLimits:
 
 class IMAPBackend:
     def __init__(self, *, hostname: str, store: AccountStore, passwords: PasswordChecker,
-                 throttle: AuthThrottle, limits: IMAPLimits | None = None, hub: MailboxHub | None = None,
+                 throttle: AuthThrottle, limits: IMAPLimits | None = None, hub: ChangeNotifier | None = None,
                  metrics: Metrics | None = None, login_cache: VerifiedCache | None = None,
                  login_policy: LoginPolicy | None = None) -> None:
         self.hostname = hostname
@@ -51,7 +53,7 @@ class IMAPBackend:
         self.passwords = passwords
         self.throttle = throttle
         self.limits = limits or IMAPLimits()
-        self.hub = hub or MailboxHub()
+        self.hub: ChangeNotifier = hub or MailboxHub()
         self.metrics = metrics or Metrics()
         self.sessions_per_user: dict[str, int] = {}
         self.logins = LoginChecker(store, passwords, throttle, self.metrics, log, cache=login_cache,
@@ -80,3 +82,8 @@ class IMAPBackend:
         if not (root / "cur").is_dir():
             create_maildirpp(root)
         return root
+
+    def mailbox_store(self, user: str) -> MailboxStore:
+        """The account's folders (blocks: creates a missing Maildir++ root). The one place
+        that picks the store implementation (:mod:`mailserver.storage.api`)."""
+        return MailboxTree(self.mailbox_root(user), hostname=self.hostname)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from mailserver.imap.fetchcache import HEADER_CAP, CacheEntry, FetchCache, entry_for, fields_key
 from mailserver.message import split_header
-from mailserver.storage.index import MailboxIndex, Message
+from mailserver.storage.api import MailboxView, Message
 
 from . import format as fmt
 from . import mime
@@ -66,7 +66,7 @@ def to_crlf(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
-def read_header(index: MailboxIndex, uid: int) -> bytes:
+def read_header(index: MailboxView, uid: int) -> bytes:
     with index.open(uid) as f:
         data = f.read(_HEADER_READ)
         while b"\n\r\n" not in data and b"\n\n" not in data and len(data) < _HEADER_MAX:
@@ -77,7 +77,7 @@ def read_header(index: MailboxIndex, uid: int) -> bytes:
     return split_header(to_crlf(data))[0]
 
 
-def read_message(index: MailboxIndex, uid: int, row: Message | None = None) -> bytes:
+def read_message(index: MailboxView, uid: int, row: Message | None = None) -> bytes:
     with index.open(uid, row) as f:
         return to_crlf(f.read())
 
@@ -92,7 +92,7 @@ _Render = Callable[[int, Message, CacheEntry | None, bytes | None], bytes]  # (u
 class Renderer:
     """Renders ``* n FETCH`` responses for one FETCH command (in a worker thread)."""
 
-    def __init__(self, index: MailboxIndex, cache: FetchCache | None, plan: FetchPlan, *,
+    def __init__(self, index: MailboxView, cache: FetchCache | None, plan: FetchPlan, *,
                  with_uid: bool, with_modseq: bool, force_flags: frozenset[int] = frozenset()) -> None:
         self.index = index
         self.cache = cache
@@ -299,7 +299,7 @@ class SearchLoader:
 
     _AHEAD = 500
 
-    def __init__(self, index: MailboxIndex, cache: FetchCache | None) -> None:
+    def __init__(self, index: MailboxView, cache: FetchCache | None) -> None:
         self.index = index
         self.cache = cache
         self._headers: dict[int, bytes] = {}

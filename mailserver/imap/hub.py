@@ -18,14 +18,11 @@ import contextlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
 
+from mailserver.storage.api import ChangeListener
 
-class Listener(Protocol):
-    def mailbox_changed(self) -> None: ...
-
-    @property
-    def idling(self) -> bool: ...
+Listener = ChangeListener  # (the name this module used before storage/api.py)
 
 
 def _stamp(folder: str) -> tuple[int, int]:
@@ -36,6 +33,8 @@ def _stamp(folder: str) -> tuple[int, int]:
 
 
 class MailboxHub:
+    """The in-process :class:`mailserver.storage.api.ChangeNotifier`."""
+
     def __init__(self, poll_interval: float = 1.0) -> None:
         self.poll_interval = poll_interval
         self._selected: dict[str, set[Listener]] = {}
@@ -99,3 +98,10 @@ class MailboxHub:
                 self._stamps[key] = stamp
                 for listener in list(listeners):
                     listener.mailbox_changed()
+
+
+if TYPE_CHECKING:
+    # mypy checks that the hub still offers the storage interface's change notification.
+    from mailserver.storage.api import ChangeNotifier
+
+    _conforms: type[ChangeNotifier] = MailboxHub

@@ -14,10 +14,13 @@ import contextlib
 import os
 import secrets
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mailserver.fsutil import fsync_dir, write_file_atomic
+from mailserver.storage.api import MailboxError as MailboxError
+from mailserver.storage.api import MailboxInfo as MailboxInfo
+from mailserver.storage.index import MailboxIndex
 from mailserver.storage.maildirpp import (
     DEFAULT_FOLDERS,
     SUBSCRIPTIONS_FILE,
@@ -33,23 +36,6 @@ SPECIAL_USE = {name: "\\" + name for name in DEFAULT_FOLDERS}  # "Sent" -> "\Sen
 MAX_NAME_BYTES = 200
 MAX_DEPTH = 16
 _TRASH_PREFIX = "..deleted-"  # names starting ".." are never listed (not a valid folder)
-
-
-class MailboxError(Exception):
-    """A mailbox operation refused: ``code`` is the IMAP response code (NONEXISTENT,
-    ALREADYEXISTS, CANNOT, INUSE...) and the message the text of the tagged NO."""
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass(frozen=True, slots=True)
-class MailboxInfo:
-    name: str  # wire name (INBOX in upper case)
-    attributes: tuple[str, ...]  # \HasChildren/\HasNoChildren, \Noselect, special use
-    subscribed: bool
-    selectable: bool
 
 
 def check_name(name: str) -> str:
@@ -134,15 +120,19 @@ def pattern_matches(reference: str, pattern: str, name: str) -> bool:
 
 
 class MailboxTree:
-    """The Maildir++ mailbox of one account at ``root``."""
+    """The Maildir++ mailbox of one account at ``root``: the Maildir implementation of
+    :class:`mailserver.storage.api.MailboxStore` (its views are
+    :class:`~mailserver.storage.index.MailboxIndex`). ``hostname``: this server's name,
+    for the file names of messages stored through its views."""
 
     # [imap] max_folders (the daemon sets it): mailboxes per account, and subscriptions
     # (which may name mailboxes that do not exist) as many again. Each folder is a
     # directory, an index and a place every LIST and NOTIFY-style poll walks.
     max_folders = 1000
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, hostname: str | None = None) -> None:
         self.root = Path(root)
+        self.hostname = hostname
 
     # ---------------------------------------------------------------- lookups
 
@@ -155,6 +145,10 @@ class MailboxTree:
 
     def exists(self, name: str) -> bool:
         return (self.path(name) / "cur").is_dir()
+
+    def open(self, name: str, *, read_only: bool) -> MailboxIndex:
+        """A view of the folder (not yet synced: :meth:`MailboxIndex.sync` is SELECT)."""
+        return MailboxIndex(self.path(name), read_only=read_only, hostname=self.hostname)
 
     def names(self) -> list[str]:
         """Every selectable mailbox, INBOX first, then by name."""
@@ -319,3 +313,10 @@ class MailboxTree:
 
 def _cur_name(name: str, sub: str) -> str:
     return name if sub == "cur" or ":2," in name else name + ":2,"
+
+
+if TYPE_CHECKING:
+    # mypy checks that the Maildir++ tree still offers the storage interface.
+    from mailserver.storage.api import MailboxStore
+
+    _conforms: type[MailboxStore] = MailboxTree

@@ -30,8 +30,16 @@ from typing import Literal
 from mailserver.auth.login import AuthResult, loggable
 from mailserver.fsutil import describe_error, is_disk_full
 from mailserver.imap.fetchcache import FetchCache
-from mailserver.storage.index import ChangeSet, KeywordLimit, MailboxIndex, ReadOnlyMailbox, StoreMode
-from mailserver.storage.indexstore import CorruptIndex
+from mailserver.storage.api import (
+    ChangeSet,
+    CorruptIndex,
+    KeywordLimit,
+    MailboxError,
+    MailboxStore,
+    MailboxView,
+    ReadOnlyMailbox,
+    StoreMode,
+)
 
 from . import format as fmt
 from . import searcheval
@@ -58,7 +66,7 @@ from .commands import (
 )
 from .fetch import Attribute, BodySection
 from .fetcher import FetchPlan, Renderer, SearchLoader
-from .mailboxes import DELIMITER, MailboxError, MailboxTree, pattern_matches
+from .mailboxes import DELIMITER, pattern_matches
 from .search import uses_modseq
 from .seqset import SequenceSet
 
@@ -118,7 +126,7 @@ class Refused(Exception):
 @dataclass
 class Selected:
     name: str
-    index: MailboxIndex
+    index: MailboxView
     cache: FetchCache
     hub_key: str
     readonly: bool
@@ -138,7 +146,7 @@ class IMAPSession:
         self.state = State.NOT_AUTHENTICATED
         self.user: str | None = None
         self.login_name = "-"  # kept after LOGOUT, for the disconnect log line
-        self.tree: MailboxTree | None = None
+        self.tree: MailboxStore | None = None
         self.selected: Selected | None = None
         self.enabled: set[str] = set()
         self.condstore = False  # a CONDSTORE-enabling command was seen (RFC 7162 3.1)
@@ -153,7 +161,7 @@ class IMAPSession:
         self._idle_tagged: bytes | None = None
         self._auth_tag = ""
         self.auth_failures = 0  # failed LOGIN/AUTHENTICATE on this connection
-        self._status_indexes: OrderedDict[Path, MailboxIndex] = OrderedDict()
+        self._status_indexes: OrderedDict[Path, MailboxView] = OrderedDict()
         self.errors = 0
         self.last_activity = time.monotonic()
 
@@ -314,7 +322,7 @@ class IMAPSession:
         assert self.selected is not None
         return self.selected
 
-    def _tree(self) -> MailboxTree:
+    def _tree(self) -> MailboxStore:
         assert self.tree is not None
         return self.tree
 
@@ -428,9 +436,10 @@ class IMAPSession:
     def _notify_others(self, paths: Sequence[Path]) -> None:
         self.backend.hub.changed(paths, origin=self)
 
-    async def _other_index(self, path: Path) -> MailboxIndex:
-        """An index of a folder that is not (necessarily) the selected one, for
-        STATUS, APPEND and COPY; a few are kept open per session (opening costs a load)."""
+    async def _other_index(self, name: str, path: Path) -> MailboxView:
+        """A view of the folder ``name`` (at ``path``) that is not (necessarily) the selected
+        one, for STATUS, APPEND and COPY; a few are kept open per session (opening costs a
+        load)."""
         sel = self.selected
         if sel is not None and sel.index.dir == path:
             return sel.index
@@ -438,7 +447,7 @@ class IMAPSession:
         if index is None:
             # Read-only view: STATUS must not claim \Recent or move new/ to cur/ (the
             # session that SELECTs the folder does); APPEND and COPY into it still work.
-            index = MailboxIndex(path, read_only=True, hostname=self.backend.hostname)
+            index = self._tree().open(name, read_only=True)
         self._status_indexes[path] = index
         while len(self._status_indexes) > _STATUS_CACHE:
             _p, old = self._status_indexes.popitem(last=False)
@@ -581,13 +590,13 @@ class IMAPSession:
                           code="LIMIT")
         self.user = self.login_name = user
         try:
-            root = await asyncio.to_thread(backend.mailbox_root, user)
+            tree = await asyncio.to_thread(backend.mailbox_store, user)
         except OSError as exc:
             backend.release_session(user)
             self.user = None
             log.error("session=%s cannot open the mailbox of %s: %s", self.id, user, exc)
             raise Refused("your mailbox cannot be opened right now", code="UNAVAILABLE") from None
-        self.tree = MailboxTree(root)
+        self.tree = tree
         self.state = State.AUTHENTICATED
         log.info("login session=%s client=%s user=%s", self.id, self.client_ip, user)
         self._ok(tag, "Logged in", code=fmt.code_capability(self.capabilities()))
@@ -617,8 +626,8 @@ class IMAPSession:
         if cmd.condstore or cmd.qresync:
             self.condstore = True
 
-        def open_index() -> tuple[MailboxIndex, FetchCache, list[str], int | None]:
-            index = MailboxIndex(path, read_only=cmd.readonly, hostname=self.backend.hostname)
+        def open_index() -> tuple[MailboxView, FetchCache, list[str], int | None]:
+            index = tree.open(name, read_only=cmd.readonly)
             try:
                 index.sync()
                 return index, FetchCache(path), index.keywords(), index.first_unseen()
@@ -712,9 +721,10 @@ class IMAPSession:
         if self.selected is not None and self.selected.index.dir == old and cmd.old.upper() != "INBOX":
             self._deselect()
             self.state = State.AUTHENTICATED
+        # The folder and its children move; which identities (paths) that touches is the
+        # store's business, so every kept view goes (a cache of _STATUS_CACHE at most).
         for path in list(self._status_indexes):
-            if path == old or path.name.startswith(old.name + "."):
-                await self._forget_index(path)
+            await self._forget_index(path)
         await asyncio.to_thread(tree.rename, cmd.old, cmd.new)
         self.backend.hub.changed([old])
         self._ok(cmd.tag, "RENAME completed")
@@ -817,7 +827,7 @@ class IMAPSession:
             index = sel.index
             live = False
         else:
-            index = await self._other_index(path)
+            index = await self._other_index(name, path)
             live = True
         if "HIGHESTMODSEQ" in items:
             self.condstore = True
@@ -860,7 +870,7 @@ class IMAPSession:
         if not cmd.message:
             raise Refused("an empty message cannot be appended")
         flags = [f for f in cmd.flags if f.upper() != "\\RECENT"]
-        index = await self._other_index(path)
+        index = await self._other_index(name, path)
 
         def append() -> tuple[int, int]:
             if index is not (self.selected.index if self.selected else None):
@@ -1102,7 +1112,7 @@ class IMAPSession:
         if not await asyncio.to_thread(tree.exists, name):
             raise Refused("no such mailbox", code="TRYCREATE")
         uids = self._resolve(cmd.sequence_set, cmd.uid)
-        dest = await self._other_index(dest_path)
+        dest = await self._other_index(name, dest_path)
         source = sel.index
 
         def copy() -> tuple[int, list[tuple[int, int]]]:

@@ -60,7 +60,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import BinaryIO, Literal, NamedTuple, cast
+from typing import TYPE_CHECKING, BinaryIO, Literal, NamedTuple, cast
 
 from mailserver.fsutil import fsync_dir, with_path
 from mailserver.storage.indexstore import INDEX_FILE, CorruptIndex, IndexStore, Meta, StoreGroup
@@ -226,7 +226,9 @@ _SHARE_AFTER = 1024
 
 
 class MailboxIndex:
-    """One session's view of the Maildir folder at ``folder_dir``.
+    """One session's view of the Maildir folder at ``folder_dir``: the Maildir
+    implementation of :class:`mailserver.storage.api.MailboxView` (the contract of each
+    public method is written there).
 
     ``read_only`` (EXAMINE): files stay in ``new/``, \\Recent is not claimed, and
     :meth:`store_flags` / :meth:`expunge` raise :class:`ReadOnlyMailbox`. Call
@@ -1843,3 +1845,10 @@ def _copy_durably(src: Path, dst: Path, mtime: float) -> None:
                 os.unlink(dst)  # never a partial copy left in tmp/
             raise
     os.utime(dst, (mtime, mtime))
+
+
+if TYPE_CHECKING:
+    # mypy checks that the index still offers the storage interface IMAP uses.
+    from mailserver.storage.api import MailboxView
+
+    _conforms: type[MailboxView] = MailboxIndex
