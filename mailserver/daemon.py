@@ -35,7 +35,7 @@ from .dkim_keys import DKIMKey, ensure_keys
 from .dns.records import first_start_banner
 from .dns.resolver import Resolver
 from .fsutil import mkdir_durable
-from .imap import searcheval
+from .imap import textfold
 from .imap.backend import IMAPBackend, IMAPLimits
 from .imap.hub import MailboxHub
 from .imap.mailboxes import MailboxTree
@@ -368,7 +368,7 @@ class Daemon:
                 raise StartupError(f"cannot listen on {host}:{port} (listen.{kind}): {reason}") from None
         if cfg.listen.imap or cfg.listen.imaps:
             # SEARCH BODY/TEXT tables, built once off the loop instead of in the first search.
-            await asyncio.to_thread(searcheval.prepare)
+            await asyncio.to_thread(textfold.prepare)
         await self._start_http(cfg)
         self._tasks.append(asyncio.create_task(self._watch_certificates()))
         self._tasks.append(asyncio.create_task(self.parts.queue.start()))

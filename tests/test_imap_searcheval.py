@@ -13,7 +13,7 @@ import zoneinfo
 
 import pytest
 
-from mailserver.imap import searcheval
+from mailserver.imap import bodypieces, mimesplit, rawfilter, searcheval, searchneedle, textfold
 from mailserver.imap.lexer import Reader
 from mailserver.imap.search import (
     AllKey,
@@ -34,15 +34,17 @@ from mailserver.imap.searcheval import (
     MessageContent,
     SearchContext,
     content_needed,
+    matches,
+    parse_sent_date,
+    search,
+)
+from mailserver.imap.searchtext import (
     decode_bytes,
     decode_encoded_words,
     header_field,
-    matches,
     normalize,
     normalize_needle,
     parse_header_fields,
-    parse_sent_date,
-    search,
 )
 from mailserver.imap.seqset import SequenceSet
 from mailserver.message import split_header
@@ -976,10 +978,10 @@ def reference_mode(monkeypatch: pytest.MonkeyPatch):
     def both(key: object, message: bytes) -> bool:
         key = P(key) if isinstance(key, str) else key
         monkeypatch.setattr(searcheval, "SHORTCUTS", False)
-        monkeypatch.setattr(searcheval, "FAST_PARSE", False)
+        monkeypatch.setattr(mimesplit, "FAST_PARSE", False)
         want = matches(key, cand(), ctx(), message=message)
         monkeypatch.setattr(searcheval, "SHORTCUTS", True)
-        monkeypatch.setattr(searcheval, "FAST_PARSE", True)
+        monkeypatch.setattr(mimesplit, "FAST_PARSE", True)
         got = matches(key, cand(), ctx(), message=message)
         assert got == want, (key, message[:300])
         return got
@@ -1202,7 +1204,7 @@ def test_tricky_messages_give_the_expected_answers(reference_mode) -> None:
     assert reference_mode('BODY "ware house this morning"', t["tags between words"])
     assert reference_mode('BODY "x-note: colon"', t["tags between words"])  # "X-Note:colon" as items() has it
     assert not reference_mode('BODY "x-note:colon"', t["tags between words"])
-    assert searcheval.raw_haystacks(t["tags between words"]) is not None
+    assert rawfilter.raw_haystacks(t["tags between words"]) is not None
 
 
 def _tree_signature(msg) -> list:
@@ -1214,7 +1216,7 @@ def _tree_signature(msg) -> list:
 @pytest.mark.parametrize("name", sorted(TRICKY))
 def test_fast_tree_is_the_feed_parsers_tree(name: str) -> None:
     message = TRICKY[name]
-    fast = searcheval._fast_tree(message)
+    fast = mimesplit._fast_tree(message)
     slow = email.message_from_bytes(message, policy=email.policy.compat32)
     if fast is not None:
         sig_fast, sig_slow = _tree_signature(fast), _tree_signature(slow)
@@ -1222,11 +1224,11 @@ def test_fast_tree_is_the_feed_parsers_tree(name: str) -> None:
         assert [s[0] for s in sig_fast] == [s[0] for s in sig_slow]
         assert [s[2:] for s in sig_fast] == [s[2:] for s in sig_slow]
         assert [s[1] for s in sig_fast[1:]] == [s[1] for s in sig_slow[1:]]
-    searcheval.FAST_PARSE = False
+    mimesplit.FAST_PARSE = False
     try:
         want = MessageContent(message=message).body_text()
     finally:
-        searcheval.FAST_PARSE = True
+        mimesplit.FAST_PARSE = True
     assert MessageContent(message=message).body_text() == want
 
 
@@ -1242,7 +1244,7 @@ def test_fast_tree_parameters_are_the_parsers() -> None:
     # _Message remembers parsed parameters; asked twice, in any order, it answers as the
     # parser's Message does
     for message in TRICKY.values():
-        fast = searcheval._fast_tree(message)
+        fast = mimesplit._fast_tree(message)
         if fast is None:
             continue
         slow = email.message_from_bytes(message, policy=email.policy.compat32)
@@ -1266,10 +1268,10 @@ def test_fast_tree_parameters_are_the_parsers() -> None:
 def test_fast_tree_handles_the_common_shapes() -> None:
     for name in ("plain ascii folded", "qp soft break splits needle", "alternative", "mixed with attachments",
                  "nested multipart", "forwarded message", "delimiter with blanks and lookalikes", "bare lf"):
-        assert searcheval._fast_tree(TRICKY[name]) is not None, name
+        assert mimesplit._fast_tree(TRICKY[name]) is not None, name
     for name in ("no close delimiter", "no start delimiter", "no boundary param", "digest", "delivery status",
                  "mbox from line", "header without separator", "bare cr", "headers only"):
-        assert searcheval._fast_tree(TRICKY[name]) is None, name
+        assert mimesplit._fast_tree(TRICKY[name]) is None, name
 
 
 def _ascii_runs(text: str) -> list[str]:
@@ -1279,11 +1281,11 @@ def _ascii_runs(text: str) -> list[str]:
 def _check_haystacks(message: bytes, rng: random.Random, cuts: int = 20) -> bool:
     """If raw_haystacks() bounds the message: every ASCII run of the normalised body is in a
     folded haystack, and every needle cut from the normalised body may be in one."""
-    hay = searcheval.raw_haystacks(message)
+    hay = rawfilter.raw_haystacks(message)
     if hay is None:
         return False
     norm = MessageContent(message=message).body_text()
-    folded = [searcheval.fold_bytes(h.low) for h in hay]
+    folded = [textfold.fold_bytes(h.low) for h in hay]
     for run in _ascii_runs(norm):
         assert any(run.encode() in f for f in folded), (message, run)
     words = norm.split(" ")
@@ -1296,7 +1298,7 @@ def _check_haystacks(message: bytes, rng: random.Random, cuts: int = 20) -> bool
         else:
             a = rng.randrange(len(words))
             cut = " ".join(words[a : a + rng.randint(1, 4)])
-        needle = searcheval.compile_needle(cut)
+        needle = searchneedle.compile_needle(cut)
         if needle.frags:
             assert any(h.may_hold(needle) for h in hay), (message, cut)
     return True
@@ -1312,13 +1314,13 @@ def test_raw_haystacks_accept_the_common_case_and_refuse_transformations() -> No
     for name in ("plain ascii folded", "qp soft break splits needle", "fullwidth and ligatures",
                  "nested multipart", "combining after needle", "html tags inside word",
                  "part header ends without blank line"):
-        assert searcheval.raw_haystacks(t[name]) is not None, name
+        assert rawfilter.raw_haystacks(t[name]) is not None, name
     for name in ("base64 text", "html entities", "qp entity in html", "latin1 8bit", "koi8-r", "utf-7",
                  "alternative", "mixed with attachments", "rfc2231 charset", "utf8 declared latin1 bytes",
                  "uuencode", "forwarded message",
                  "qp seam continuation byte", "qp bare cr",
                  "charset word in text", "mbox from line"):
-        assert searcheval.raw_haystacks(t[name]) is None, name
+        assert rawfilter.raw_haystacks(t[name]) is None, name
 
 
 # -- the normalisation lemma behind fold_bytes, _verbatim and the phrase check
@@ -1342,7 +1344,7 @@ def _random_text(rng: random.Random, n: int) -> str:
 
 
 def _folded(text: str) -> bytes:
-    return searcheval.fold_bytes(text.encode("utf-8", "surrogatepass")).lower()
+    return textfold.fold_bytes(text.encode("utf-8", "surrogatepass")).lower()
 
 
 def test_fold_holds_every_ascii_run_of_the_normalised_text() -> None:
@@ -1385,24 +1387,24 @@ def test_phrase_and_verbatim_checks_against_normalisation() -> None:
                 break
             a = rng.randrange(len(norm))
             b = rng.randrange(a, min(len(norm), a + 12)) + 1
-            needle = searcheval.compile_needle(norm[a:b])
+            needle = searchneedle.compile_needle(norm[a:b])
             if needle.frags:
                 assert all(f in folded for f in needle.frags), (text, norm[a:b])
                 assert needle.phrase is None or needle.phrase.search(folded), (text, norm[a:b])
         # a verbatim hit is a hit
         for _ in range(3):
             word = "".join(rng.choice("abcxyz ") for _ in range(rng.randint(1, 3))).strip()
-            if word and searcheval._verbatim(data.lower(), word.encode()):
+            if word and bodypieces._verbatim(data.lower(), word.encode()):
                 assert word in norm, (text, word)
 
 
 def test_fold_table_matches_this_pythons_unicode_data() -> None:
     import unicodedata
 
-    if unicodedata.unidata_version != searcheval._FOLD_UNIDATA:
+    if unicodedata.unidata_version != textfold._FOLD_UNIDATA:
         pytest.skip("the table is computed at run time under this Unicode version")
-    want = searcheval._ranges_of(searcheval.fold_code_points())
-    assert searcheval._fold_ranges() == want
+    want = textfold._ranges_of(textfold.fold_code_points())
+    assert textfold._fold_ranges() == want
 
 
 def test_no_composition_involves_ascii_after_its_first_character() -> None:
@@ -1420,11 +1422,11 @@ def test_no_composition_involves_ascii_after_its_first_character() -> None:
 
 def test_fold_bytes_scan_and_regex_agree() -> None:
     rng = random.Random(5)
-    pattern = searcheval._fold_tables()[0]
+    pattern = textfold._fold_tables()[0]
     for _ in range(2000):
         data = _random_text(rng, rng.randint(0, 80)).encode("utf-8", "surrogatepass")
         data = data.replace(b"\xc3\x9f", b"")  # (ß is replaced before either runs)
-        assert searcheval.fold_bytes(data) == pattern.sub(searcheval._fold_match, data)
+        assert textfold.fold_bytes(data) == pattern.sub(textfold._fold_match, data)
 
 
 # -- randomized messages
@@ -1522,7 +1524,7 @@ def test_random_messages_fast_tree_and_haystacks() -> None:
         message = _random_message(rng)
         if not _parses(message):
             continue
-        fast = searcheval._fast_tree(message)
+        fast = mimesplit._fast_tree(message)
         if fast is not None:
             fast_trees += 1
             slow = email.message_from_bytes(message, policy=email.policy.compat32)
@@ -1544,10 +1546,10 @@ def test_search_over_a_mailbox_agrees_with_reference(monkeypatch: pytest.MonkeyP
                     'BODY "warehouse this"', 'NOT BODY "the"', 'BODY "zan" BODY "bar"', 'TEXT "ü"'):
         key = P(program)
         monkeypatch.setattr(searcheval, "SHORTCUTS", False)
-        monkeypatch.setattr(searcheval, "FAST_PARSE", False)
+        monkeypatch.setattr(mimesplit, "FAST_PARSE", False)
         want = [c.seq for c in search(key, cands, ctx(max_seq=len(cands), max_uid=len(cands)), load)]
         monkeypatch.setattr(searcheval, "SHORTCUTS", True)
-        monkeypatch.setattr(searcheval, "FAST_PARSE", True)
+        monkeypatch.setattr(mimesplit, "FAST_PARSE", True)
         got = [c.seq for c in search(key, cands, ctx(max_seq=len(cands), max_uid=len(cands)), load)]
         assert got == want, program
 

@@ -11,5 +11,8 @@
 * Answering FETCH and SEARCH: ``fetcher`` (rendering, in a worker thread), ``mime``
   (ENVELOPE, BODYSTRUCTURE, sections), ``fetchcache`` (the per-folder SQLite cache of
   rendered ENVELOPE/BODYSTRUCTURE and header blocks), ``searcheval`` (evaluating a parsed
-  SEARCH).
+  SEARCH) with its helpers for header and body text: ``searchtext`` (normalisation,
+  charsets, RFC 2047, header fields), ``mimesplit`` (MIME tree without the feed parser),
+  ``bodypieces`` (the searchable text parts), ``textfold`` (byte folding), ``searchneedle``
+  (compiled BODY/TEXT needles), ``rawfilter`` (the raw-bytes pre-filter).
 """
