@@ -1,0 +1,168 @@
+"""Sort keys (RFC 5256 2.1/2.2/3, RFC 5957, RFC 5051) and THREAD trees (RFC 5256 3-4).
+
+The answers Dovecot gives for the same inputs are the reference where the RFC leaves
+room (see the module docstrings of imap/sortkeys.py and imap/mailthreads.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from mailserver.imap.mailthreads import message_ids, thread, thread_input
+from mailserver.imap.sortkeys import base_subject, casemap, display_name, first_mailbox, sent_date
+
+# ---------------------------------------------------------------- base subject
+
+
+@pytest.mark.parametrize(("raw", "base", "marked"), [
+    ("hello", "HELLO", False),
+    ("Re: hello", "HELLO", True),
+    ("RE: Re: re: hello", "HELLO", True),
+    ("Fwd: hello", "HELLO", True),
+    ("Fw: hello", "HELLO", True),
+    ("hello (fwd)", "HELLO", True),
+    ("hello (fwd) (FWD)  ", "HELLO", True),
+    ("[fwd: hello]", "HELLO", True),
+    ("[Fwd: Re: [list] hello (fwd)]", "HELLO", True),
+    ("Re[2]: hello", "HELLO", True),  # subj-refwd may carry a blob before ":"
+    ("Re : hello", "HELLO", True),  # *WSP before ":"
+    ("[list] hello", "HELLO", False),  # step 4: a leading blob goes ...
+    ("[list]", "[LIST]", False),  # ... unless nothing would be left
+    ("[list] [tag] Re: hello", "HELLO", True),
+    ("Re: [list] Re: hello", "HELLO", True),
+    ("Re: [foo]: bar", ": BAR", True),  # "[foo]:" is no subj-refwd (no re/fw)
+    ("Reply: hello", "REPLY: HELLO", False),
+    ("\tRe:\t  hello\r\n world", "HELLO WORLD", True),  # step 1: white space runs
+    ("=?utf-8?q?Re=3A_caf=C3=A9?=", "CAFE\u0301", True),  # decoded first, then NFKD
+    ("=?iso-8859-1?q?=E9t=E9?= plan", "E\u0301TE\u0301 PLAN", False),
+    ("", "", False),
+    (None, "", False),
+])
+def test_base_subject(raw: str | None, base: str, marked: bool) -> None:
+    got = base_subject(raw)
+    assert (got.text, got.reply_or_forward) == (base, marked)
+
+
+def test_casemap_is_titlecase_then_nfkd() -> None:
+    assert casemap("abc") == "ABC"
+    # titlecase (ǅ), not uppercase (Ǆ), then NFKD: "D", "z", combining caron
+    assert casemap("ǆemal") == casemap("Ǆemal") == "Dz\u030cEMAL"
+    # the ligature has no simple titlecase (its full one, "Fi", is two characters), so it
+    # is kept, then NFKD splits it; Dovecot's unicode_rfc5051_normalize does the same
+    assert casemap("ﬁ") == "fi"
+    assert casemap("straße") == "STRAßE"  # no simple titlecase for ß: kept
+    assert casemap("Å") == casemap("A\u030a") == "A\u030a"
+
+
+# ---------------------------------------------------------------- address keys and dates
+
+
+def test_address_keys() -> None:
+    assert first_mailbox(b'"Zed" <alice@example.org>, bob@example.org') == "ALICE"
+    assert first_mailbox(b"team: carol@example.org, dan@example.org;") == "CAROL"  # group members
+    assert first_mailbox(b"undisclosed-recipients:;") == ""
+    assert first_mailbox(None) == ""
+    assert display_name(b"=?utf-8?q?J=C3=B6rg?= <j@example.org>") == "JO\u0308RG"
+    assert display_name(b"<j@example.org>") == "J@EXAMPLE.ORG"  # RFC 5957 3: no name
+    assert display_name(b'"" <j@example.org>') == "J@EXAMPLE.ORG"
+
+
+def test_sent_date_falls_back_to_internaldate() -> None:
+    assert sent_date("Mon, 1 Jan 2024 10:00:00 +0100", 5.0) == 1704099600  # in UTC
+    assert sent_date("Mon, 1 Jan 2024 09:00:00 +0000", 5.0) == 1704099600
+    assert sent_date("not a date", 1234.9) == 1234
+    assert sent_date(None, 77.0) == 77
+
+
+def test_message_ids() -> None:
+    assert message_ids("<a@x> junk <no-at> <b@\r\n y>") == ["a@x", "b@y"]
+    assert message_ids(None) == []
+    assert message_ids("a@x") == []
+
+
+# ---------------------------------------------------------------- THREAD
+
+
+def _msg(n: int, date: int, subject: str, mid: str | None, refs: str | None = None,
+         irt: str | None = None):
+    return thread_input(n, date, base_subject(subject), mid, refs, irt)
+
+
+def test_orderedsubject_groups_and_orders_by_first_date() -> None:
+    msgs = [
+        _msg(1, 300, "b", "<1@x>"),
+        _msg(2, 100, "Re: b", "<2@x>"),
+        _msg(3, 200, "a", "<3@x>"),
+        _msg(4, 400, "b", "<4@x>"),
+        _msg(5, 500, "a", "<5@x>"),
+        _msg(6, 50, "c", "<6@x>"),
+    ]
+    # (RFC 5256 3) first message of a subject is the parent of all the others
+    assert thread(msgs, "ORDEREDSUBJECT") == "(6)(2 (1)(4))(3 5)"
+
+
+def test_references_chain_and_siblings() -> None:
+    msgs = [
+        _msg(1, 100, "topic", "<a@x>"),
+        _msg(2, 200, "Re: topic", "<b@x>", "<a@x>"),
+        _msg(3, 300, "Re: topic", "<c@x>", "<a@x> <b@x>"),
+        _msg(4, 250, "Re: topic", "<d@x>", None, "<a@x>"),  # In-Reply-To only
+        _msg(5, 150, "other", "<e@x>"),
+    ]
+    assert thread(msgs, "REFERENCES") == "(1 (2 3)(4))(5)"
+
+
+def test_references_dummy_parent_and_subject_merge() -> None:
+    msgs = [
+        _msg(1, 100, "Re: lost", "<a@x>", "<gone@x>"),
+        _msg(2, 200, "Re: lost", "<b@x>", "<gone@x>"),
+        _msg(3, 300, "hello", "<c@x>"),
+        _msg(4, 400, "hello", "<d@x>"),  # same subject, no reply: a new dummy holds both
+        _msg(5, 500, "Re: hello", "<e@x>"),  # a reply: a child of the dummy
+    ]
+    assert thread(msgs, "REFERENCES") == "((1)(2))((3)(4)(5))"
+
+
+def test_references_reply_hangs_under_original_by_subject() -> None:
+    msgs = [
+        _msg(1, 100, "plan", "<a@x>"),
+        _msg(2, 200, "Re: plan", "<b@x>"),  # no headers link them: the subject does
+    ]
+    assert thread(msgs, "REFERENCES") == "(1 2)"
+    assert thread(msgs, "REFS") == "(1)(2)"  # REFS never merges by subject
+
+
+def test_references_duplicates_loops_and_missing_ids() -> None:
+    msgs = [
+        _msg(1, 100, "x1", "<a@x>"),
+        _msg(2, 200, "x2", "<a@x>", "<a@x>"),  # duplicate ID: threaded as if it had none
+        _msg(3, 300, "x3", "<b@x>", "<c@x>"),  # b under c ...
+        _msg(4, 400, "x4", "<c@x>", "<b@x>"),  # ... and c under b would loop: refused
+        _msg(5, 500, "x5", None, "<a@x>"),  # no Message-ID, still a reply
+        _msg(6, 600, "x6", "<self@x>", "<self@x>"),  # references itself
+    ]
+    assert thread(msgs, "REFERENCES") == "(1 (2)(5))(4 3)(6)"
+
+
+def test_refs_orders_threads_by_newest_message() -> None:
+    msgs = [
+        _msg(1, 100, "a", "<a@x>"),
+        _msg(2, 200, "b", "<b@x>"),
+        _msg(3, 900, "Re: a", "<c@x>", "<a@x>"),
+    ]
+    assert thread(msgs, "REFERENCES") == "(1 3)(2)"
+    assert thread(msgs, "REFS") == "(2)(1 3)"
+
+
+def test_deep_chain_has_no_recursion_limit() -> None:
+    n = 5000
+    msgs = [_msg(1, 1, "deep", "<m1@x>")]
+    for i in range(2, n + 1):
+        msgs.append(_msg(i, i, "Re: deep", f"<m{i}@x>", f"<m{i - 1}@x>"))
+    assert thread(msgs, "REFERENCES") == "(" + " ".join(str(i) for i in range(1, n + 1)) + ")"
+
+
+def test_empty_mailbox() -> None:
+    assert thread([], "REFERENCES") == ""
+    assert thread([], "REFS") == ""
+    assert thread([], "ORDEREDSUBJECT") == ""
