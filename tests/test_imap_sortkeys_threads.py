@@ -166,3 +166,41 @@ def test_empty_mailbox() -> None:
     assert thread([], "REFERENCES") == ""
     assert thread([], "REFS") == ""
     assert thread([], "ORDEREDSUBJECT") == ""
+
+
+# ---------------------------------------------------------------- the commands
+
+
+def test_sort_and_thread_commands_parse() -> None:
+    from mailserver.imap.commands import Sort, Thread, parse_command
+    from mailserver.imap.search import AllKey
+
+    cmd = parse_command(b"a UID SORT (REVERSE DATE subject) utf-8 ALL\r\n")
+    assert isinstance(cmd, Sort)
+    assert (cmd.uid, cmd.keys, cmd.charset, cmd.criteria) == (
+        True, (("DATE", True), ("SUBJECT", False)), "UTF-8", AllKey())
+    cmd = parse_command(b"a SORT RETURN (MIN COUNT PARTIAL -1:-50) (DISPLAYFROM) US-ASCII ALL\r\n")
+    assert isinstance(cmd, Sort)
+    assert (cmd.returns, cmd.partial) == (("MIN", "COUNT", "PARTIAL"), (-1, -50))
+    cmd = parse_command(b'b THREAD refs "UTF-8" ALL\r\n')
+    assert isinstance(cmd, Thread)
+    assert (cmd.algorithm, cmd.charset) == ("REFS", "UTF-8")
+
+
+@pytest.mark.parametrize(("line", "error"), [
+    (b"a SORT (BOGUS) UTF-8 ALL\r\n", "IMAPParseError"),
+    (b"a SORT () UTF-8 ALL\r\n", "IMAPParseError"),
+    (b"a SORT DATE UTF-8 ALL\r\n", "IMAPParseError"),  # criteria need parentheses
+    (b"a SORT (DATE) KOI8-R ALL\r\n", "BadCharsetError"),
+    (b"a SORT (DATE) ALL\r\n", "BadCharsetError"),  # RFC 5256: the charset is required
+    (b"a SORT RETURN (SAVE) (DATE) UTF-8 ALL\r\n", "IMAPParseError"),
+    (b"a SORT RETURN (PARTIAL 0:5) (DATE) UTF-8 ALL\r\n", "IMAPParseError"),
+    (b"a THREAD JWZ UTF-8 ALL\r\n", "IMAPParseError"),
+    (b"a THREAD REFERENCES UTF-8\r\n", "IMAPParseError"),
+])
+def test_sort_and_thread_errors(line: bytes, error: str) -> None:
+    from mailserver.imap.commands import parse_command
+
+    with pytest.raises(Exception) as info:
+        parse_command(line)
+    assert type(info.value).__name__ == error

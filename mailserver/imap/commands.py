@@ -136,6 +136,34 @@ class Search(Command):
     returns: tuple[str, ...] | None = None  # ESEARCH RETURN (...) options, None when absent
 
 
+SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO",  # RFC 5256 3
+                       "DISPLAYFROM", "DISPLAYTO"})  # RFC 5957 3
+SORT_RETURNS = frozenset({"MIN", "MAX", "COUNT", "ALL", "PARTIAL"})  # RFC 5267 3.2, RFC 9394
+THREAD_ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES", "REFS")  # RFC 5256 3, Dovecot's REFS
+
+
+@dataclass(frozen=True, slots=True)
+class Sort(Command):
+    """``[UID] SORT [RETURN (...)] (criteria) charset search-key...`` (RFC 5256, 5267)."""
+
+    uid: bool
+    keys: tuple[tuple[str, bool], ...]  # (sort key, reversed), most significant first
+    charset: str
+    criteria: SearchKey
+    returns: tuple[str, ...] | None = None  # ESORT RETURN options; None: a plain * SORT
+    partial: tuple[int, int] | None = None  # RFC 9394 range; negative: counted from the end
+
+
+@dataclass(frozen=True, slots=True)
+class Thread(Command):
+    """``[UID] THREAD algorithm charset search-key...`` (RFC 5256)."""
+
+    uid: bool
+    algorithm: str
+    charset: str
+    criteria: SearchKey
+
+
 @dataclass(frozen=True, slots=True)
 class Fetch(Command):
     uid: bool
@@ -426,6 +454,77 @@ def _search(r: Reader, tag: str, name: str, uid: bool = False) -> Command:
     return Search(tag, name, uid, read_search_program(r), charset, returns)
 
 
+def _charset(r: Reader, tag: str) -> str:
+    """The charset SORT and THREAD require before their search keys (RFC 5256 5)."""
+    charset = r.astring_text("charset").upper()
+    if charset not in SEARCH_CHARSETS:
+        raise BadCharsetError(tag, f"charset {charset[:30]} is not supported",
+                              code="BADCHARSET (" + " ".join(SEARCH_CHARSETS) + ")")
+    return charset
+
+
+def _partial_range(r: Reader) -> tuple[int, int]:
+    """RFC 9394 3.1 ``partial-range``: ``first:last`` or ``-first:-last`` (from the end)."""
+    negative = r.try_char(b"-")
+    first = r.number(MAX_NUMBER, nonzero=True, what="a PARTIAL range")
+    r.expect(b":")
+    if negative:
+        r.expect(b"-")
+    last = r.number(MAX_NUMBER, nonzero=True, what="a PARTIAL range")
+    low, high = min(first, last), max(first, last)
+    return (-low, -high) if negative else (low, high)
+
+
+def _sort(r: Reader, tag: str, name: str, uid: bool = False) -> Command:
+    r.sp()
+    returns: tuple[str, ...] | None = None
+    partial: tuple[int, int] | None = None
+    if r.try_keyword("RETURN"):  # RFC 5267 3.2: sort-return-opts
+        r.sp()
+        r.expect(b"(")
+        opts: list[str] = []
+        while not r.try_char(b")"):
+            if opts:
+                r.sp()
+            opt = r.atom().upper()
+            if opt not in SORT_RETURNS:
+                raise r.error(f"unknown SORT RETURN option {opt[:30]}")
+            if opt == "PARTIAL":
+                r.sp()
+                partial = _partial_range(r)
+            opts.append(opt)
+        returns = tuple(dict.fromkeys(opts))
+        r.sp()
+    r.expect(b"(")
+    keys: list[tuple[str, bool]] = []
+    while True:
+        reverse = r.try_keyword("REVERSE")
+        if reverse:
+            r.sp()
+        key = r.atom().upper()
+        if key not in SORT_KEYS:
+            raise r.error(f"unknown sort key {key[:30]}")
+        keys.append((key, reverse))
+        if r.try_char(b")"):
+            break
+        r.sp()
+    r.sp()
+    charset = _charset(r, tag)
+    r.sp()
+    return Sort(tag, name, uid, tuple(keys), charset, read_search_program(r), returns, partial)
+
+
+def _thread(r: Reader, tag: str, name: str, uid: bool = False) -> Command:
+    r.sp()
+    algorithm = r.atom().upper()
+    if algorithm not in THREAD_ALGORITHMS:
+        raise r.error(f"unknown THREAD algorithm {algorithm[:30]}")
+    r.sp()
+    charset = _charset(r, tag)
+    r.sp()
+    return Thread(tag, name, uid, algorithm, charset, read_search_program(r))
+
+
 def _fetch(r: Reader, tag: str, name: str, uid: bool = False) -> Command:
     r.sp()
     seqs = read_sequence_set(r)
@@ -541,7 +640,7 @@ _Handler = Callable[[Reader, str, str], Command]
 _UidHandler = Callable[[Reader, str, str, bool], Command]
 
 _UID_COMMANDS: dict[str, _UidHandler] = {"FETCH": _fetch, "STORE": _store, "COPY": _copy, "MOVE": _copy,
-                                         "SEARCH": _search}
+                                         "SEARCH": _search, "SORT": _sort, "THREAD": _thread}
 
 _COMMANDS: dict[str, _Handler] = {
     **{n: _no_args for n in ("CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "CHECK", "CLOSE", "UNSELECT",
@@ -561,6 +660,8 @@ _COMMANDS: dict[str, _Handler] = {
     "STATUS": _status,
     "APPEND": _append,
     "SEARCH": _search,
+    "SORT": _sort,
+    "THREAD": _thread,
     "FETCH": _fetch,
     "STORE": _store,
     "COPY": _copy,
@@ -607,5 +708,5 @@ def parse_command(data: bytes) -> Command:
 __all__ = [
     "COMMAND_NAMES", "MAX_NUMBER", "Append", "Authenticate", "Command", "Copy", "Enable", "Fetch", "Id",
     "List", "Login", "Lsub", "MailboxCommand", "QResync", "Rename", "Search", "Select", "SimpleCommand",
-    "Status", "Store", "UidExpunge", "parse_command", "split_tag_and_name",
+    "Sort", "Status", "Store", "Thread", "UidExpunge", "parse_command", "split_tag_and_name",
 ]
