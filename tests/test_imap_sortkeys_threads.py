@@ -204,3 +204,57 @@ def test_sort_and_thread_errors(line: bytes, error: str) -> None:
     with pytest.raises(Exception) as info:
         parse_command(line)
     assert type(info.value).__name__ == error
+
+
+# ---------------------------------------------------------------- SORT over header blocks
+
+
+def _fields(seq: int, header: str, size: int = 100, arrival: float = 1000.0):
+    from mailserver.imap.sorting import MessageFields
+
+    return MessageFields.parse(seq, seq + 100, size, arrival, header.encode())
+
+
+def test_sort_orders_by_each_key_with_ties_in_mailbox_order() -> None:
+    from mailserver.imap.sorting import sort
+
+    crlf = "\r\n"
+    msgs = [
+        _fields(1, crlf.join(["Subject: Re: beta", "From: Zed <zed@x.org>",
+                              "Date: Tue, 2 Jan 2024 10:00:00 +0000", "", ""]), 300, 50),
+        _fields(2, crlf.join(["Subject: alpha", "From: amy@x.org", "To: bob@x.org",
+                              "Date: Mon, 1 Jan 2024 10:00:00 +0000", "", ""]), 100, 70),
+        _fields(3, crlf.join(["Subject: =?utf-8?q?=C3=A9t=C3=A9?=", 'From: "Amy" <mia@x.org>',
+                              "Date: broken", "", ""]), 200, 60),
+        _fields(4, crlf.join(["Subject: [list] Beta", "From: bob@x.org",
+                              "Date: Mon, 1 Jan 2024 11:00:00 +0100", "", ""]), 100, 40),
+    ]
+
+    def order(*criteria: tuple[str, bool]) -> list[int]:
+        return [m.seq for m in sort(msgs, criteria)]
+
+    assert order(("SUBJECT", False)) == [2, 1, 4, 3]  # ALPHA, BETA (1 and 4 tie), ÉTÉ
+    assert order(("DATE", False)) == [3, 2, 4, 1]  # 3: no date -> INTERNALDATE 60; 4 == 2's time
+    assert order(("ARRIVAL", False)) == [4, 1, 3, 2]
+    assert order(("SIZE", True)) == [1, 3, 2, 4]  # REVERSE SIZE; 2 and 4 tie: mailbox order
+    assert order(("FROM", False)) == [2, 4, 3, 1]  # AMY BOB MIA ZED (local parts)
+    assert order(("DISPLAYFROM", False)) == [3, 2, 4, 1]  # Amy, amy@x.org, bob@x.org, Zed
+    assert order(("TO", False)) == [1, 3, 4, 2]  # no To sorts as "", first
+    assert order(("SUBJECT", True), ("SIZE", False)) == [3, 4, 1, 2]
+
+
+def test_esort_response() -> None:
+    from mailserver.imap.sorting import esort_response, sort_response
+
+    numbers = [5, 6, 7, 2, 9, 3]
+    assert sort_response(numbers) == b"* SORT 5 6 7 2 9 3\r\n"
+    assert sort_response([]) == b"* SORT\r\n"
+    assert esort_response("a1", True, numbers, ("MIN", "MAX", "COUNT", "ALL"), None) == (
+        b'* ESEARCH (TAG "a1") UID MIN 5 MAX 3 ALL 5:7,2,9,3 COUNT 6\r\n')
+    assert esort_response("a", False, numbers, ("PARTIAL",), (2, 4)) == (
+        b'* ESEARCH (TAG "a") PARTIAL (2:4 6:7,2)\r\n')
+    assert esort_response("a", False, numbers, ("PARTIAL",), (-1, -2)) == (
+        b'* ESEARCH (TAG "a") PARTIAL (-1:-2 9,3)\r\n')
+    assert esort_response("a", False, numbers, ("PARTIAL",), (7, 9)) == (
+        b'* ESEARCH (TAG "a") PARTIAL (7:9 NIL)\r\n')
+    assert esort_response("a", False, [], ("MIN", "COUNT"), None) == b'* ESEARCH (TAG "a") COUNT 0\r\n'

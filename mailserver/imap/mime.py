@@ -104,6 +104,12 @@ def _names_finder(names: tuple[str, ...]) -> re.Pattern[bytes]:
     return _field_finder(frozenset(n.encode("utf-8", "replace").lower() for n in names))
 
 
+def first_values(header: bytes, names: tuple[str, ...]) -> dict[bytes, bytes]:
+    """Lower-case name -> the unfolded value of the first field of that name (tabs as
+    spaces, stripped), for the names present; one pass over the header block."""
+    return {k: _clean(v) for k, v in _field_values(header, _names_finder(names)).items()}
+
+
 def _clean(value: bytes) -> bytes:
     """A header value as sent in ENVELOPE/BODYSTRUCTURE: unfolded, tabs as spaces, stripped."""
     value = value.strip(b" \t\r\n")

@@ -1,0 +1,148 @@
+"""SORT (RFC 5256 3, RFC 5957) and the input of THREAD, from header blocks.
+
+``MessageFields.parse`` reads, in one pass over a message's header block, every field SORT
+and THREAD look at, and turns them into comparison keys (:mod:`.sortkeys`). ``sort``
+orders messages by a list of ``(key, reversed)`` criteria; messages equal on every
+criterion keep mailbox order (RFC 5256 3: the sequence number decides last), which the
+stable sorts below give for free. ``esort_response`` writes the ESEARCH form of the
+result (RFC 5267 3.2, RFC 9394 PARTIAL), where the numbers keep the sort order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from . import format as fmt
+from .mailthreads import ThreadInput, thread_input
+from .mime import first_values
+from .sortkeys import BaseSubject, base_subject, display_name, first_mailbox, sent_date
+
+_FIELDS = ("subject", "from", "to", "cc", "date", "message-id", "references", "in-reply-to")
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFields:
+    """One message's SORT keys and THREAD references (all casemapped where compared)."""
+
+    seq: int
+    uid: int
+    size: int
+    arrival: int  # INTERNALDATE, whole seconds
+    date: int  # sent date (RFC 5256 2.2)
+    subject: BaseSubject
+    from_: str
+    to: str
+    cc: str
+    display_from: str
+    display_to: str
+    message_id: str | None
+    references: str | None
+    in_reply_to: str | None
+
+    @classmethod
+    def parse(cls, seq: int, uid: int, size: int, internal_date: float, header: bytes) -> MessageFields:
+        f = first_values(header, _FIELDS)
+        frm, to = f.get(b"from"), f.get(b"to")
+        return cls(
+            seq, uid, size, int(internal_date),
+            sent_date(_text(f.get(b"date")), internal_date),
+            base_subject(_text(f.get(b"subject"))),
+            first_mailbox(frm), first_mailbox(to), first_mailbox(f.get(b"cc")),
+            display_name(frm), display_name(to),
+            _text(f.get(b"message-id")), _text(f.get(b"references")), _text(f.get(b"in-reply-to")),
+        )
+
+    def thread_input(self, uid: bool) -> ThreadInput:
+        return thread_input(self.uid if uid else self.seq, self.date, self.subject,
+                            self.message_id, self.references, self.in_reply_to)
+
+
+_KEY: dict[str, Callable[[MessageFields], int | str]] = {
+    "ARRIVAL": lambda m: m.arrival,
+    "CC": lambda m: m.cc,
+    "DATE": lambda m: m.date,
+    "FROM": lambda m: m.from_,
+    "SIZE": lambda m: m.size,
+    "SUBJECT": lambda m: m.subject.text,
+    "TO": lambda m: m.to,
+    "DISPLAYFROM": lambda m: m.display_from,
+    "DISPLAYTO": lambda m: m.display_to,
+}
+
+_M = TypeVar("_M", bound=MessageFields)
+
+
+def sort(messages: Sequence[_M], criteria: Sequence[tuple[str, bool]]) -> list[_M]:
+    """``messages`` (in mailbox order) ordered by ``criteria``, most significant first."""
+    out = list(messages)
+    # Stable sorts from the least significant criterion up; Python keeps equal elements
+    # in their order even with reverse=True, so ties stay in mailbox order.
+    for name, reverse in reversed(criteria):
+        out.sort(key=_KEY[name], reverse=reverse)
+    return out
+
+
+def _partial(numbers: list[int], rng: tuple[int, int]) -> list[int]:
+    """RFC 9394 3.1: positions ``low:high`` of the result (1-based), or counted from its
+    end when negative (``-1:-10``: the last ten, still in result order)."""
+    low, high = rng
+    n = len(numbers)
+    if low < 0:
+        first, last = n + high + 1, n + low + 1  # -1:-10 -> n-9 .. n
+    else:
+        first, last = low, high
+    first = max(first, 1)
+    return numbers[first - 1:max(last, 0)]
+
+
+def esort_response(tag: str, uid: bool, numbers: list[int], returns: tuple[str, ...],
+                   partial: tuple[int, int] | None) -> bytes:
+    """``* ESEARCH`` for ``SORT RETURN (...)`` (RFC 5267 3.2): MIN and MAX are the first
+    and last message in sort order, ALL the numbers in sort order (runs of consecutive
+    ascending numbers as ranges, never reordered)."""
+    opts = returns or ("ALL",)
+    out = b"* ESEARCH (TAG " + fmt.quoted(tag) + b")"
+    if uid:
+        out += b" UID"
+    if numbers:
+        if "MIN" in opts:
+            out += b" MIN %d" % numbers[0]
+        if "MAX" in opts:
+            out += b" MAX %d" % numbers[-1]
+        if "ALL" in opts:
+            out += b" ALL " + _ordered_set(numbers)
+    if "COUNT" in opts:
+        out += b" COUNT %d" % len(numbers)
+    if "PARTIAL" in opts and partial is not None:
+        low, high = partial
+        part = _partial(numbers, partial)
+        rng = b"%d:%d" % (low, high) if low > 0 else b"-%d:-%d" % (-low, -high)
+        out += b" PARTIAL (" + rng + b" " + (_ordered_set(part) if part else b"NIL") + b")"
+    return out + b"\r\n"
+
+
+def _ordered_set(numbers: list[int]) -> bytes:
+    """A sequence-set that keeps the order of ``numbers``: ascending runs as ranges."""
+    parts: list[str] = []
+    i = 0
+    while i < len(numbers):
+        j = i
+        while j + 1 < len(numbers) and numbers[j + 1] == numbers[j] + 1:
+            j += 1
+        parts.append(str(numbers[i]) if i == j else f"{numbers[i]}:{numbers[j]}")
+        i = j + 1
+    return ",".join(parts).encode()
+
+
+def sort_response(numbers: list[int]) -> bytes:
+    """``* SORT n n n`` (RFC 5256 4)."""
+    return b"* SORT" + b"".join(b" %d" % n for n in numbers) + b"\r\n"
+
+
+__all__ = ["MessageFields", "esort_response", "sort", "sort_response"]
