@@ -92,8 +92,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench import dovecot_anchor  # noqa: E402
 from mailserver.storage.maildir import MaildirWriter, size_from_name  # noqa: E402
+from tests.support import dovecot as dovecot_anchor  # noqa: E402
 from tests.support.ca import TestCA  # noqa: E402
 from tests.support.daemon import PymaildProcess  # noqa: E402
 from tests.support.imap import PASSWORD, client_ctx, imap_daemon  # noqa: E402

@@ -9,7 +9,7 @@ handshake, LOGIN, LOGOUT):
 3. wrong: N wrong passwords from N addresses (always a full check, never cached).
 
 With ``--dovecot`` (Debian package dovecot-imapd) the same runs against a Dovecot on
-loopback with its own config in a temporary directory (bench/dovecot_anchor.py, as
+loopback with its own config in a temporary directory (tests/support/dovecot.py, as
 bench/imap_sync.py uses it): passwd-file with ARGON2ID hashes made with Dovecot's own
 default parameters (``doveadm pw -s ARGON2ID``: m=64 MiB, t=3, p=1), auth cache on, and
 the ratio is printed.
@@ -39,8 +39,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench import dovecot_anchor  # noqa: E402
 from mailserver.auth.store import AccountStore  # noqa: E402
+from tests.support import dovecot as dovecot_anchor  # noqa: E402
 from tests.support.ca import TestCA  # noqa: E402
 from tests.support.daemon import PymaildProcess, free_port  # noqa: E402
 

@@ -128,7 +128,7 @@ class DovecotServer:
                 # user:password:uid:gid:gecos:home:shell:extra (mail_uid below gives the uid)
                 f.write(f"{address}:{hashed}::::{maildir}::\n")
         self.conf.write_text(f"""\
-# Written by bench/dovecot_anchor.py: a private Dovecot for benchmarks, loopback only.
+# Written by tests/support/dovecot.py: a private Dovecot for benchmarks and tests, loopback only.
 base_dir = {d / 'run'}
 state_dir = {d / 'state'}
 log_path = {d / 'log' / 'dovecot.log'}
