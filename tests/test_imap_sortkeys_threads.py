@@ -59,8 +59,10 @@ def test_casemap_is_titlecase_then_nfkd() -> None:
 
 def test_address_keys() -> None:
     assert first_mailbox(b'"Zed" <alice@example.org>, bob@example.org') == "ALICE"
-    assert first_mailbox(b"team: carol@example.org, dan@example.org;") == "CAROL"  # group members
-    assert first_mailbox(b"undisclosed-recipients:;") == ""
+    # a group's start is an ENVELOPE address named after the group (RFC 3501 7.4.2)
+    assert first_mailbox(b"team: carol@example.org, dan@example.org;") == "TEAM"
+    assert first_mailbox(b"undisclosed-recipients:;") == "UNDISCLOSED-RECIPIENTS"
+    assert display_name(b"team: carol@example.org;") == "TEAM"
     assert first_mailbox(None) == ""
     assert display_name(b"=?utf-8?q?J=C3=B6rg?= <j@example.org>") == "JO\u0308RG"
     assert display_name(b"<j@example.org>") == "J@EXAMPLE.ORG"  # RFC 5957 3: no name

@@ -10,7 +10,7 @@ row (INTERNALDATE, RFC822.SIZE), so a folder's keys can be computed once and kep
   reply or forward marker ("Re:", "Fwd:", a "(fwd)" trailer, "[fwd: ...]"), which
   THREAD=REFERENCES needs (RFC 5256 3, step 5).
 * ``first_mailbox``: the ``addr-mailbox`` (local part) of the first address, the key of
-  FROM, TO and CC (RFC 5256 3).
+  FROM, TO and CC (RFC 5256 3); a group's name when the field starts with a group.
 * ``display_name``: RFC 5957 3: the decoded display name of the first address, or
   ``mailbox@host`` when it has none (DISPLAYFROM, DISPLAYTO).
 * ``sent_date``: RFC 5256 2.2: the ``Date:`` field in UTC, or INTERNALDATE when the field
@@ -151,14 +151,14 @@ def base_subject(raw: str | None) -> BaseSubject:
 
 
 def _first_address(raw: bytes | None) -> tuple[bytes | None, bytes | None, bytes | None] | None:
-    """(display name, mailbox, host) of the first address that is not a group marker."""
+    """(display name, mailbox, host) of the first address as ENVELOPE lists it. A group
+    counts: its start is an address whose mailbox is the group's name and whose host is
+    NIL (RFC 3501 7.4.2), so "undisclosed-recipients:;" sorts under that name, as in
+    Dovecot."""
     if not raw:
         return None
     for name, _adl, mailbox, host in parse_addresses(raw):
-        if mailbox is not None and host is not None:
-            return name, mailbox, host
-        if mailbox is not None and host is None:
-            continue  # the start of a group: its members follow
+        return name, mailbox, host
     return None
 
 
@@ -183,7 +183,9 @@ def display_name(raw: bytes | None) -> str:
         decoded = decode_encoded_words(_text(name)).strip()
         if decoded:
             return casemap(decoded)
-    return casemap(f"{_text(mailbox or b'')}@{_text(host or b'')}")
+    if mailbox is None:
+        return ""
+    return casemap(_text(mailbox) if host is None else f"{_text(mailbox)}@{_text(host)}")
 
 
 # ---------------------------------------------------------------- dates
