@@ -19,7 +19,14 @@ from .mailthreads import ThreadInput, thread_input
 from .mime import first_values
 from .sortkeys import BaseSubject, base_subject, display_name, first_mailbox, sent_date
 
-_FIELDS = ("subject", "from", "to", "cc", "date", "message-id", "references", "in-reply-to")
+# The header fields each criterion reads; "THREAD" stands for what THREAD needs.
+_NEEDS: dict[str, tuple[str, ...]] = {
+    "ARRIVAL": (), "SIZE": (), "DATE": ("date",), "SUBJECT": ("subject",),
+    "FROM": ("from",), "TO": ("to",), "CC": ("cc",), "DISPLAYFROM": ("from",), "DISPLAYTO": ("to",),
+    "THREAD": ("subject", "date", "message-id", "references", "in-reply-to"),
+}
+ALL_CRITERIA = frozenset(_NEEDS)
+_NO_SUBJECT = BaseSubject("", False)
 
 
 def _text(value: bytes | None) -> str | None:
@@ -28,34 +35,44 @@ def _text(value: bytes | None) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class MessageFields:
-    """One message's SORT keys and THREAD references (all casemapped where compared)."""
+    """One message's SORT keys and THREAD references (all casemapped where compared).
+    Only the keys of the criteria asked for are computed; the others stay empty."""
 
     seq: int
     uid: int
     size: int
     arrival: int  # INTERNALDATE, whole seconds
-    date: int  # sent date (RFC 5256 2.2)
-    subject: BaseSubject
-    from_: str
-    to: str
-    cc: str
-    display_from: str
-    display_to: str
-    message_id: str | None
-    references: str | None
-    in_reply_to: str | None
+    date: int = 0  # sent date (RFC 5256 2.2)
+    subject: BaseSubject = _NO_SUBJECT
+    from_: str = ""
+    to: str = ""
+    cc: str = ""
+    display_from: str = ""
+    display_to: str = ""
+    message_id: str | None = None
+    references: str | None = None
+    in_reply_to: str | None = None
 
     @classmethod
-    def parse(cls, seq: int, uid: int, size: int, internal_date: float, header: bytes) -> MessageFields:
-        f = first_values(header, _FIELDS)
-        frm, to = f.get(b"from"), f.get(b"to")
+    def parse(cls, seq: int, uid: int, size: int, internal_date: float, header: bytes,
+              criteria: frozenset[str] = ALL_CRITERIA) -> MessageFields:
+        """The keys of ``criteria`` (sort key names, and "THREAD") from a header block."""
+        names = tuple(dict.fromkeys(n for c in criteria for n in _NEEDS[c]))
+        f = first_values(header, names) if names else {}
+        want = criteria.__contains__
+        threading = want("THREAD")
         return cls(
             seq, uid, size, int(internal_date),
-            sent_date(_text(f.get(b"date")), internal_date),
-            base_subject(_text(f.get(b"subject"))),
-            first_mailbox(frm), first_mailbox(to), first_mailbox(f.get(b"cc")),
-            display_name(frm), display_name(to),
-            _text(f.get(b"message-id")), _text(f.get(b"references")), _text(f.get(b"in-reply-to")),
+            date=sent_date(_text(f.get(b"date")), internal_date) if want("DATE") or threading else 0,
+            subject=base_subject(_text(f.get(b"subject"))) if want("SUBJECT") or threading else _NO_SUBJECT,
+            from_=first_mailbox(f.get(b"from")) if want("FROM") else "",
+            to=first_mailbox(f.get(b"to")) if want("TO") else "",
+            cc=first_mailbox(f.get(b"cc")) if want("CC") else "",
+            display_from=display_name(f.get(b"from")) if want("DISPLAYFROM") else "",
+            display_to=display_name(f.get(b"to")) if want("DISPLAYTO") else "",
+            message_id=_text(f.get(b"message-id")) if threading else None,
+            references=_text(f.get(b"references")) if threading else None,
+            in_reply_to=_text(f.get(b"in-reply-to")) if threading else None,
         )
 
     def thread_input(self, uid: bool) -> ThreadInput:
@@ -145,4 +162,4 @@ def sort_response(numbers: list[int]) -> bytes:
     return b"* SORT" + b"".join(b" %d" % n for n in numbers) + b"\r\n"
 
 
-__all__ = ["MessageFields", "esort_response", "sort", "sort_response"]
+__all__ = ["ALL_CRITERIA", "MessageFields", "esort_response", "sort", "sort_response"]
