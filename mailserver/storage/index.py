@@ -1758,9 +1758,6 @@ class MailboxIndex:
         out = self._flags_cache[key] = frozenset(names)
         return out
 
-    def _rename(self, m: Message, letters: str) -> None:
-        os.rename(self._sub[m.sub] + m.name, self._sub["cur"] + m.base + make_suffix(letters))
-
     def _link_or_copy(self, src: Path, m: Message, dst: Path) -> bool:
         """Hard-link (or copy) ``src`` to ``dst``; False if the message is gone."""
         for _attempt in range(2):
