@@ -49,7 +49,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from mailserver.storage import index as index_module
+from mailserver.storage import snapshots
 from mailserver.storage.index import MailboxIndex
 from mailserver.storage.indexstore import INDEX_FILE, IndexStore
 from mailserver.storage.maildir import MaildirWriter
@@ -228,9 +228,7 @@ def run(base: Path, count: int) -> None:
     ix2.close()
     time.sleep(1.1)
     timed("reopen after close", open_session, "(every session had closed: LOGOUT, then LOGIN+SELECT)")
-    kept = getattr(index_module, "_kept", None)
-    if kept is not None:
-        kept.clear()  # as after a daemon restart: nothing in memory
+    snapshots._kept.clear()  # as after a daemon restart: nothing in memory
     timed("open, nothing kept", open_session, "(a new session in a new process: reads the index)")
 
 

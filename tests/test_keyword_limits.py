@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mailserver.storage.index import KeywordLimit, MailboxIndex
+from mailserver.storage.index import MailboxIndex
+from mailserver.storage.indextypes import KeywordLimit
 from mailserver.storage.maildir import MaildirWriter
 from mailserver.storage.maildirpp import create_maildirpp
 from tests.support.imap import imap_daemon, login, new_account, smtp_deliver

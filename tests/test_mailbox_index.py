@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from mailserver.storage.index import MailboxIndex, ReadOnlyMailbox
+from mailserver.storage.index import MailboxIndex
 from mailserver.storage.indexstore import EXPUNGE_LOG_MAX, INDEX_FILE
+from mailserver.storage.indextypes import ReadOnlyMailbox
 from mailserver.storage.maildir import MaildirWriter
 from mailserver.storage.maildirpp import create_maildirpp, folder_path
 
@@ -453,7 +454,7 @@ def test_more_than_26_keywords_live_in_the_index(root: Path, writer: MaildirWrit
 def test_idle_folder_skips_readdir_but_misses_nothing(
     root: Path, writer: MaildirWriter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mailserver.storage.index as index_mod
+    import mailserver.storage.maildirscan as maildirscan
 
     deliver(writer, root, 3)
     ix = MailboxIndex(root)
@@ -461,8 +462,8 @@ def test_idle_folder_skips_readdir_but_misses_nothing(
     scans = []
     real_look = MailboxIndex._look  # the readdir of sync()
     monkeypatch.setattr(MailboxIndex, "_look", lambda self: scans.append(1) or real_look(self))
-    real_ns = index_mod.time.time_ns
-    monkeypatch.setattr(index_mod.time, "time_ns", lambda: real_ns() + 5_000_000_000)
+    real_ns = maildirscan.time.time_ns
+    monkeypatch.setattr(maildirscan.time, "time_ns", lambda: real_ns() + 5_000_000_000)
     assert not ix.sync() and len(scans) == 1  # dirs a second old: stamp recorded
     assert not ix.sync() and len(scans) == 1  # idle: two stat() calls, no readdir
     deliver(writer, root, 1)
@@ -604,14 +605,14 @@ def test_two_files_for_one_message(
 def test_a_file_missed_by_readdir_is_not_expunged(
     root: Path, writer: MaildirWriter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mailserver.storage.index as index_mod
+    import mailserver.storage.maildirscan as maildirscan
 
     deliver(writer, root, 3)
     ix = MailboxIndex(root)
     ix.sync()
     target = ix.path(2)
     os.rename(target, target.with_name(target.name + "S"))  # flagged by mutt meanwhile
-    real = index_mod.os.listdir
+    real = maildirscan.os.listdir
     calls = []
 
     def racy(path: str) -> list[str]:
@@ -621,7 +622,7 @@ def test_a_file_missed_by_readdir_is_not_expunged(
             out = [n for n in out if not n.startswith(target.name.split(":")[0])]
         return out
 
-    monkeypatch.setattr(index_mod.os, "listdir", racy)
+    monkeypatch.setattr(maildirscan.os, "listdir", racy)
     changes = ix.sync()
     assert not changes.expunged and changes.flags == [2] and len(calls) == 2
     assert ix.flags(2) == {"\\Seen"}
@@ -645,17 +646,17 @@ def test_read_only_view_follows_files_moved_out_of_new(root: Path, writer: Maild
 
 def _fresh_state(root: Path, read_only: bool = True) -> dict[int, tuple[object, ...]]:
     """Every row as an index that shares nothing with this process would load it."""
-    import mailserver.storage.index as index_mod
+    import mailserver.storage.snapshots as snapshots
 
-    saved = dict(index_mod._snapshots)
-    index_mod._snapshots.clear()
+    saved = dict(snapshots._snapshots)
+    snapshots._snapshots.clear()
     try:
         ix = MailboxIndex(root, read_only=read_only)
         ix.sync()
         return {u: tuple(ix.message(u)) for u in ix.uids}
     finally:
         ix.close()
-        index_mod._snapshots.update(saved)
+        snapshots._snapshots.update(saved)
 
 
 def _state(ix: MailboxIndex) -> dict[int, tuple[object, ...]]:
@@ -685,10 +686,10 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 
 def _quiet_dirs(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make every directory change look more than a second old (see _dirs_unchanged)."""
-    import mailserver.storage.index as index_mod
+    import mailserver.storage.maildirscan as maildirscan
 
-    real_ns = index_mod.time.time_ns
-    monkeypatch.setattr(index_mod.time, "time_ns", lambda: real_ns() + 5_000_000_000)
+    real_ns = maildirscan.time.time_ns
+    monkeypatch.setattr(maildirscan.time, "time_ns", lambda: real_ns() + 5_000_000_000)
 
 
 def test_new_session_shares_the_loaded_rows(
@@ -936,7 +937,7 @@ def test_snapshot_identity_includes_the_file_nonce(root: Path, writer: MaildirWr
 def test_snapshot_kept_a_while_after_the_last_session_closes(
     root: Path, writer: MaildirWriter, counted: dict[str, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mailserver.storage.index as index_mod
+    import mailserver.storage.snapshots as snapshots
 
     deliver(writer, root, 5)
     a = MailboxIndex(root)
@@ -946,20 +947,20 @@ def test_snapshot_kept_a_while_after_the_last_session_closes(
     assert b.sync().new == [1, 2, 3, 4, 5] and counted["all_rows"] == 1
     b.close()
     # Not for ever: after KEEP_SECONDS the next open reads the index again.
-    real = index_mod.time.monotonic
-    monkeypatch.setattr(index_mod.time, "monotonic", lambda: real() + index_mod.KEEP_SECONDS + 1)
+    real = snapshots.time.monotonic
+    monkeypatch.setattr(snapshots.time, "monotonic", lambda: real() + snapshots.KEEP_SECONDS + 1)
     c = MailboxIndex(root)
     c.sync()
-    assert counted["all_rows"] == 2 and not index_mod._kept
+    assert counted["all_rows"] == 2 and not snapshots._kept
     c.close()
-    assert list(index_mod._kept) == [str(root)]
+    assert list(snapshots._kept) == [str(root)]
     # And not beyond KEEP_ROWS in all: a folder bigger than that is not kept.
-    monkeypatch.setattr(index_mod, "KEEP_ROWS", 4)
+    monkeypatch.setattr(snapshots, "KEEP_ROWS", 4)
     d = MailboxIndex(root)
     d.sync()
-    assert counted["all_rows"] == 3 and not index_mod._kept
+    assert counted["all_rows"] == 3 and not snapshots._kept
     d.close()
-    assert not index_mod._kept
+    assert not snapshots._kept
 
 
 def test_flag_rows_agrees_with_the_per_message_calls(root: Path, writer: MaildirWriter) -> None:
@@ -992,12 +993,11 @@ def test_big_store_rows_on_disk_match_memory(root: Path, writer: MaildirWriter, 
     message gets its own new modseq above the old HIGHESTMODSEQ, and what another index
     reads back from the file is exactly what the storing index holds in memory. With an
     SQLite older than 3.33 (no UPDATE ... FROM) the row-by-row fallback gives the same."""
-    from mailserver.storage import index as index_module
-    from mailserver.storage import indexstore
+    from mailserver.storage import flagstore, indexstore, snapshots
 
     if old_sqlite:
         monkeypatch.setattr(indexstore.sqlite3, "sqlite_version_info", (3, 31, 1))
-    n = index_module._ROWS_IN_THREAD + 100
+    n = flagstore._ROWS_IN_THREAD + 100
     deliver(writer, root, n)
     ix = MailboxIndex(root)
     ix.sync()
@@ -1016,7 +1016,7 @@ def test_big_store_rows_on_disk_match_memory(root: Path, writer: MaildirWriter, 
     with sqlite3.connect(root / INDEX_FILE) as db:  # the rows as written, not a shared copy
         rows = db.execute("SELECT uid, sub, suffix, modseq, extra FROM messages ORDER BY uid").fetchall()
     assert rows == [(m.uid, m.sub, m.suffix, m.modseq, m.extra) for m, _name in memory.values()]
-    index_module._snapshots.clear()
+    snapshots._snapshots.clear()
     again = MailboxIndex(root)
     changes = again.sync()  # a fresh view: all new, and no name differs from the file's rows
     assert changes.new == list(range(1, n + 1)) and not changes.flags and not changes.expunged
@@ -1048,11 +1048,11 @@ def test_restart_skips_the_readdir_of_an_idle_folder_but_misses_nothing(
     """The stamp of a quiet scan is stored with the rows: after a restart (no snapshot in
     memory) the first open of an idle folder trusts it and reads no directory, but a
     file added or renamed since, or a row changed since, makes it read them again."""
-    import mailserver.storage.index as index_mod
+    import mailserver.storage.snapshots as snapshots
 
     def restart() -> MailboxIndex:
-        index_mod._snapshots.clear()
-        index_mod._kept.clear()
+        snapshots._snapshots.clear()
+        snapshots._kept.clear()
         return MailboxIndex(root)
 
     deliver(writer, root, 4)

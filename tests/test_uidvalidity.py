@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from mailserver.imap.mailboxes import MailboxTree
-from mailserver.storage import index as index_mod
-from mailserver.storage.index import UIDVALIDITY_FILE, MailboxIndex
+from mailserver.storage import indexrefresh
+from mailserver.storage.index import MailboxIndex
 from mailserver.storage.indexstore import INDEX_FILE
 from mailserver.storage.maildirpp import create_maildirpp
+from mailserver.storage.uidvalidity import UIDVALIDITY_FILE
 
 NOW = 1_800_000_000.0
 
@@ -21,7 +22,7 @@ NOW = 1_800_000_000.0
 def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MailboxTree:
     create_maildirpp(tmp_path / "m", durable=False)
     # Every index is created "in the same second": the clock cannot tell them apart.
-    monkeypatch.setattr(index_mod.time, "time", lambda: NOW)
+    monkeypatch.setattr(indexrefresh.time, "time", lambda: NOW)
     return MailboxTree(tmp_path / "m")
 
 
@@ -56,7 +57,7 @@ def test_rename_then_create(tree: MailboxTree) -> None:
 def test_lost_index_and_lock_file_rebuilt(tree: MailboxTree) -> None:
     tree.create("x")
     old = _uidvalidity(tree, "x")
-    for name in (INDEX_FILE, index_mod.LOCK_FILE):
+    for name in (INDEX_FILE, indexrefresh.LOCK_FILE):
         (tree.path("x") / name).unlink()
     assert _uidvalidity(tree, "x") > old
     inbox = _uidvalidity(tree, "INBOX")  # INBOX is the root itself: same counter

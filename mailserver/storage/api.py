@@ -57,8 +57,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol, Self
 
-from mailserver.storage.index import ChangeSet, KeywordLimit, Message, ReadOnlyMailbox, StoreMode
 from mailserver.storage.indexstore import CorruptIndex
+from mailserver.storage.indextypes import ChangeSet, KeywordLimit, Message, ReadOnlyMailbox, StoreMode
 
 __all__ = [
     "ChangeListener", "ChangeNotifier", "ChangeSet", "CorruptIndex", "FlagRow", "KeywordLimit",

@@ -378,9 +378,9 @@ class IndexStore:
 
     def write_scan_stamp(self, stamp: tuple[int, int, int]) -> None:
         """Remember ``(new/ mtime ns, cur/ mtime ns, highestmodseq)`` of a scan that found
-        the files matching the rows (see MailboxIndex._dirs_unchanged), in a transaction
-        of its own: after a restart the first open of an idle folder then needs two
-        stat() calls, not a readdir of every file (~80 ms per 100k). Call with the
+        the files matching the rows (see ``_dirs_unchanged`` in :mod:`.maildirscan`), in a
+        transaction of its own: after a restart the first open of an idle folder then needs
+        two stat() calls, not a readdir of every file (~80 ms per 100k). Call with the
         folder lock held."""
         with self.transaction():
             self._c().executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",

@@ -10,6 +10,8 @@ File names follow the Maildir spec with Dovecot's fields:
 exact file size, so the IMAP layer knows RFC822.SIZE without a stat(). The bytes are
 stored exactly as given (CRLF line endings as SMTP delivers them; Dovecot reads both).
 
+:func:`copy_durably` is the same durable write for IMAP COPY between file systems.
+
 Everything here is synchronous and blocking: the daemon calls it through
 ``asyncio.to_thread`` (see :meth:`MaildirWriter.deliver_async`). A writer is
 thread-safe; one instance per process is enough.
@@ -23,6 +25,7 @@ import errno
 import itertools
 import os
 import secrets
+import shutil
 import socket
 import threading
 import time
@@ -254,3 +257,26 @@ def _write_all(fd: int, views: list[memoryview]) -> None:
             else:
                 pending[i] = head[written:]
                 written = 0
+
+
+def copy_durably(src: Path, dst: Path, mtime: float) -> None:
+    """Copy ``src`` to the new file ``dst`` (into a folder's ``tmp/``) and fsync it, with
+    ``mtime`` as its mtime (the internal date): COPY where a hard link is impossible."""
+    with open(src, "rb") as fin:
+        fd = os.open(dst, _OPEN_FLAGS, FILE_MODE)
+        try:
+            try:
+                with os.fdopen(fd, "wb", closefd=False) as fout:
+                    shutil.copyfileobj(fin, fout, 1 << 20)
+                os.fsync(fd)
+            except OSError as exc:
+                with_path(exc, dst)
+                raise
+            finally:
+                os.close(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(dst)  # never a partial copy left in tmp/
+            raise
+    os.utime(dst, (mtime, mtime))
+
