@@ -43,7 +43,7 @@ from .imap.server import IMAPEndpoint
 from .metrics import Metrics, MetricsServer
 from .pipeline import trace
 from .smtp import protocol as p
-from .smtp.mx import Checker, MXHandler
+from .smtp.mx_policy import Checker, MXHandler
 from .smtp.recipients import RecipientTable
 from .smtp.server import Limits, Session, SMTPEndpoint
 from .smtp.submission import SubmissionHandler

@@ -11,7 +11,7 @@ from mailserver.pipeline.dkim_verify import DKIMResult
 from mailserver.pipeline.dmarc import DMARCResult
 from mailserver.pipeline.inbound import InboundVerdict
 from mailserver.pipeline.spf import SPFResult
-from mailserver.smtp.mx import MXHandler
+from mailserver.smtp.mx_policy import MXHandler
 from mailserver.smtpreply import SMTPReply
 
 

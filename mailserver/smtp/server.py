@@ -1,8 +1,10 @@
 """asyncio transport for the sans-I/O SMTP core: sockets, TLS, timeouts, limits, draining.
 
 Everything protocol-shaped lives in ``protocol.py``; everything policy-shaped (who may
-send to whom, checks, delivery) lives in the endpoint's ``SessionHandler``. This module only
-moves bytes and enforces the limits that need a clock or a shared counter.
+send to whom, checks, delivery) lives in the endpoint's ``SessionHandler``. This module
+moves bytes, enforces the limits that need a clock or a shared counter, and passes the
+core's events to the handler (``dispatch``/``give_answer``, which in-process tests of the
+handlers use too, without a socket).
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import contextlib
 import logging
 import ssl
 import typing
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 from ..message import new_message_id
 from ..metrics import Metrics
@@ -32,7 +34,8 @@ from . import protocol as p
 
 log = logging.getLogger("pymaild.smtp")
 
-__all__ = ["AuthOK", "Limits", "SMTPEndpoint", "Session", "SessionHandler", "drain_listeners"]
+__all__ = ["AuthOK", "Clock", "Limits", "SMTPEndpoint", "Session", "SessionHandler", "ThreadRunner",
+           "dispatch", "drain_listeners", "give_answer"]
 
 # Pause reading when this much unprocessed input is buffered (a client pipelining while a
 # slow check runs, or not reading its replies): bounded memory per connection without
@@ -84,6 +87,50 @@ class SessionHandler(Protocol):
         self, session: Session, event: p.AuthStart | p.AuthResponse
     ) -> Answer | str | AuthOK: ...
     def on_disconnect(self, session: Session) -> None: ...
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+class ThreadRunner(Protocol):
+    """How a handler runs a blocking call (SQLite, a Maildir write with its fsyncs) without
+    stopping the event loop: ``asyncio.to_thread`` in the daemon; a test may pass a runner
+    that calls inline, so a whole transaction runs in order without threads."""
+
+    def __call__(self, func: Callable[_P, _R], /, *args: _P.args, **kwargs: _P.kwargs) -> Awaitable[_R]: ...
+
+
+# A handler's stopwatch (seconds, any origin): ``time.perf_counter`` unless a test injects one.
+Clock = Callable[[], float]
+
+
+async def dispatch(handler: SessionHandler, session: Session, event: p.Event) -> Answer | str | AuthOK:
+    """Hand one event of the core to the endpoint's policy; its answer goes back to the core
+    with :func:`give_answer`. The socket shell below and in-process tests share these two."""
+    if isinstance(event, p.Helo):
+        return await handler.on_helo(session, event)
+    if isinstance(event, p.MailFrom):
+        return await handler.on_mail(session, event)
+    if isinstance(event, p.RcptTo):
+        return await handler.on_rcpt(session, event)
+    if isinstance(event, p.MessageReceived):
+        session.messages += 1
+        return await handler.on_message(session, event)
+    if isinstance(event, p.AuthStart | p.AuthResponse):
+        return await handler.on_auth(session, event)
+    raise p.ProtocolError(f"unexpected event {event!r}")
+
+
+def give_answer(conn: p.ServerConnection, answer: Answer | str | AuthOK) -> None:
+    """A handler's answer to the pending event: a reply, a SASL challenge (RFC 4954 4:
+    "334 " and the base64 text) or a finished login (235, from the core)."""
+    if isinstance(answer, str):
+        conn.reply(334, "", answer)
+    elif isinstance(answer, AuthOK):
+        conn.auth_succeeded(answer.user)
+    else:
+        conn.reply(answer.code, answer.enhanced, answer.text)
 
 
 @dataclass(frozen=True)
@@ -422,14 +469,10 @@ class _SMTPProtocol(asyncio.Protocol):
                     if not await self._start_tls():
                         return
                     continue
-                answer = await self._dispatch(event)
-                if isinstance(answer, str):  # SASL continuation
-                    conn.reply(334, "", answer)
-                elif isinstance(answer, AuthOK):
-                    conn.auth_succeeded(answer.user)
+                answer = await dispatch(handler, session, event)
+                give_answer(conn, answer)
+                if isinstance(answer, AuthOK):
                     log.info("auth session=%s client=%s user=%s", session.id, session.client_ip, answer.user)
-                elif answer is not None:
-                    conn.reply(answer.code, answer.enhanced, answer.text)
                 if conn.closed:
                     self._flush()
                     break
@@ -444,22 +487,6 @@ class _SMTPProtocol(asyncio.Protocol):
         finally:
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.close()
-
-    async def _dispatch(self, event: p.Event) -> Answer | str | AuthOK | None:
-        assert self.session is not None
-        handler, session = self.endpoint.handler, self.session
-        if isinstance(event, p.Helo):
-            return await handler.on_helo(session, event)
-        if isinstance(event, p.MailFrom):
-            return await handler.on_mail(session, event)
-        if isinstance(event, p.RcptTo):
-            return await handler.on_rcpt(session, event)
-        if isinstance(event, p.MessageReceived):
-            session.messages += 1
-            return await handler.on_message(session, event)
-        if isinstance(event, p.AuthStart | p.AuthResponse):
-            return await handler.on_auth(session, event)
-        raise p.ProtocolError(f"unexpected event {event!r}")
 
     async def _start_tls(self) -> bool:
         assert self.session is not None and self.transport is not None

@@ -35,7 +35,7 @@ from ..smtpreply import SMTPReply
 from ..storage.maildir import MaildirWriter
 from . import protocol as p
 from .recipients import RecipientTable
-from .server import Answer, AuthOK, Session
+from .server import Answer, AuthOK, Clock, Session, ThreadRunner
 
 log = logging.getLogger("pymaild.submission")
 
@@ -87,6 +87,8 @@ class SubmissionHandler:
         max_received_headers: int = 50,
         metrics: Metrics | None = None,
         recipients: RecipientTable | None = None,
+        clock: Clock = time.perf_counter,
+        run_in_thread: ThreadRunner = asyncio.to_thread,
     ) -> None:
         self.metrics = metrics or Metrics()
         self.hostname = hostname
@@ -107,9 +109,15 @@ class SubmissionHandler:
         self.plus_separator = plus_separator
         self.hide_client_ip = hide_client_ip
         self.max_received_headers = max_received_headers
+        # Injected so a test can run a transaction in-process, in order, on a fake clock:
+        # the clock times a message for its log line; the runner takes the blocking calls
+        # (sender addresses, recipient lookup, Maildir write and fsyncs) off the event loop.
+        # (The login check runs its own: LoginChecker is shared with IMAP.)
+        self.clock = clock
+        self.run_in_thread = run_in_thread
         self.recipients = recipients or RecipientTable(
             store, local_domains=local_domains, primary_domain=primary_domain,
-            plus_separator=plus_separator, postmaster=postmaster)
+            plus_separator=plus_separator, postmaster=postmaster, run_in_thread=run_in_thread)
         self._tx: dict[str, _Tx] = {}
         self._auth: dict[str, _Auth] = {}
         self._senders: dict[str, set[str]] = {}
@@ -174,7 +182,7 @@ class SubmissionHandler:
             return SMTPReply(535, "5.7.8", "Authentication credentials invalid")
         if result is not AuthResult.OK:  # throttled, now or by this very failure
             return SMTPReply(421, "4.7.0", f"{self.hostname} Too many failed logins, try again later")
-        self._senders[session.id] = await asyncio.to_thread(self.store.sender_addresses, user)
+        self._senders[session.id] = await self.run_in_thread(self.store.sender_addresses, user)
         return AuthOK(user)
 
     # ---------------------------------------------------------------- envelope
@@ -230,7 +238,7 @@ class SubmissionHandler:
     # ---------------------------------------------------------------- DATA
 
     async def on_message(self, session: Session, event: p.MessageReceived) -> Answer:
-        started = time.perf_counter()
+        started = self.clock()
         tx = self._tx.pop(session.id, _Tx())
         user = session.conn.authenticated_as or ""
         msg_id = f"{session.id}.{session.messages}"
@@ -282,11 +290,12 @@ class SubmissionHandler:
                     per_account.setdefault(account, rcpt)
             return_path = trace.return_path_header(Address(*tx.mail_from.rsplit("@", 1)))
             try:
-                await self.writer.deliver_batch_async([
+                paths = await self.run_in_thread(self.writer.deliver_batch, [
                     (self.store.maildir_path(account), None,
                      [return_path, trace.delivered_to_header(rcpt), data])
                     for account, rcpt in per_account.items()
                 ])
+                self.writer.announce(paths)  # IDLEing IMAP clients hear of it now
             except OSError as exc:
                 # All or nothing: take the queued copy back so the client's retry
                 # does not send the remote part twice.
@@ -302,7 +311,7 @@ class SubmissionHandler:
                 raise
         if queue_id and self.release is not None:
             self.release(queue_id)
-        ms = (time.perf_counter() - started) * 1000
+        ms = (self.clock() - started) * 1000
         log.info("%s outcome=accepted local=%d queued=%s ms=%.1f", base, len(tx.local),
                  queue_id or "-", ms)
         return SMTPReply(250, "2.0.0", f"Ok: queued as {queue_id or msg_id}")

@@ -174,7 +174,7 @@ class MaildirWriter:
         message may arrive twice, which is the right side to err on.
         """
         path = await asyncio.to_thread(self.deliver, maildir_root, folder, chunks)
-        self._announce([path])
+        self.announce([path])
         return path
 
     async def deliver_many_async(
@@ -182,7 +182,7 @@ class MaildirWriter:
     ) -> list[Path]:
         """:meth:`deliver_many` in a worker thread."""
         paths = await asyncio.to_thread(self.deliver_many, targets, chunks)
-        self._announce(paths)
+        self.announce(paths)
         return paths
 
     async def deliver_batch_async(
@@ -190,10 +190,13 @@ class MaildirWriter:
     ) -> list[Path]:
         """:meth:`deliver_batch` in a worker thread."""
         paths = await asyncio.to_thread(self.deliver_batch, items)
-        self._announce(paths)
+        self.announce(paths)
         return paths
 
-    def _announce(self, paths: Sequence[Path]) -> None:
+    def announce(self, paths: Sequence[Path]) -> None:
+        """Tell ``listeners`` (on the event loop) about files a delivery placed: the
+        ``*_async`` methods do it; a caller running :meth:`deliver_batch` in a thread of
+        its own choosing calls this when the thread has returned."""
         if self.listeners:
             folders = list(dict.fromkeys(p.parent.parent for p in paths))  # <folder>/new/<file>
             for listener in self.listeners:
