@@ -4,9 +4,10 @@
 (the queue retries) or "perm" (the queue bounces). It never raises for network or
 protocol trouble: every failure becomes a result.
 
-Route per domain: the smarthost if one is configured, else the MX hosts (RFC 5321 §5.1:
-preference order, random among equals; no MX -> the domain itself; null MX -> bounce),
-each host's IPv6 then IPv4 addresses, until one accepts the transaction.
+Route per domain: the smarthost if one is configured, else what ``routes.mx_route``
+finds (the MX hosts in RFC 5321 §5.1 order and the TLS their MTA-STS policy requires);
+each host's IPv6 then IPv4 addresses (``routes.host_addresses``), until one accepts the
+transaction.
 
 How aiosmtplib is used, and why (see shared/library-notes.md):
 
@@ -15,7 +16,8 @@ How aiosmtplib is used, and why (see shared/library-notes.md):
   *name* as ``hostname``: TLS then verifies against the name although we dialled an IP.
 - MAIL and RCPT go through ``execute_command`` with paths we validated and formatted
   ourselves, because ``SMTP.mail()``/``rcpt()`` rewrite addresses through
-  ``email.utils.parseaddr``. DATA goes through ``SMTP.data()``, which dot-stuffs.
+  ``email.utils.parseaddr``. DATA is dot-stuffed here (``wire_data``), not by
+  ``SMTP.data()``, whose regex passes stall the event loop on large messages.
 - STARTTLS: aiosmtplib discards bytes buffered after the 220 (response injection, the
   "NO STARTTLS" attacks). We go further and abort the session when any such bytes were
   received: a server that does this is broken or being tampered with, and the message
@@ -33,7 +35,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import random
 import re
 import socket
 import ssl
@@ -44,8 +45,9 @@ from typing import Any, Literal
 import aiosmtplib
 
 from mailserver.address import AddressError, parse_mailbox
-from mailserver.delivery.mtasts import MTASTS, Policy
+from mailserver.delivery.mtasts import MTASTS
 from mailserver.delivery.results import DeliveryResult, from_reply, perm, temp
+from mailserver.delivery.routes import Route, TLSMode, host_addresses, mx_route
 from mailserver.dns.resolver import DNSTempError, Resolver
 from mailserver.message import transport_problem
 
@@ -57,9 +59,6 @@ _perm = functools.partial(perm, module="remote")
 _from_reply = functools.partial(from_reply, module="remote")
 
 RelayTLS = Literal["starttls", "implicit", "none"]
-# "verify": STARTTLS (or implicit TLS) required, certificate valid for the host name.
-# "testing": MTA-STS testing mode: try "verify", fall back to "opportunistic" and log.
-TLSMode = Literal["verify", "testing", "opportunistic", "implicit", "none"]
 
 MAX_ADDRESSES = 10  # per domain and attempt, like Postfix's smtp_mx_address_limit (5) x 2
 _QUIT_TIMEOUT = 5.0
@@ -226,7 +225,7 @@ class RemoteDelivery:
             log.info("delivery to <%s> via %s: %s %s", rcpt, result.mx or "-", result.kind, result.diagnostic)
         return results
 
-    # ----------------------------------------------------------------- routing
+    # ----------------------------------------------------------------- per domain
 
     async def _deliver_group(
         self, domain: str, rcpts: dict[str, str], sender: str, data: bytes,
@@ -243,21 +242,22 @@ class RemoteDelivery:
         self, domain: str, rcpts: dict[str, str], sender: str, data: bytes,
         slots: dict[tuple[str, int], _Slot],
     ) -> dict[str, DeliveryResult]:
+        route: Route | DeliveryResult
         if self.relay:
             host, port = self.relay
             modes: dict[str, TLSMode] = {"starttls": "verify", "implicit": "implicit", "none": "none"}
-            mode = modes[self.relay_tls]
-            routes: list[str] | DeliveryResult = [host]
+            route = Route((host,), modes[self.relay_tls])
         else:
             port = self.mx_port
-            routes, mode = await self._mx_routes(domain)
-        if isinstance(routes, DeliveryResult):
-            return dict.fromkeys(rcpts, routes)
+            route = await mx_route(self.resolver, domain, own_hostname=self.hostname, mta_sts=self.mta_sts)
+        if isinstance(route, DeliveryResult):
+            return dict.fromkeys(rcpts, route)
+        mode = route.tls
         failures: list[DeliveryResult] = []
         tried = 0
-        for host in routes:
+        for host in route.hosts:
             try:
-                addresses = await self._addresses(host)
+                addresses = await host_addresses(self.resolver, host, source_address=self.source_address)
             except DNSTempError as exc:
                 failures.append(_temp(451, "4.4.3", f"address lookup for {host} failed: {exc}", host))
                 continue
@@ -284,69 +284,6 @@ class RemoteDelivery:
         if last.kind == "perm":
             last = next(f for f in reversed(failures) if f.kind == "temp")
         return dict.fromkeys(rcpts, last)
-
-    async def _mx_routes(self, domain: str) -> tuple[list[str] | DeliveryResult, TLSMode]:
-        """MX host names to try in order, and the TLS mode their policy asks for."""
-        try:
-            records = await self.resolver.mx(domain)
-        except DNSTempError as exc:
-            return _temp(451, "4.4.3", f"MX lookup for {domain} failed: {exc}"), "opportunistic"
-        if records is None:
-            return _perm(550, "5.1.2", f"domain {domain} does not exist"), "opportunistic"
-        real = [(pref, host) for pref, host in records if host not in (".", "")]
-        if records and not real:
-            # RFC 7505 null MX: the domain accepts no mail; bounce at once.
-            return _perm(556, "5.1.10", f"domain {domain} does not accept mail (null MX)"), "opportunistic"
-        # No MX: the domain itself is the implicit MX (RFC 5321 §5.1).
-        hosts = _order(real) if real else [domain]
-        own = self.hostname.rstrip(".").lower()
-        if own in hosts:
-            # We are one of the MX hosts: only better-preference hosts may get it (§5.1).
-            hosts = hosts[: hosts.index(own)]
-            if not hosts:
-                return _perm(554, "5.4.6", f"mail for {domain} loops back to myself"), "opportunistic"
-        mode: TLSMode = "opportunistic"
-        policy = await self._policy(domain)
-        if policy is not None and policy.mode in ("enforce", "testing"):
-            allowed = [h for h in hosts if policy.matches(h)]
-            if policy.mode == "testing":
-                mode = "testing"
-                for h in hosts:
-                    if h not in allowed:
-                        log.warning("MTA-STS testing %s: MX %s not in policy (would not be used)", domain, h)
-            else:
-                mode = "verify"
-                if not allowed:
-                    return _temp(451, "4.7.5", f"no MX of {domain} matches its MTA-STS policy"), mode
-                hosts = allowed
-        return hosts, mode
-
-    async def _policy(self, domain: str) -> Policy | None:
-        if self.mta_sts is None:
-            return None
-        try:
-            return await self.mta_sts.policy_for(domain)
-        except Exception:  # a bug there must not stop mail: log it loudly, deliver as before
-            log.exception("MTA-STS policy lookup for %s failed", domain)
-            return None
-
-    async def _addresses(self, host: str) -> list[str]:
-        try:
-            literal = socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
-        except OSError:
-            literal = None
-        if literal is not None:
-            addresses = [host]
-        else:
-            v6, v4 = await asyncio.gather(
-                self.resolver.aaaa(host), self.resolver.a(host), return_exceptions=True)
-            if isinstance(v6, BaseException) and isinstance(v4, BaseException):
-                raise v4 if isinstance(v4, DNSTempError) else DNSTempError(str(v4))
-            addresses = (v6 if isinstance(v6, list) else []) + (v4 if isinstance(v4, list) else [])
-        if self.source_address:
-            v6_source = ":" in self.source_address
-            addresses = [a for a in addresses if (":" in a) == v6_source]
-        return addresses
 
     # ----------------------------------------------------------------- one address
 
@@ -613,19 +550,6 @@ def _reusable(conn: _Conn, host: str, mode: TLSMode) -> bool:
     if mode in ("verify", "testing", "implicit"):
         return conn.verified_for == host
     return True
-
-
-def _order(records: list[tuple[int, str]]) -> list[str]:
-    """Host names by preference, shuffled among equal preferences (RFC 5321 §5.1)."""
-    by_pref: dict[int, list[str]] = {}
-    for pref, host in records:
-        by_pref.setdefault(pref, []).append(host.rstrip(".").lower())
-    ordered: list[str] = []
-    for pref in sorted(by_pref):
-        hosts = by_pref[pref]
-        random.shuffle(hosts)
-        ordered.extend(h for h in hosts if h not in ordered)
-    return ordered
 
 
 def _describe(exc: BaseException) -> str:
