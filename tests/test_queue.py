@@ -184,6 +184,23 @@ async def test_enqueue_commits_data_then_state_with_fsyncs_before_returning(tmp_
     assert oct(store.state_path(directory, qid).stat().st_mode & 0o777) == "0o600"
 
 
+@pytest.mark.parametrize("eol", [b"\r\n", b"\n"])
+async def test_message_id_and_header_come_from_the_header_section(tmp_path, eol):
+    # Read with the message module's rule: the first empty line ends the header, CRLF
+    # or bare LF; a field folded over two lines is one value (RFC 5322 2.2.3).
+    lines = [b"From: alice@example.org", b"Message-ID:", b" <folded-1@example.org>",
+             b"Subject: hi", b"", b"Message-ID: <in-the-body@example.org>", b"body"]
+    data = eol.join(lines) + eol
+    h = Harness()
+    h.gate = asyncio.Event()  # no attempt finishes: the entry stays
+    directory = tmp_path / "queue"
+    async with running(make_queue(directory, h, Clock())) as q:
+        qid = await q.enqueue("alice@example.org", ["bob@example.net"], data)
+        assert rcpt_state(directory, qid)["message_id"] == "<folded-1@example.org>"
+        assert store.read_header(directory, qid) == eol.join(lines[:4]) + eol
+        h.gate.set()
+
+
 async def test_state_rewrites_are_atomic_renames(tmp_path):
     h = Harness()
     h.default = TEMP

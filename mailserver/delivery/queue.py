@@ -44,10 +44,10 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from pathlib import Path
 from typing import Literal
+
+from mailserver.message import field_values, header_end
 
 from . import queue_store as store
 from .dsn import RecipientFailure, build_dsn, format_reply
@@ -646,11 +646,9 @@ def _is_status(status: str) -> bool:
 
 
 def _message_id(data: bytes) -> str:
-    """The Message-ID header of ``data`` (for log lines), or ""."""
-    end = data.find(b"\r\n\r\n")
-    head = data[: end + 2 if end != -1 else min(len(data), 65536)]
-    try:
-        value = BytesHeaderParser(policy=compat32).parsebytes(head).get("Message-ID", "")
-    except Exception:
-        return ""
-    return " ".join(str(value).split())[:300]
+    """The first Message-ID field of ``data`` (for log lines and ``pymaild queue``), or ""."""
+    end = header_end(data)
+    if end == len(data):  # no empty line: not all of a big message is taken for header
+        end = min(end, 65536)
+    values = field_values(data, "Message-ID", end)
+    return " ".join(values[0].split())[:300] if values else ""

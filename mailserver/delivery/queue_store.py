@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mailserver.fsutil import fsync_dir, with_path
+from mailserver.message import header_end
 
 log = logging.getLogger("pymaild.queue")
 
@@ -318,11 +319,11 @@ def read_data(directory: Path, queue_id: str) -> bytes:
 
 
 def read_header(directory: Path, queue_id: str, limit: int = 256 * 1024) -> bytes:
-    """The header section of the message (up to the blank line), without reading it all."""
+    """The header section of the message, up to the empty line (RFC 5322 2.1; a bare-LF
+    one too, as ``message.header_end`` reads it), from its first ``limit`` octets only."""
     with open(data_path(directory, queue_id), "rb") as fh:
         head = fh.read(limit)
-    end = head.find(b"\r\n\r\n")
-    return head if end == -1 else head[: end + 2]
+    return head[: header_end(head)]
 
 
 def list_entries(directory: Path) -> list[QueueEntry]:
