@@ -48,6 +48,8 @@ from typing import Any, Literal
 from mailserver.fsutil import fsync_dir, with_path
 from mailserver.message import header_end
 
+from .dsn import format_reply
+
 log = logging.getLogger("pymaild.queue")
 
 DATA_SUFFIX = ".eml"
@@ -129,9 +131,7 @@ class QueueEntry:
         if not tried:
             return ""
         r = max(tried, key=lambda r: r.last_attempt or 0.0)
-        if not r.code or r.text.startswith(str(r.code)):
-            return r.text
-        return f"{r.code} {r.text}"
+        return format_reply(r.code, r.text)
 
     @property
     def done(self) -> bool:
