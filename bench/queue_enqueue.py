@@ -23,9 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from mailserver.delivery.queue import DeliveryResult, Queue, QueuedMessage
+from mailserver.delivery.queue import Queue, QueuedMessage
+from mailserver.delivery.results import DeliveryResult, from_reply
 
-SENT = DeliveryResult("sent", 250, "2.0.0", "250 ok", "mx.bench")
+SENT = from_reply(250, "ok", "mx.bench", module="remote")
 
 
 def message(size: int) -> bytes:

@@ -16,10 +16,9 @@ Authentication-Results), delivery and IMAP (FETCH, BODYSTRUCTURE, SEARCH):
 The header helpers scan only the header section, with C-speed searches, so a 10 MiB
 message or a flood of short header lines costs the event loop next to nothing.
 
-Not here yet (their rules differ, so moving them would change answers): IMAP SEARCH's
+Not here yet (its rule differs, so moving it would change answers): IMAP SEARCH's
 field reader ends the header at a line of only CRs (searchtext ``_header_end``,
-``parse_header_fields``), and the SMTP-side cuts in pipeline/trace.py, delivery/queue.py,
-delivery/queue_store.py and delivery/dsn.py look for CRLF CRLF only.
+``parse_header_fields``).
 """
 
 from __future__ import annotations

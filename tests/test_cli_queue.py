@@ -22,7 +22,8 @@ from mailserver.commands import CommandError
 from mailserver.commands import queue as queue_command
 from mailserver.config import Config, load_config
 from mailserver.delivery import queue_store as store
-from mailserver.delivery.queue import DeliveryResult, Queue, QueuedMessage
+from mailserver.delivery.queue import Queue, QueuedMessage
+from mailserver.delivery.results import DeliveryResult, from_reply
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = """\
@@ -39,8 +40,7 @@ smtp = ["127.0.0.2:2525"]
 """
 MESSAGE = (b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: queued one\r\n"
            b"Message-ID: <q1@example.org>\r\n\r\nbody\r\n")
-TEMP = DeliveryResult("temp", 451, "4.7.1", "451 4.7.1 greylisted, come back later",
-                      "mx.example.net")
+TEMP = from_reply(451, "4.7.1 greylisted, come back later", "mx.example.net", module="remote")
 
 
 @pytest.fixture
@@ -161,10 +161,11 @@ def test_errors_are_one_line(cfg, capsys):
 DAEMON = textwrap.dedent("""
     import asyncio, signal, sys
     from pathlib import Path
-    from mailserver.delivery.queue import DeliveryResult, Queue
+    from mailserver.delivery.queue import Queue
+    from mailserver.delivery.results import from_reply
 
     log = open(sys.argv[2], "a", buffering=1)
-    TEMP = DeliveryResult("temp", 451, "4.7.1", "451 4.7.1 greylisted", "mx.example.net")
+    TEMP = from_reply(451, "4.7.1 greylisted", "mx.example.net", module="remote")
 
     async def deliver(msg):
         log.write(f"{msg.id} {msg.attempts}\\n")

@@ -390,6 +390,13 @@ LOCAL = {"example.org", "example.net", "xn--bcher-kva.example"}
         (b"From: undisclosed-recipients:;", None),
         (b"From: no-at-sign", None),
         (b"From: b@b\xc3\xbccher.example", "xn--bcher-kva.example"),
+        # Obsolete empty list elements (RFC 5322 4.4) are skipped, as DMARC reads them.
+        (b"From: a@example.org, , b@example.org", "example.org"),
+        # A From the strict parser (DMARC's, submission's) cannot read without guessing
+        # is not signed for, though a lenient parser would find example.org in it.
+        (b"From: <a@example.org> <b@example.org>", None),
+        (b"From: a@example.org (unterminated comment", None),
+        (b'From: "unterminated <a@example.org>', None),
     ],
 )
 def test_signing_domain(from_field: bytes, expected: str | None) -> None:

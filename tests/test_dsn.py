@@ -160,6 +160,22 @@ def test_header_only_original_and_lf_only_original():
     assert headers == b"Subject: no body at all\r\nX-Other: 1\r\n"
 
 
+@pytest.mark.parametrize(("original", "returned"), [
+    (ORIGINAL, b"From: Alice <alice@example.org>\r\nTo: bob@example.net\r\nSubject: lunch?\r\n"
+               b"Message-ID: <m1@example.org>\r\n"),
+    (b"Subject: s\nX: 1\n\nSECRET BODY LINE\n", b"Subject: s\r\nX: 1\r\n"),
+    # A bare-LF line, then a CRLF empty line: sent with CRLF line ends, the header
+    # ended there for the next hop, so the body behind it is not returned.
+    (b"Subject: s\r\nX: 1\n\r\nSECRET BODY LINE\r\n", b"Subject: s\r\nX: 1\r\n"),
+    # An empty first line: no header at all (RFC 5322 2.1), nothing of the body returned.
+    (b"\r\nSubject: SECRET BODY LINE\r\n\r\nmore\r\n", b"\r\n"),
+])
+def test_only_the_header_section_is_returned(original: bytes, returned: bytes) -> None:
+    raw = build(original=original)
+    assert b"SECRET" not in raw
+    assert parse(raw).get_payload()[2].get_payload(decode=True) == returned
+
+
 def test_null_sender_and_bad_status_rejected():
     with pytest.raises(ValueError):
         build(failures=[])

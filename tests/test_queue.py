@@ -25,12 +25,14 @@ from typing import Any
 import pytest
 
 from mailserver.delivery import queue_store as store
-from mailserver.delivery.queue import DeliveryResult, Queue, QueuedMessage, QueueError
+from mailserver.delivery.queue import Queue, QueuedMessage, QueueError
+from mailserver.delivery.results import DeliveryResult, from_reply, perm
 
 T0 = 1_700_000_000.0
-SENT = DeliveryResult("sent", 250, "2.0.0", "250 2.0.0 ok", "mx.example.net")
-TEMP = DeliveryResult("temp", 451, "4.7.1", "451 4.7.1 greylisted", "mx.example.net")
-PERM = DeliveryResult("perm", 550, "5.1.1", "550 5.1.1 no such user", "mx.example.net")
+# What the next hop said, as remote delivery reports it.
+SENT = from_reply(250, "2.0.0 ok", "mx.example.net", module="remote")
+TEMP = from_reply(451, "4.7.1 greylisted", "mx.example.net", module="remote")
+PERM = from_reply(550, "5.1.1 no such user", "mx.example.net", module="remote")
 
 MESSAGE = (b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: hello\r\n"
            b"Message-ID: <hello-1@example.org>\r\n\r\nbody line\r\n")
@@ -180,6 +182,23 @@ async def test_enqueue_commits_data_then_state_with_fsyncs_before_returning(tmp_
     assert state["recipients"][0]["address"] == "bob@example.net"
     assert state["recipients"][0]["state"] == "pending"
     assert oct(store.state_path(directory, qid).stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize("eol", [b"\r\n", b"\n"])
+async def test_message_id_and_header_come_from_the_header_section(tmp_path, eol):
+    # Read with the message module's rule: the first empty line ends the header, CRLF
+    # or bare LF; a field folded over two lines is one value (RFC 5322 2.2.3).
+    lines = [b"From: alice@example.org", b"Message-ID:", b" <folded-1@example.org>",
+             b"Subject: hi", b"", b"Message-ID: <in-the-body@example.org>", b"body"]
+    data = eol.join(lines) + eol
+    h = Harness()
+    h.gate = asyncio.Event()  # no attempt finishes: the entry stays
+    directory = tmp_path / "queue"
+    async with running(make_queue(directory, h, Clock())) as q:
+        qid = await q.enqueue("alice@example.org", ["bob@example.net"], data)
+        assert rcpt_state(directory, qid)["message_id"] == "<folded-1@example.org>"
+        assert store.read_header(directory, qid) == eol.join(lines[:4]) + eol
+        h.gate.set()
 
 
 async def test_state_rewrites_are_atomic_renames(tmp_path):
@@ -350,6 +369,39 @@ async def test_perm_failure_bounces_exact_recipients_once(tmp_path):
         assert groups[1]["Remote-MTA"] == "dns; mx.example.net"
         assert b"Subject: hello" in msg.get_payload()[2].get_payload(decode=True)
     assert files(directory) == []
+
+
+async def test_records_and_bounce_of_our_decision_and_of_a_bare_reply(tmp_path):
+    # The record keeps code, status and text as queue files always had them: our own
+    # decision without its code in the text, the host's reply as it worded it (here
+    # with no enhanced code, so Status is derived and the diagnostic has none).
+    h = Harness()
+    h.results = {
+        "bob@example.net": [perm(556, "5.1.10", "domain example.net does not accept mail (null MX)",
+                                 module="routes")],
+        "carol@example.net": [from_reply(550, "no such user", "mx.example.net", module="remote")],
+    }
+    clock = Clock()
+    directory = tmp_path / "queue"
+    async with running(make_queue(directory, h, clock)) as q:
+        h.bounce_errors = 1  # keeps the entry (and its record) until the bounce is retried
+        qid = await q.enqueue("alice@example.org", ["bob@example.net", "carol@example.net"], MESSAGE)
+        await until(lambda: h.bounce_errors == 0)
+        await until(lambda: all(r["state"] == "failed"
+                                for r in rcpt_state(directory, qid)["recipients"]))
+        assert [(r["code"], r["status"], r["text"], r["mx"])
+                for r in rcpt_state(directory, qid)["recipients"]] == [
+            (556, "5.1.10", "domain example.net does not accept mail (null MX)", ""),
+            (550, "5.0.0", "550 no such user", "mx.example.net"),
+        ]
+        clock.advance(60)
+        q.wake()
+        await until(lambda: len(h.bounces) == 1)
+    report = email.message_from_bytes(h.bounces[0][1]).get_payload()[1].get_payload()
+    assert [(g["Status"], g["Diagnostic-Code"]) for g in report[1:]] == [
+        ("5.1.10", "smtp; 556 domain example.net does not accept mail (null MX)"),
+        ("5.0.0", "smtp; 550 no such user"),
+    ]
 
 
 async def test_expiry_bounces_with_4_4_7(tmp_path):

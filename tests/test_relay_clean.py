@@ -92,7 +92,7 @@ async def test_remote_delivery_never_sends_a_long_line_or_nul(dns_server, resolv
     for dirty in (HEAD + b"w" * 1500 + b"\r\n", HEAD + b"a\0b\r\n", HEAD + b"w" * 999):
         res = await remote.deliver("a@example.org", ["b@example.test", "c@example.test"], dirty)
         for r in res.values():
-            assert (r.kind, r.code, r.status) == ("perm", 554, "5.6.0"), r
+            assert (r.kind, r.reply.code, r.status) == ("perm", 554, "5.6.0"), r
     assert s.transactions == []
     res = await remote.deliver("a@example.org", ["b@example.test"], HEAD + b"w" * 998 + b"\r\n")
     assert res["b@example.test"].kind == "sent"

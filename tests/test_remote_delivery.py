@@ -70,7 +70,7 @@ async def test_lowest_preference_first(dns_server: DNSServer, resolver: Resolver
     res = await delivery(resolver, s1.port).deliver("a@example.org", ["b@example.test"], MSG)
     assert res["b@example.test"].kind == "sent"
     assert res["b@example.test"].mx == "mx1.example.test"
-    assert res["b@example.test"].code == 250
+    assert res["b@example.test"].reply.code == 250
     assert len(s1.transactions) == 1 and not s2.transactions
     t = s1.transactions[0]
     assert (t.mail_from, t.rcpts, t.data) == ("a@example.org", ["b@example.test"], MSG)
@@ -106,7 +106,7 @@ async def test_all_mx_down_is_temp(dns_server: DNSServer, resolver: Resolver) ->
     mx(dns_server, "example.test", MX1)
     res = await delivery(resolver, 1).deliver("a@example.org", ["b@example.test"], MSG)
     r = res["b@example.test"]
-    assert (r.kind, r.status) == ("temp", "4.4.1") and "mx1.example.test" in r.text
+    assert (r.kind, r.status) == ("temp", "4.4.1") and "mx1.example.test" in r.reply.text
 
 
 async def test_implicit_mx(dns_server: DNSServer, resolver: Resolver, sinks: Sinks) -> None:
@@ -139,7 +139,7 @@ async def test_nxdomain_is_permanent(dns_server: DNSServer, resolver: Resolver) 
     dns_server.add("other.test", "A", "127.0.0.2")
     res = await delivery(resolver, 1).deliver("a@example.org", ["b@nowhere.test"], MSG)
     r = res["b@nowhere.test"]
-    assert (r.kind, r.status) == ("perm", "5.1.2") and "does not exist" in r.text
+    assert (r.kind, r.status) == ("perm", "5.1.2") and "does not exist" in r.reply.text
 
 
 async def test_dns_failure_is_temporary(dns_server: DNSServer, resolver: Resolver) -> None:
@@ -163,8 +163,8 @@ async def test_451_is_temp(dns_server: DNSServer, resolver: Resolver, sinks: Sin
     sink.script("DOT", "451 4.3.0 local problem")
     res = await delivery(resolver, sink.port).deliver("a@example.org", ["b@example.test"], MSG)
     r = res["b@example.test"]
-    assert (r.kind, r.code, r.status, r.mx) == ("temp", 451, "4.3.0", "mx1.example.test")
-    assert "local problem" in r.text
+    assert (r.kind, r.reply.code, r.status, r.mx) == ("temp", 451, "4.3.0", "mx1.example.test")
+    assert "local problem" in r.reply.text
 
     sink.script("RCPT", "450 4.2.1 greylisted")
     res = await delivery(resolver, sink.port).deliver("a@example.org", ["b@example.test"], MSG)
@@ -181,8 +181,8 @@ async def test_550_for_one_recipient_250_for_another(
     res = await delivery(resolver, sink.port).deliver(
         "a@example.org", ["good@example.test", "bad@example.test"], MSG)
     assert res["good@example.test"].kind == "sent"
-    assert (res["bad@example.test"].kind, res["bad@example.test"].code, res["bad@example.test"].status) == (
-        "perm", 550, "5.1.1")
+    bad = res["bad@example.test"]
+    assert (bad.kind, bad.reply.code, bad.status) == ("perm", 550, "5.1.1")
     assert sink.transactions[0].rcpts == ["good@example.test"]
 
 
@@ -210,7 +210,7 @@ async def test_hang_mid_data_is_temp_after_timeout(
         "a@example.org", ["b@example.test"], MSG)
     assert time.monotonic() - start < 3
     r = res["b@example.test"]
-    assert r.kind == "temp" and "during DATA" in r.text and "timed out" in r.text
+    assert r.kind == "temp" and "during DATA" in r.reply.text and "timed out" in r.reply.text
 
 
 async def test_dropped_connection_is_temp(dns_server: DNSServer, resolver: Resolver) -> None:
@@ -351,7 +351,7 @@ async def test_starttls_response_injection_aborts(
     mx(dns_server, "example.test", MX1)
     res = await delivery(resolver, sink.port).deliver("a@example.org", ["b@example.test"], MSG)
     r = res["b@example.test"]
-    assert r.kind == "temp" and "injection" in r.text
+    assert r.kind == "temp" and "injection" in r.reply.text
     assert not sink.transactions and not any(c.startswith("MAIL") for c in sink.commands)
 
 
@@ -391,7 +391,7 @@ async def test_relay_with_auth_over_starttls(
     wrong = delivery(resolver, 1, relay=f"smarthost.example.net:{sink.port}", relay_username="me",
                      relay_password="nope", ca_file=str(ca.cert_path))
     res = await wrong.deliver("a@example.org", ["b@one.test"], MSG)
-    assert res["b@one.test"].kind == "temp" and "AUTH" in res["b@one.test"].text
+    assert res["b@one.test"].kind == "temp" and "AUTH" in res["b@one.test"].reply.text
 
 
 async def test_relay_implicit_tls(dns_server: DNSServer, resolver: Resolver, sinks: Sinks,
@@ -492,7 +492,7 @@ async def test_sts_enforce_mx_not_in_policy_is_temp(
     rd = delivery(resolver, sink.port, mta_sts=sts(resolver, policy_server, ca, tmp_path),
                   ca_file=str(ca.cert_path))
     res = await rd.deliver("a@example.org", ["b@example.test"], MSG)
-    assert res["b@example.test"].kind == "temp" and "policy" in res["b@example.test"].text
+    assert res["b@example.test"].kind == "temp" and "policy" in res["b@example.test"].reply.text
     assert sink.connections == 0
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..config import Config
 from ..delivery import queue_store as store
+from ..delivery.dsn import format_reply
 from ..delivery.queue import apply_requests_offline
 from ..delivery.queue_store import QueueEntry, QueueError, QueueLock
 from . import CommandError
@@ -142,7 +143,7 @@ def _show(args: argparse.Namespace, cfg: Config) -> int:
         if r.state == "pending":
             print(f"      next attempt: {_stamp(r.next_attempt)} ({_when(r.next_attempt, now)})")
         if r.last_attempt is not None:
-            reply = f"{r.code} {r.text}" if r.code and not r.text.startswith(str(r.code)) else r.text
+            reply = format_reply(r.code, r.text)
             print(f"      last attempt: {_stamp(r.last_attempt)} mx={r.mx or '-'} "
                   f"status={r.status or '-'}: {' '.join(reply.split())}")
         if r.state == "failed":

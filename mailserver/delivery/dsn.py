@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
+from mailserver.message import header_end
+
 DSNKind = Literal["failure", "delayed"]
 
 SUBJECTS: dict[str, str] = {
@@ -185,13 +187,21 @@ def _delivery_status(host: str, failures: Sequence[RecipientFailure], kind: DSNK
 
 
 def _original_header(original: bytes) -> str:
-    """The header section of ``original`` with CRLF endings, decoded losslessly enough."""
-    end = len(original)
-    for sep in (b"\r\n\r\n", b"\n\n"):
-        i = original.find(sep)
-        if i != -1:
-            end = min(end, i)
-    head = original[: min(end, MAX_ORIGINAL_HEADER)]
+    """The header section of ``original`` with CRLF endings, decoded losslessly enough.
+
+    The header ends at the first empty line, CRLF or bare LF (``message.header_end``):
+    remote delivery sends every line end as CRLF, so that is where the header ended for
+    the host that refused the message.
+    """
+    cut = header_end(original)
+    head = original[:cut]
+    if cut < len(original):
+        # Without the last field's LF (and its CR when the empty line is CRLF too): a CR
+        # left in front of it would come out as one more line, here an empty one.
+        head = head[:-1]
+        if original[cut] == 0x0D:
+            head = head.removesuffix(b"\r")
+    head = head[:MAX_ORIGINAL_HEADER]
     text = head.decode("utf-8", errors="replace")
     return "\r\n".join(text.splitlines()) + "\r\n"
 

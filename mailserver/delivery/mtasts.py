@@ -1,7 +1,8 @@
 """MTA-STS (RFC 8461): discover, fetch, validate and cache a recipient domain's policy.
 
 ``MTASTS.policy_for(domain)`` answers "which MX hosts may receive mail for this domain and
-must TLS be verified?". Enforcement itself lives in ``delivery.remote``.
+must TLS be verified?". Enforcement lives elsewhere: ``delivery.routes`` keeps only the
+MX hosts the policy names and asks for verified TLS, ``delivery.remote`` verifies it.
 
 Choices:
 

@@ -44,15 +44,15 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from pathlib import Path
 from typing import Literal
+
+from mailserver.message import field_values, header_end
 
 from . import queue_store as store
 from .dsn import RecipientFailure, build_dsn, format_reply
 from .queue_store import QueueEntry, QueueError, QueueLock, RecipientState
-from .results import DeliveryResult  # shared with remote delivery; re-exported here
+from .results import DeliveryResult, temp  # shared with remote delivery; re-exported here
 
 __all__ = [
     "BounceFn",
@@ -438,7 +438,7 @@ class Queue:
             # or disk problem. Keep the entry (do not bounce bytes we cannot read).
             log.error("queue %s: cannot read message data: %s; retrying later", entry.id, exc)
             results: dict[str, DeliveryResult] = {}
-            error = DeliveryResult("temp", 451, "4.3.0", f"queue file unreadable: {exc}")
+            error = temp(451, "4.3.0", f"queue file unreadable: {exc}", module="queue")
         else:
             msg = QueuedMessage(entry.id, entry.mail_from, tuple(r.address for r in due), data,
                                 max(r.attempts for r in due), entry.message_id)
@@ -446,13 +446,13 @@ class Queue:
                 results = await self.deliver(msg)
                 if not isinstance(results, dict):
                     raise TypeError(f"deliver returned {type(results).__name__}, not dict")
-                error = DeliveryResult("temp", 451, "4.3.0", "no result from delivery")
+                error = temp(451, "4.3.0", "no result from delivery", module="queue")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.exception("queue %s: delivery raised", entry.id)
                 results = {}
-                error = DeliveryResult("temp", 451, "4.3.0", f"delivery error: {exc!r}"[:300])
+                error = temp(451, "4.3.0", f"delivery error: {exc!r}"[:300], module="queue")
         finished = self.clock()
         expired = finished >= entry.created + self.max_age
         next_at = finished + self._next_delay(max(r.attempts for r in due) + 1)
@@ -460,7 +460,8 @@ class Queue:
             res = results.get(r.address, error)
             r.attempts += 1
             r.last_attempt = finished
-            r.code, r.status, r.text, r.mx = res.code, res.status, res.text, res.mx
+            # The record keeps its format (code, status, text): older queue files load as is.
+            r.code, r.status, r.text, r.mx = res.reply.code, res.status, res.diagnostic, res.mx
             if res.kind == "sent":
                 r.state = "sent"
             elif res.kind == "perm":
@@ -469,14 +470,14 @@ class Queue:
                 r.state = "failed"
                 r.status = "4.4.7"
                 r.text = (f"message expired after {self.max_age / 86400:g} days in the queue; "
-                          f"last error: {format_reply(res.code, res.text)}")
+                          f"last error: {format_reply(res.reply.code, res.diagnostic)}")
             else:
                 # Clamped so that expiry gets its own last attempt right on time.
                 r.next_attempt = min(next_at, entry.created + self.max_age)
             log.info("queue %s: to=<%s> mx=%s attempt=%d status=%s (%s %s %s)",
                      entry.id, r.address, res.mx or "-", r.attempts,
                      {"sent": "sent", "failed": "bounced", "pending": "deferred"}[r.state],
-                     res.code, res.status, res.text)
+                     res.reply.code, res.status, res.diagnostic)
         if not entry.done:
             # Sent-only outcomes skip this write: the files are about to be removed.
             await self._persist(slot)
@@ -645,11 +646,9 @@ def _is_status(status: str) -> bool:
 
 
 def _message_id(data: bytes) -> str:
-    """The Message-ID header of ``data`` (for log lines), or ""."""
-    end = data.find(b"\r\n\r\n")
-    head = data[: end + 2 if end != -1 else min(len(data), 65536)]
-    try:
-        value = BytesHeaderParser(policy=compat32).parsebytes(head).get("Message-ID", "")
-    except Exception:
-        return ""
-    return " ".join(str(value).split())[:300]
+    """The first Message-ID field of ``data`` (for log lines and ``pymaild queue``), or ""."""
+    end = header_end(data)
+    if end == len(data):  # no empty line: not all of a big message is taken for header
+        end = min(end, 65536)
+    values = field_values(data, "Message-ID", end)
+    return " ".join(values[0].split())[:300] if values else ""

@@ -46,6 +46,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mailserver.fsutil import fsync_dir, with_path
+from mailserver.message import header_end
+
+from .dsn import format_reply
 
 log = logging.getLogger("pymaild.queue")
 
@@ -128,9 +131,7 @@ class QueueEntry:
         if not tried:
             return ""
         r = max(tried, key=lambda r: r.last_attempt or 0.0)
-        if not r.code or r.text.startswith(str(r.code)):
-            return r.text
-        return f"{r.code} {r.text}"
+        return format_reply(r.code, r.text)
 
     @property
     def done(self) -> bool:
@@ -318,11 +319,11 @@ def read_data(directory: Path, queue_id: str) -> bytes:
 
 
 def read_header(directory: Path, queue_id: str, limit: int = 256 * 1024) -> bytes:
-    """The header section of the message (up to the blank line), without reading it all."""
+    """The header section of the message, up to the empty line (RFC 5322 2.1; a bare-LF
+    one too, as ``message.header_end`` reads it), from its first ``limit`` octets only."""
     with open(data_path(directory, queue_id), "rb") as fh:
         head = fh.read(limit)
-    end = head.find(b"\r\n\r\n")
-    return head if end == -1 else head[: end + 2]
+    return head[: header_end(head)]
 
 
 def list_entries(directory: Path) -> list[QueueEntry]:

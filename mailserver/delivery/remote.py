@@ -4,9 +4,10 @@
 (the queue retries) or "perm" (the queue bounces). It never raises for network or
 protocol trouble: every failure becomes a result.
 
-Route per domain: the smarthost if one is configured, else the MX hosts (RFC 5321 §5.1:
-preference order, random among equals; no MX -> the domain itself; null MX -> bounce),
-each host's IPv6 then IPv4 addresses, until one accepts the transaction.
+Route per domain: the smarthost if one is configured, else what ``routes.mx_route``
+finds (the MX hosts in RFC 5321 §5.1 order and the TLS their MTA-STS policy requires);
+each host's IPv6 then IPv4 addresses (``routes.host_addresses``), until one accepts the
+transaction.
 
 How aiosmtplib is used, and why (see shared/library-notes.md):
 
@@ -15,7 +16,8 @@ How aiosmtplib is used, and why (see shared/library-notes.md):
   *name* as ``hostname``: TLS then verifies against the name although we dialled an IP.
 - MAIL and RCPT go through ``execute_command`` with paths we validated and formatted
   ourselves, because ``SMTP.mail()``/``rcpt()`` rewrite addresses through
-  ``email.utils.parseaddr``. DATA goes through ``SMTP.data()``, which dot-stuffs.
+  ``email.utils.parseaddr``. DATA is dot-stuffed here (``wire_data``), not by
+  ``SMTP.data()``, whose regex passes stall the event loop on large messages.
 - STARTTLS: aiosmtplib discards bytes buffered after the 220 (response injection, the
   "NO STARTTLS" attacks). We go further and abort the session when any such bytes were
   received: a server that does this is broken or being tampered with, and the message
@@ -31,8 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-import random
 import re
 import socket
 import ssl
@@ -43,22 +45,24 @@ from typing import Any, Literal
 import aiosmtplib
 
 from mailserver.address import AddressError, parse_mailbox
-from mailserver.delivery.mtasts import MTASTS, Policy
-from mailserver.delivery.results import DeliveryResult
+from mailserver.delivery.mtasts import MTASTS
+from mailserver.delivery.results import DeliveryResult, from_reply, perm, temp
+from mailserver.delivery.routes import Route, TLSMode, host_addresses, mx_route
 from mailserver.dns.resolver import DNSTempError, Resolver
 from mailserver.message import transport_problem
 
 log = logging.getLogger(__name__)
 
+# The results made here name this module (SMTPReply.module, for logs).
+_temp = functools.partial(temp, module="remote")
+_perm = functools.partial(perm, module="remote")
+_from_reply = functools.partial(from_reply, module="remote")
+
 RelayTLS = Literal["starttls", "implicit", "none"]
-# "verify": STARTTLS (or implicit TLS) required, certificate valid for the host name.
-# "testing": MTA-STS testing mode: try "verify", fall back to "opportunistic" and log.
-TLSMode = Literal["verify", "testing", "opportunistic", "implicit", "none"]
 
 MAX_ADDRESSES = 10  # per domain and attempt, like Postfix's smtp_mx_address_limit (5) x 2
 _QUIT_TIMEOUT = 5.0
 _THREAD_BYTES = 1 << 20  # messages above this are canonicalised/dot-stuffed off the event loop
-_ENHANCED = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})(?:\s+|$)")
 _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 
 
@@ -66,7 +70,7 @@ class _TryNext(Exception):
     """This address failed before the message was handed over: try the next one."""
 
     def __init__(self, result: DeliveryResult, *, tls_failure: bool = False) -> None:
-        super().__init__(result.text)
+        super().__init__(result.diagnostic)
         self.result = result
         self.tls_failure = tls_failure
 
@@ -83,25 +87,6 @@ class _Conn:
 class _Slot:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     conn: _Conn | None = None
-
-
-def temp(code: int, status: str, text: str, mx: str = "") -> DeliveryResult:
-    return DeliveryResult("temp", code, status, text, mx)
-
-
-def perm(code: int, status: str, text: str, mx: str = "") -> DeliveryResult:
-    return DeliveryResult("perm", code, status, text, mx)
-
-
-def from_reply(code: int, message: str, mx: str) -> DeliveryResult:
-    """A result from an SMTP reply; enhanced status taken from the text when present."""
-    text = " ".join(message.split())[:500]
-    m = _ENHANCED.match(text)
-    klass = str(code)[0] if 200 <= code < 600 else "4"
-    # An enhanced code of another class than the reply ("250 5.1.1") is ignored.
-    status = f"{klass}.{m.group(2)}.{m.group(3)}" if m and m.group(1) == klass else f"{klass}.0.0"
-    kind: Literal["sent", "temp", "perm"] = "sent" if klass == "2" else "perm" if klass == "5" else "temp"
-    return DeliveryResult(kind, code, status, f"{code} {text}".strip(), mx)
 
 
 def canonical_crlf(data: bytes) -> bytes:
@@ -201,14 +186,14 @@ class RemoteDelivery:
         try:
             sender = check_address(mail_from, allow_empty=True)
         except AddressError as exc:
-            bad = perm(553, "5.1.7", f"invalid sender address: {exc}")
+            bad = _perm(553, "5.1.7", f"invalid sender address: {exc}")
             return dict.fromkeys(recipients, bad)
         groups: dict[str, dict[str, str]] = {}  # domain -> {original: canonical}
         for rcpt in recipients:
             try:
                 canonical = check_address(rcpt)
             except AddressError as exc:
-                results[rcpt] = perm(553, "5.1.3", f"invalid recipient address: {exc}")
+                results[rcpt] = _perm(553, "5.1.3", f"invalid recipient address: {exc}")
                 continue
             key = "" if self.relay else canonical.rpartition("@")[2]
             groups.setdefault(key, {})[rcpt] = canonical
@@ -225,7 +210,7 @@ class RemoteDelivery:
             # short lines): never hand the next hop a NUL or a line over 998 octets. A
             # permanent failure, so the sender gets a bounce that says why.
             log.warning("delivery refused for %s: the message %s", ", ".join(recipients), unsendable)
-            bad = perm(554, "5.6.0", f"not sent: the message {unsendable} (RFC 5322 2.1.1)")
+            bad = _perm(554, "5.6.0", f"not sent: the message {unsendable} (RFC 5322 2.1.1)")
             return {**results, **dict.fromkeys((r for g in groups.values() for r in g), bad)}
         slots: dict[tuple[str, int], _Slot] = {}
         try:
@@ -237,10 +222,10 @@ class RemoteDelivery:
         for outcome in outcomes:
             results.update(outcome)
         for rcpt, result in results.items():
-            log.info("delivery to <%s> via %s: %s %s", rcpt, result.mx or "-", result.kind, result.text)
+            log.info("delivery to <%s> via %s: %s %s", rcpt, result.mx or "-", result.kind, result.diagnostic)
         return results
 
-    # ----------------------------------------------------------------- routing
+    # ----------------------------------------------------------------- per domain
 
     async def _deliver_group(
         self, domain: str, rcpts: dict[str, str], sender: str, data: bytes,
@@ -251,32 +236,33 @@ class RemoteDelivery:
         except Exception:
             # A bug here must cost a retry, not the queue runner or the other domains.
             log.exception("delivery for %s failed unexpectedly", domain or "relay")
-            return dict.fromkeys(rcpts, temp(451, "4.3.0", "internal error during delivery"))
+            return dict.fromkeys(rcpts, _temp(451, "4.3.0", "internal error during delivery"))
 
     async def _route_group(
         self, domain: str, rcpts: dict[str, str], sender: str, data: bytes,
         slots: dict[tuple[str, int], _Slot],
     ) -> dict[str, DeliveryResult]:
+        route: Route | DeliveryResult
         if self.relay:
             host, port = self.relay
             modes: dict[str, TLSMode] = {"starttls": "verify", "implicit": "implicit", "none": "none"}
-            mode = modes[self.relay_tls]
-            routes: list[str] | DeliveryResult = [host]
+            route = Route((host,), modes[self.relay_tls])
         else:
             port = self.mx_port
-            routes, mode = await self._mx_routes(domain)
-        if isinstance(routes, DeliveryResult):
-            return dict.fromkeys(rcpts, routes)
+            route = await mx_route(self.resolver, domain, own_hostname=self.hostname, mta_sts=self.mta_sts)
+        if isinstance(route, DeliveryResult):
+            return dict.fromkeys(rcpts, route)
+        mode = route.tls
         failures: list[DeliveryResult] = []
         tried = 0
-        for host in routes:
+        for host in route.hosts:
             try:
-                addresses = await self._addresses(host)
+                addresses = await host_addresses(self.resolver, host, source_address=self.source_address)
             except DNSTempError as exc:
-                failures.append(temp(451, "4.4.3", f"address lookup for {host} failed: {exc}", host))
+                failures.append(_temp(451, "4.4.3", f"address lookup for {host} failed: {exc}", host))
                 continue
             if not addresses:
-                failures.append(temp(451, "4.4.4", f"{host} has no usable address", host))
+                failures.append(_temp(451, "4.4.4", f"{host} has no usable address", host))
                 continue
             for address in addresses:
                 if tried >= MAX_ADDRESSES:
@@ -287,10 +273,10 @@ class RemoteDelivery:
                     async with slot.lock:
                         return await self._via(slot, host, address, port, mode, domain, rcpts, sender, data)
                 except _TryNext as exc:
-                    log.info("delivery for %s: %s [%s]: %s", domain, host, address, exc.result.text)
+                    log.info("delivery for %s: %s [%s]: %s", domain, host, address, exc.result.diagnostic)
                     failures.append(exc.result)
         if not failures:
-            return dict.fromkeys(rcpts, temp(451, "4.4.4", f"no address to deliver to for {domain}"))
+            return dict.fromkeys(rcpts, _temp(451, "4.4.4", f"no address to deliver to for {domain}"))
         last = failures[-1]
         # Only when every host refused us outright is the failure permanent.
         if all(f.kind == "perm" for f in failures):
@@ -298,69 +284,6 @@ class RemoteDelivery:
         if last.kind == "perm":
             last = next(f for f in reversed(failures) if f.kind == "temp")
         return dict.fromkeys(rcpts, last)
-
-    async def _mx_routes(self, domain: str) -> tuple[list[str] | DeliveryResult, TLSMode]:
-        """MX host names to try in order, and the TLS mode their policy asks for."""
-        try:
-            records = await self.resolver.mx(domain)
-        except DNSTempError as exc:
-            return temp(451, "4.4.3", f"MX lookup for {domain} failed: {exc}"), "opportunistic"
-        if records is None:
-            return perm(550, "5.1.2", f"domain {domain} does not exist"), "opportunistic"
-        real = [(pref, host) for pref, host in records if host not in (".", "")]
-        if records and not real:
-            # RFC 7505 null MX: the domain accepts no mail; bounce at once.
-            return perm(556, "5.1.10", f"domain {domain} does not accept mail (null MX)"), "opportunistic"
-        # No MX: the domain itself is the implicit MX (RFC 5321 §5.1).
-        hosts = _order(real) if real else [domain]
-        own = self.hostname.rstrip(".").lower()
-        if own in hosts:
-            # We are one of the MX hosts: only better-preference hosts may get it (§5.1).
-            hosts = hosts[: hosts.index(own)]
-            if not hosts:
-                return perm(554, "5.4.6", f"mail for {domain} loops back to myself"), "opportunistic"
-        mode: TLSMode = "opportunistic"
-        policy = await self._policy(domain)
-        if policy is not None and policy.mode in ("enforce", "testing"):
-            allowed = [h for h in hosts if policy.matches(h)]
-            if policy.mode == "testing":
-                mode = "testing"
-                for h in hosts:
-                    if h not in allowed:
-                        log.warning("MTA-STS testing %s: MX %s not in policy (would not be used)", domain, h)
-            else:
-                mode = "verify"
-                if not allowed:
-                    return temp(451, "4.7.5", f"no MX of {domain} matches its MTA-STS policy"), mode
-                hosts = allowed
-        return hosts, mode
-
-    async def _policy(self, domain: str) -> Policy | None:
-        if self.mta_sts is None:
-            return None
-        try:
-            return await self.mta_sts.policy_for(domain)
-        except Exception:  # a bug there must not stop mail: log it loudly, deliver as before
-            log.exception("MTA-STS policy lookup for %s failed", domain)
-            return None
-
-    async def _addresses(self, host: str) -> list[str]:
-        try:
-            literal = socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
-        except OSError:
-            literal = None
-        if literal is not None:
-            addresses = [host]
-        else:
-            v6, v4 = await asyncio.gather(
-                self.resolver.aaaa(host), self.resolver.a(host), return_exceptions=True)
-            if isinstance(v6, BaseException) and isinstance(v4, BaseException):
-                raise v4 if isinstance(v4, DNSTempError) else DNSTempError(str(v4))
-            addresses = (v6 if isinstance(v6, list) else []) + (v4 if isinstance(v4, list) else [])
-        if self.source_address:
-            v6_source = ":" in self.source_address
-            addresses = [a for a in addresses if (":" in a) == v6_source]
-        return addresses
 
     # ----------------------------------------------------------------- one address
 
@@ -380,7 +303,7 @@ class RemoteDelivery:
                     if not exc.tls_failure:
                         raise
                     log.warning("MTA-STS testing %s: TLS to %s would have failed: %s",
-                                domain, host, exc.result.text)
+                                domain, host, exc.result.diagnostic)
                     conn = await self._open(host, address, port, "opportunistic")
             else:
                 conn = await self._open(host, address, port, mode)
@@ -404,7 +327,7 @@ class RemoteDelivery:
             try:
                 await smtp.connect(timeout=self.connect_timeout)
             except aiosmtplib.SMTPResponseException as exc:
-                raise _TryNext(from_reply(exc.code, f"greeting: {exc.message}", host)) from None
+                raise _TryNext(_from_reply(exc.code, f"greeting: {exc.message}", host)) from None
             await self._ehlo(smtp)
             if mode in ("verify", "opportunistic"):
                 if smtp.supports_extension("starttls"):
@@ -412,26 +335,27 @@ class RemoteDelivery:
                     verified_for = host if mode == "verify" else None
                     await self._ehlo(smtp)
                 elif mode == "verify":
-                    raise _TryNext(temp(451, "4.7.4", f"{where} does not offer STARTTLS, which is required",
+                    raise _TryNext(_temp(451, "4.7.4", f"{where} does not offer STARTTLS, which is required",
                                         host), tls_failure=True)
             if self.relay and self.relay_username:
                 if smtp.get_transport_info("sslcontext") is None:
-                    raise _TryNext(temp(451, "4.7.0", "refusing to send relay credentials without TLS", host))
+                    raise _TryNext(_temp(451, "4.7.0", "refusing to send relay credentials without TLS",
+                                         host))
                 try:
                     await smtp.login(self.relay_username, self.relay_password)
                 except aiosmtplib.SMTPResponseException as exc:
-                    raise _TryNext(temp(451, "4.7.8", f"relay AUTH failed: {exc.code} {exc.message}",
+                    raise _TryNext(_temp(451, "4.7.8", f"relay AUTH failed: {exc.code} {exc.message}",
                                         host)) from None
         except _TryNext:
             smtp.close()
             raise
         except ssl.SSLError as exc:
             smtp.close()
-            failed = temp(451, "4.7.5", f"TLS with {where} failed: {exc}", host)
+            failed = _temp(451, "4.7.5", f"TLS with {where} failed: {exc}", host)
             raise _TryNext(failed, tls_failure=True) from None
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             smtp.close()
-            failed = temp(451, "4.4.2", f"session with {where} failed: {_describe(exc)}", host)
+            failed = _temp(451, "4.4.2", f"session with {where} failed: {_describe(exc)}", host)
             raise _TryNext(failed) from None
         except BaseException:
             smtp.close()
@@ -450,7 +374,7 @@ class RemoteDelivery:
         except (OSError, TimeoutError) as exc:
             sock.close()
             reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
-            raise _TryNext(temp(451, "4.4.1", f"cannot connect to {host}[{address}]:{port}: {reason}",
+            raise _TryNext(_temp(451, "4.4.1", f"cannot connect to {host}[{address}]:{port}: {reason}",
                                 host)) from None
         except BaseException:
             sock.close()
@@ -496,7 +420,7 @@ class RemoteDelivery:
             with contextlib.suppress(AttributeError):
                 del protocol.read_response
         if leftover:
-            raise _TryNext(temp(451, "4.7.0", f"{host} sent data after its STARTTLS reply "
+            raise _TryNext(_temp(451, "4.7.0", f"{host} sent data after its STARTTLS reply "
                                 "(possible response injection); session aborted", host), tls_failure=True)
 
     # ----------------------------------------------------------------- one transaction
@@ -512,17 +436,17 @@ class RemoteDelivery:
                 conn.dirty = False
             size_limit = smtp.esmtp_extensions.get("size", "")
             if size_limit.isdigit() and 0 < int(size_limit) < len(data):
-                return dict.fromkeys(rcpts, perm(552, "5.3.4", f"message of {len(data)} bytes exceeds "
+                return dict.fromkeys(rcpts, _perm(552, "5.3.4", f"message of {len(data)} bytes exceeds "
                                                  f"{host}'s limit of {size_limit}", host))
             utf8 = smtp.supports_extension("smtputf8")
             if not sender.isascii() and not utf8:
-                return dict.fromkeys(rcpts, perm(553, "5.6.7", f"{host} does not support SMTPUTF8", host))
+                return dict.fromkeys(rcpts, _perm(553, "5.6.7", f"{host} does not support SMTPUTF8", host))
             todo: dict[str, str] = {}
             for rcpt, canonical in rcpts.items():
                 if canonical.isascii() or utf8:
                     todo[rcpt] = canonical
                 else:
-                    results[rcpt] = perm(553, "5.6.7", f"{host} does not support SMTPUTF8", host)
+                    results[rcpt] = _perm(553, "5.6.7", f"{host} does not support SMTPUTF8", host)
             if not todo:
                 return results
             params = []
@@ -537,7 +461,7 @@ class RemoteDelivery:
             reply = await smtp.execute_command(b"MAIL", b"FROM:<%s>" % sender.encode(), *params,
                                                timeout=self.command_timeout)
             if reply.code != 250:
-                result = from_reply(reply.code, reply.message, host)
+                result = _from_reply(reply.code, reply.message, host)
                 if result.kind == "perm":
                     return {**results, **dict.fromkeys(todo, result)}
                 raise _TryNext(result)
@@ -548,29 +472,29 @@ class RemoteDelivery:
                 if reply.code in (250, 251):
                     accepted.append(rcpt)
                 else:
-                    results[rcpt] = from_reply(reply.code, reply.message, host)
+                    results[rcpt] = _from_reply(reply.code, reply.message, host)
             if not accepted:
                 return results
         except aiosmtplib.SMTPException as exc:
             # Nothing was handed over yet: another address may do better.
             smtp.close()
-            raise _TryNext(temp(451, "4.4.2", f"{host}: {_describe(exc)} before DATA", host)) from None
+            raise _TryNext(_temp(451, "4.4.2", f"{host}: {_describe(exc)} before DATA", host)) from None
         except (OSError, TimeoutError) as exc:
             smtp.close()
-            raise _TryNext(temp(451, "4.4.2", f"{host}: {_describe(exc)} before DATA", host)) from None
+            raise _TryNext(_temp(451, "4.4.2", f"{host}: {_describe(exc)} before DATA", host)) from None
         try:
             reply = await self._data(smtp, data)
-            final = from_reply(reply.code, reply.message, host)
+            final = _from_reply(reply.code, reply.message, host)
             conn.dirty = False
         except aiosmtplib.SMTPResponseException as exc:
-            final = from_reply(exc.code, exc.message, host)
+            final = _from_reply(exc.code, exc.message, host)
             if final.kind == "sent":  # a 2xx where 354 was due is still not an acceptance
-                final = temp(451, "4.5.0", f"{host}: unexpected reply {exc.code} to DATA", host)
+                final = _temp(451, "4.5.0", f"{host}: unexpected reply {exc.code} to DATA", host)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             # The message may or may not have arrived: retrying risks a duplicate, which
             # RFC 5321 §6.1 prefers to a loss.
             smtp.close()
-            final = temp(451, "4.4.2", f"{host}: {_describe(exc)} during DATA", host)
+            final = _temp(451, "4.4.2", f"{host}: {_describe(exc)} during DATA", host)
         for rcpt in accepted:
             results[rcpt] = final
         return results
@@ -626,19 +550,6 @@ def _reusable(conn: _Conn, host: str, mode: TLSMode) -> bool:
     if mode in ("verify", "testing", "implicit"):
         return conn.verified_for == host
     return True
-
-
-def _order(records: list[tuple[int, str]]) -> list[str]:
-    """Host names by preference, shuffled among equal preferences (RFC 5321 §5.1)."""
-    by_pref: dict[int, list[str]] = {}
-    for pref, host in records:
-        by_pref.setdefault(pref, []).append(host.rstrip(".").lower())
-    ordered: list[str] = []
-    for pref in sorted(by_pref):
-        hosts = by_pref[pref]
-        random.shuffle(hosts)
-        ordered.extend(h for h in hosts if h not in ordered)
-    return ordered
 
 
 def _describe(exc: BaseException) -> str:

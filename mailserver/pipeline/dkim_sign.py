@@ -45,7 +45,6 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from email.utils import getaddresses
 from typing import Any
 
 import dkim
@@ -56,7 +55,7 @@ from dkim.canonicalization import CanonicalizationPolicy
 
 from mailserver import dkim_crypto
 from mailserver.dkim_keys import ED25519_ALGORITHM, RSA_ALGORITHM, DKIMKey
-from mailserver.message import field_spans, field_value, header_end
+from mailserver.message import FromHeaderError, field_spans, field_value, header_end, parse_mailbox_list
 from mailserver.pipeline.dkim_verify import body_hash, body_start
 
 log = logging.getLogger(__name__)
@@ -131,11 +130,19 @@ def headers_to_sign(headers: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
 
 
 def signing_domain(data: bytes, local_domains: Iterable[str]) -> str | None:
-    """The From: domain if it is local and unambiguous, else None (do not sign)."""
+    """The From: domain if it is local and unambiguous, else None (do not sign).
+
+    The From is read with the strict parser DMARC and submission use, so the domain
+    signed for is the one receivers align with (RFC 7489 3.1); a From it cannot read
+    without guessing (FromHeaderError) is not signed for.
+    """
     spans = field_spans(data, "From")
     if len(spans) != 1:
         return None
-    addresses = [addr for _, addr in getaddresses([field_value(data, spans[0])])]
+    try:
+        addresses = parse_mailbox_list(field_value(data, spans[0]))
+    except FromHeaderError:
+        return None
     domains = set()
     for addr in addresses:
         local, at, domain = addr.rpartition("@")

@@ -7,14 +7,20 @@ import re
 import time
 
 from ..address import Address
+from ..message import header_end
 
 _RECEIVED = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 
 def header_section(data: bytes) -> bytes:
-    """The header block of a message (up to the first empty line)."""
-    end = data.find(b"\r\n\r\n")
-    return data if end < 0 else data[: end + 2]
+    """The header block of a message, up to the empty line that ends it (RFC 5322 2.1),
+    its last line end included; all of ``data`` if there is none.
+
+    The message module's rule: a bare-LF empty line ends the header too. That is where
+    the next hop sees the end once remote delivery has made every line end CRLF, and
+    where DKIM and DMARC read the From this is used to check.
+    """
+    return data[: header_end(data)]
 
 
 def count_received(data: bytes) -> int:
