@@ -2,8 +2,10 @@
 
 The transport (``server.py``) feeds parsed commands in and tells the framer what the
 session answered (``Action``); everything that touches the disk (the Maildir index,
-mailbox tree, message files) runs in worker threads, so a 100,000-message FETCH never
-stalls other sessions. Untagged updates follow RFC 3501 7.4.1: changes made by others
+mailbox tree, message files) runs in worker threads (the ``run_in_thread`` it is given),
+so a 100,000-message FETCH never stalls other sessions. It reads time only from the clock
+it is given (``now``) and starts no timer: in IDLE it tells the transport its next
+deadline (:meth:`IMAPSession.next_deadline`). Untagged updates follow RFC 3501 7.4.1: changes made by others
 are reported inside the response to a command, before its tagged response, never after it
 (then no command is in progress and a client takes them for part of its next command).
 Expunges by others are held back during FETCH, STORE, SEARCH and COPY/MOVE by sequence
@@ -19,9 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import time
 from collections.abc import Awaitable, Callable
-from typing import Literal
 
 from mailserver.auth.login import loggable
 from mailserver.fsutil import describe_error, is_disk_full
@@ -55,7 +55,7 @@ class IMAPSession(AuthCommands, MailboxCommands, SelectedCommands):
         The handler's tagged response is held until the changes by others that this
         command may carry are written (:meth:`_send_updates`): RFC 3501 7.4.1 / RFC 9051
         7.5.1 allow them only while a command is in progress."""
-        self.last_activity = time.monotonic()
+        self.last_activity = self.now()
         handler = _HANDLERS.get(cmd.name)
         if handler is None:
             self.out.write(fmt.tagged(cmd.tag, "BAD", f"{cmd.name} is not supported"))
@@ -172,50 +172,55 @@ class IMAPSession(AuthCommands, MailboxCommands, SelectedCommands):
             # folder's SQLite connection (a fresh FetchCache opens it again on first use).
             old = sel.cache
             sel.cache = FetchCache(sel.index.dir)
-            await asyncio.to_thread(old.close)
+            await self.run_in_thread(old.close)
         if self.state is State.SELECTED and sel is not None and (self._dirty or sel.index.holds_expunges):
             await self._report_changes()
         return Action.IDLE
 
-    async def idle_wait(self, input_ready: Callable[[], Awaitable[None]]) -> bool:
-        """While in IDLE: push changes as they happen and a keepalive every ``idle_keepalive``
-        until ``input_ready`` returns (the client sent DONE or anything else): True. False
-        when the client stayed silent past ``idle_timeout`` (the caller logs it out)."""
+    # The transport owns the one timer (server.py): while it waits for input in IDLE it
+    # asks next_deadline(), calls on_deadline() when that time comes and push_changes()
+    # when mailbox_changed() woke it. Times are those of the session's clock (``now``).
+
+    def begin_idle_wait(self) -> asyncio.Event:
+        """The transport starts waiting for the client in IDLE: the event that
+        :meth:`mailbox_changed` sets; the keepalive interval starts now."""
         self._wake = asyncio.Event()
+        self._keepalive_at = self.now() + self.backend.limits.idle_keepalive
+        return self._wake
+
+    def end_idle_wait(self) -> None:
+        self._wake = None
+
+    def next_deadline(self) -> float | None:
+        """When the transport must call :meth:`on_deadline`: the next keepalive while it
+        waits in IDLE; None otherwise (outside IDLE the transport times out silence itself)."""
+        return self._keepalive_at if self._wake is not None else None
+
+    def on_deadline(self) -> bool:
+        """The deadline came. False: the client stayed silent past ``idle_timeout`` (RFC
+        3501 5.4 autologout; the transport says BYE). Else ``* OK Still here`` (for NATs
+        that forget idle flows) and the next keepalive is armed."""
         limits = self.backend.limits
-        reader = asyncio.ensure_future(input_ready())
-        waker: asyncio.Future[Literal[True]] | None = None
-        try:
-            while True:
-                waker = asyncio.ensure_future(self._wake.wait())
-                done, _ = await asyncio.wait((reader, waker), timeout=limits.idle_keepalive,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                waker.cancel()
-                if reader in done:
-                    return True
-                if waker in done:
-                    self._wake.clear()
-                    if self.state is State.SELECTED and self._dirty:
-                        await self._report_changes()
-                        await self.out.drain()
-                    continue
-                if time.monotonic() - self.last_activity > limits.idle_timeout:
-                    return False
-                self.out.write(b"* OK Still here\r\n")
-        finally:
-            # Cancelled (the connection dropped, the session task was cancelled) or failed
-            # inside the wait: neither helper task may be left pending, or asyncio logs
-            # "Task was destroyed but it is pending!" for each when they are collected.
-            self._wake = None
-            for task in (reader, waker):
-                if task is not None and not task.done():
-                    task.cancel()
+        now = self.now()
+        if now - self.last_activity > limits.idle_timeout:
+            return False
+        self.out.write(b"* OK Still here\r\n")
+        self._keepalive_at = now + limits.idle_keepalive
+        return True
+
+    async def push_changes(self) -> None:
+        """:meth:`mailbox_changed` woke the transport in IDLE: what changed, now (RFC 2177);
+        the keepalive interval starts again."""
+        if self.state is State.SELECTED and self._dirty:
+            await self._report_changes()
+            await self.out.drain()
+        self._keepalive_at = self.now() + self.backend.limits.idle_keepalive
 
     def idle_done(self, tag: str) -> None:
         """The client sent DONE; the tagged OK is written by :meth:`report_if_dirty`, after
         the last updates (the transport calls the two in turn)."""
         self.idling = False
-        self.last_activity = time.monotonic()
+        self.last_activity = self.now()
         self._idle_tagged = fmt.tagged(tag, "OK", "IDLE terminated")
 
 

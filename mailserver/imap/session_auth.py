@@ -7,7 +7,6 @@ per-address throttle again.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from mailserver.auth.login import AuthResult, loggable
@@ -111,7 +110,7 @@ class AuthCommands(SessionCore):
                           code="LIMIT")
         self.user = self.login_name = user
         try:
-            tree = await asyncio.to_thread(backend.mailbox_store, user)
+            tree = await self.run_in_thread(backend.mailbox_store, user)
         except OSError as exc:
             backend.release_session(user)
             self.user = None

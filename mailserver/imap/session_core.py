@@ -16,9 +16,10 @@ import enum
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ParamSpec, Protocol, TypeVar
 
 from mailserver.imap.fetchcache import FetchCache
 from mailserver.storage.api import MailboxStore, MailboxView
@@ -30,6 +31,8 @@ from .seqset import SequenceSet
 log = logging.getLogger("pymaild.imap")
 
 _STATUS_CACHE = 8
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 class State(enum.Enum):
@@ -87,10 +90,23 @@ class Selected:
 
 
 
+class ThreadRunner(Protocol):
+    """How a session runs blocking work (the folder index, message files, the folder
+    tree): ``asyncio.to_thread`` in the daemon, so the event loop serves other sessions
+    meanwhile; a test may run it inline."""
+
+    def __call__(self, func: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Awaitable[_T]: ...
+
+
 class SessionCore:
     def __init__(self, backend: IMAPBackend, out: Output, *, client_ip: str, listener: str, tls: bool,
-                 starttls_available: bool, session_id: str = "") -> None:
+                 starttls_available: bool, session_id: str = "", now: Callable[[], float] = time.monotonic,
+                 run_in_thread: ThreadRunner = asyncio.to_thread) -> None:
         self.backend = backend
+        # The session reads no clock and starts no thread itself: both are given, so a test
+        # can drive it in-process with a clock it advances and with inline disk work.
+        self.now = now
+        self.run_in_thread = run_in_thread
         self.out = out
         self.client_ip = client_ip
         self.listener = listener
@@ -107,7 +123,8 @@ class SessionCore:
         self.idling = False
         self._idle_tag = ""
         self._dirty = False
-        self._wake: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None  # set by mailbox_changed while the transport waits in IDLE
+        self._keepalive_at = 0.0  # when the next "* OK Still here" is due in IDLE (clock of now)
         # While a command runs its tagged response waits here, so that the updates it may
         # carry (_send_updates) go out before it, never after it.
         self._in_command = False
@@ -117,7 +134,7 @@ class SessionCore:
         self.auth_failures = 0  # failed LOGIN/AUTHENTICATE on this connection
         self._status_indexes: OrderedDict[Path, MailboxView] = OrderedDict()
         self.errors = 0
-        self.last_activity = time.monotonic()
+        self.last_activity = now()
 
     # ================================================================ capabilities
 
@@ -217,7 +234,7 @@ class SessionCore:
         self._status_indexes[path] = index
         while len(self._status_indexes) > _STATUS_CACHE:
             _p, old = self._status_indexes.popitem(last=False)
-            await asyncio.to_thread(old.close)
+            await self.run_in_thread(old.close)
         return index
 
 

@@ -6,7 +6,6 @@ APPEND.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,7 +38,7 @@ class MailboxCommands(SessionUpdates):
         tree = self._tree()
         path = tree.path(cmd.mailbox)
         name = "INBOX" if cmd.mailbox.upper() == "INBOX" else cmd.mailbox
-        if not await asyncio.to_thread(tree.exists, name):
+        if not await self.run_in_thread(tree.exists, name):
             raise Refused("no such mailbox", code="NONEXISTENT")
         if cmd.condstore or cmd.qresync:
             self.condstore = True
@@ -53,7 +52,7 @@ class MailboxCommands(SessionUpdates):
                 index.close()
                 raise
 
-        index, cache, keywords, first_unseen = await asyncio.to_thread(open_index)
+        index, cache, keywords, first_unseen = await self.run_in_thread(open_index)
         key = self.backend.hub.register(path, self)
         self.selected = Selected(name, index, cache, key, cmd.readonly, list(keywords))
         self.state = State.SELECTED
@@ -81,7 +80,7 @@ class MailboxCommands(SessionUpdates):
         """RFC 7162 3.2.5: what changed since the client's modseq, as VANISHED + FETCH."""
         sel = self._sel()
         index = sel.index
-        vanished, complete = await asyncio.to_thread(index.vanished_since, modseq)
+        vanished, complete = await self.run_in_thread(index.vanished_since, modseq)
         largest = index.uidnext - 1
         if not complete and largest > 0:
             # The expunge log does not reach back far enough: every UID the client may know
@@ -109,7 +108,7 @@ class MailboxCommands(SessionUpdates):
 
     async def _create(self, cmd: Command) -> Action:
         assert isinstance(cmd, MailboxCommand)
-        await asyncio.to_thread(self._tree().create, cmd.mailbox)
+        await self.run_in_thread(self._tree().create, cmd.mailbox)
         self._ok(cmd.tag, "CREATE completed")
         return Action.NONE
 
@@ -121,7 +120,7 @@ class MailboxCommands(SessionUpdates):
             self._deselect()
             self.state = State.AUTHENTICATED
         await self._forget_index(path)
-        await asyncio.to_thread(tree.delete, cmd.mailbox)
+        await self.run_in_thread(tree.delete, cmd.mailbox)
         self.backend.hub.changed([path])
         self._ok(cmd.tag, "DELETE completed")
         return Action.NONE
@@ -129,7 +128,7 @@ class MailboxCommands(SessionUpdates):
     async def _forget_index(self, path: Path) -> None:
         index = self._status_indexes.pop(path, None)
         if index is not None:
-            await asyncio.to_thread(index.close)
+            await self.run_in_thread(index.close)
 
     async def _rename(self, cmd: Command) -> Action:
         assert isinstance(cmd, Rename)
@@ -143,7 +142,7 @@ class MailboxCommands(SessionUpdates):
         # store's business, so every kept view goes (a cache of _STATUS_CACHE at most).
         for path in list(self._status_indexes):
             await self._forget_index(path)
-        await asyncio.to_thread(tree.rename, cmd.old, cmd.new)
+        await self.run_in_thread(tree.rename, cmd.old, cmd.new)
         self.backend.hub.changed([old])
         self._ok(cmd.tag, "RENAME completed")
         return Action.NONE
@@ -152,9 +151,9 @@ class MailboxCommands(SessionUpdates):
         assert isinstance(cmd, MailboxCommand)
         tree = self._tree()
         if cmd.name == "SUBSCRIBE":
-            await asyncio.to_thread(tree.subscribe, cmd.mailbox)
+            await self.run_in_thread(tree.subscribe, cmd.mailbox)
         else:
-            await asyncio.to_thread(tree.unsubscribe, cmd.mailbox)
+            await self.run_in_thread(tree.unsubscribe, cmd.mailbox)
         self._ok(cmd.tag, f"{cmd.name} completed")
         return Action.NONE
 
@@ -170,10 +169,10 @@ class MailboxCommands(SessionUpdates):
             self._untagged(fmt.list_response(["\\Noselect"], DELIMITER, ""))
             self._ok(cmd.tag, "LIST completed")
             return Action.NONE
-        infos = await asyncio.to_thread(tree.list)
+        infos = await self.run_in_thread(tree.list)
         subscribed_only = lsub or "SUBSCRIBED" in selection
         special_only = "SPECIAL-USE" in selection
-        subscribed_names = set(await asyncio.to_thread(tree.subscriptions)) if subscribed_only else set()
+        subscribed_names = set(await self.run_in_thread(tree.subscriptions)) if subscribed_only else set()
         # Parents of subscribed names the patterns miss: LSUB lists
         # them as \Noselect (RFC 3501 6.3.9), LIST (SUBSCRIBED RECURSIVEMATCH) with
         # CHILDINFO (RFC 5258 3.5). As Dovecot does.
@@ -232,7 +231,7 @@ class MailboxCommands(SessionUpdates):
         assert isinstance(cmd, Status)
         tree = self._tree()
         name = "INBOX" if cmd.mailbox.upper() == "INBOX" else cmd.mailbox
-        if not await asyncio.to_thread(tree.exists, name):
+        if not await self.run_in_thread(tree.exists, name):
             raise Refused("no such mailbox", code="NONEXISTENT")
         self._untagged(await self._status_line(name, cmd.items))
         self._ok(cmd.tag, "STATUS completed")
@@ -275,7 +274,7 @@ class MailboxCommands(SessionUpdates):
                     values.append((item, self.backend.limits.max_append_size))
             return values
 
-        values = await asyncio.to_thread(compute)
+        values = await self.run_in_thread(compute)
         return fmt.status_response(name, values)
 
     async def _append(self, cmd: Command) -> Action:
@@ -283,7 +282,7 @@ class MailboxCommands(SessionUpdates):
         tree = self._tree()
         name = "INBOX" if cmd.mailbox.upper() == "INBOX" else cmd.mailbox
         path = tree.path(name)
-        if not await asyncio.to_thread(tree.exists, name):
+        if not await self.run_in_thread(tree.exists, name):
             raise Refused("no such mailbox", code="TRYCREATE")
         if not cmd.message:
             raise Refused("an empty message cannot be appended")
@@ -295,7 +294,7 @@ class MailboxCommands(SessionUpdates):
                 index.sync()
             return index.uidvalidity, index.append(cmd.message, flags, cmd.date_time)
 
-        uidvalidity, uid = await asyncio.to_thread(append)
+        uidvalidity, uid = await self.run_in_thread(append)
         self._notify_others([path])
         if self.selected is not None and self.selected.index is index:
             self._dirty = True  # EXISTS follows, before the tagged OK (execute)

@@ -35,7 +35,7 @@ class SelectedCommands(SessionUpdates):
     async def _close(self, cmd: Command) -> Action:
         sel = self._sel()
         if not sel.readonly:
-            changes = await asyncio.to_thread(sel.index.expunge)
+            changes = await self.run_in_thread(sel.index.expunge)
             if changes.expunged:
                 self._notify_others([sel.index.dir])
         self._deselect()
@@ -57,7 +57,7 @@ class SelectedCommands(SessionUpdates):
         # Report others' changes first so sequence numbers in our EXPUNGEs are right.
         if self._dirty:
             await self._report_changes()
-        changes = await asyncio.to_thread(sel.index.expunge, uids)
+        changes = await self.run_in_thread(sel.index.expunge, uids)
         self._write_changes(ChangeSet(expunged=changes.expunged, expunged_seqs=changes.expunged_seqs))
         if changes.expunged:
             self._notify_others([sel.index.dir])
@@ -78,7 +78,7 @@ class SelectedCommands(SessionUpdates):
             cands = [new(seq, *row) for seq, row in enumerate(index.search_rows(), 1)]
             return cands, searcheval.SearchContext(max_seq=len(view), max_uid=view[-1] if view else 0)
 
-        cands, ctx = await asyncio.to_thread(candidates)
+        cands, ctx = await self.run_in_thread(candidates)
         load = SearchLoader(index, sel.cache)
         # Content searches run in slices, each its own worker-thread call: the evaluator
         # holds the GIL, and other sessions get the interpreter between slices.
@@ -88,10 +88,10 @@ class SelectedCommands(SessionUpdates):
         found: list[searcheval.Candidate] = []
         try:
             for start in range(0, len(cands), step):
-                found += await asyncio.to_thread(searcheval.search, cmd.criteria, cands[start:start + step],
+                found += await self.run_in_thread(searcheval.search, cmd.criteria, cands[start:start + step],
                                                  ctx, load)
         finally:
-            await asyncio.to_thread(load.flush)
+            await self.run_in_thread(load.flush)
         numbers = [c.uid if cmd.uid else c.seq for c in found]
         modseq = max((c.modseq for c in found), default=0) if uses_modseq(cmd.criteria) else None
         if cmd.returns is not None:
@@ -145,7 +145,7 @@ class SelectedCommands(SessionUpdates):
         if cmd.changedsince is not None:
             since = cmd.changedsince
             if cmd.vanished:
-                gone, _complete = await asyncio.to_thread(index.vanished_since, since)
+                gone, _complete = await self.run_in_thread(index.vanished_since, since)
                 # Not a message still in the view (expunged elsewhere, held): that one gets
                 # a VANISHED of its own, which does shift the sequence numbers.
                 wanted = [u for u in gone if cmd.sequence_set.contains(u, max(index.uidnext - 1, 1))
@@ -159,7 +159,7 @@ class SelectedCommands(SessionUpdates):
                 or (isinstance(i, Attribute) and i.name in ("RFC822", "RFC822.TEXT")) for i in cmd.items):
             unseen = [u for u in uids if "\\Seen" not in index.flags(u)]
             if unseen:
-                changed, _failed = await asyncio.to_thread(index.store_flags, unseen, ["\\Seen"], "add")
+                changed, _failed = await self.run_in_thread(index.store_flags, unseen, ["\\Seen"], "add")
                 force = frozenset(changed)
                 if changed:
                     self._notify_others([index.dir])
@@ -172,12 +172,12 @@ class SelectedCommands(SessionUpdates):
         # the worker) while this one is encrypted and sent: the two overlap.
         size = _FETCH_CHUNK_FULL if plan.need_full else _FETCH_CHUNK
         chunks = [uids[start:start + size] for start in range(0, len(uids), size)]
-        pending = asyncio.ensure_future(asyncio.to_thread(renderer.render, chunks[0])) if chunks else None
+        pending = asyncio.ensure_future(self.run_in_thread(renderer.render, chunks[0])) if chunks else None
         try:
             for i in range(len(chunks)):
                 assert pending is not None
                 responses = await pending
-                pending = (asyncio.ensure_future(asyncio.to_thread(renderer.render, chunks[i + 1]))
+                pending = (asyncio.ensure_future(self.run_in_thread(renderer.render, chunks[i + 1]))
                            if i + 1 < len(chunks) else None)
                 if plan.need_full:
                     self.out.writelines(responses)
@@ -206,7 +206,7 @@ class SelectedCommands(SessionUpdates):
         mode: StoreMode = "add" if cmd.mode == "+" else "remove" if cmd.mode == "-" else "replace"
         if cmd.unchangedsince is not None:
             self.condstore = True
-        changed, failed = await asyncio.to_thread(
+        changed, failed = await self.run_in_thread(
             index.store_flags, uids, flags, mode, cmd.unchangedsince)
         if changed:
             self._notify_others([index.dir])
@@ -251,7 +251,7 @@ class SelectedCommands(SessionUpdates):
         tree = self._tree()
         name = "INBOX" if cmd.mailbox.upper() == "INBOX" else cmd.mailbox
         dest_path = tree.path(name)
-        if not await asyncio.to_thread(tree.exists, name):
+        if not await self.run_in_thread(tree.exists, name):
             raise Refused("no such mailbox", code="TRYCREATE")
         uids = self._resolve(cmd.sequence_set, cmd.uid)
         dest = await self._other_index(name, dest_path)
@@ -262,7 +262,7 @@ class SelectedCommands(SessionUpdates):
                 dest.sync()
             return dest.uidvalidity, source.copy_to(dest, uids)
 
-        uidvalidity, pairs = await asyncio.to_thread(copy)
+        uidvalidity, pairs = await self.run_in_thread(copy)
         if pairs:
             self._notify_others([dest_path])
         code = None
@@ -283,7 +283,7 @@ class SelectedCommands(SessionUpdates):
 
         # Sequence numbers of these EXPUNGEs are those of the client's view: messages others
         # expunged stay in it until a command that may tell (execute, _send_updates).
-        changes = await asyncio.to_thread(expunge_moved) if moved else ChangeSet()
+        changes = await self.run_in_thread(expunge_moved) if moved else ChangeSet()
         self._write_changes(ChangeSet(expunged=changes.expunged, expunged_seqs=changes.expunged_seqs))
         if changes.expunged:
             self._notify_others([source.dir])

@@ -9,7 +9,6 @@ using. New keywords come with FLAGS and PERMANENTFLAGS first (RFC 3501 7.2.6).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -64,7 +63,7 @@ class SessionUpdates(SessionCore):
             return
         self._dirty = False
         try:
-            changes = await asyncio.to_thread(sel.index.sync, hold_expunges)
+            changes = await self.run_in_thread(sel.index.sync, hold_expunges)
         except (FileNotFoundError, CorruptIndex) as exc:
             log.warning("session=%s mailbox %s is gone: %s", self.id, sel.name, exc)
             self._bye_and_deselect("the selected mailbox was deleted or renamed")
@@ -104,7 +103,7 @@ class SessionUpdates(SessionCore):
     async def _announce_own(self) -> None:
         """EXISTS (and RECENT) for what this session added to its selected folder, now."""
         index = self._sel().index
-        new = await asyncio.to_thread(index.announce_new)  # takes the folder lock
+        new = await self.run_in_thread(index.announce_new)  # takes the folder lock
         if new:
             self.out.write(self._new_keywords(new) + fmt.exists(len(index)) + fmt.recent(index.recent_count))
 
