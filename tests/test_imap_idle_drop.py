@@ -20,6 +20,7 @@ from mailserver.imap.server import IMAPEndpoint
 from mailserver.tls import server_context
 from tests.support.imap import PASSWORD, client_ctx
 from tests.support.imapclient import IMAPClient
+from tests.support.wait import async_wait_until
 
 
 def test_dropped_idle_connections_leave_no_pending_task(ca, tmp_path, caplog):
@@ -45,15 +46,14 @@ def test_dropped_idle_connections_leave_no_pending_task(ca, tmp_path, caplog):
             await c.idle_start()
             c.abort()
             await c.close()
-        for _ in range(50):
-            if not endpoint.sessions:
-                break
-            await asyncio.sleep(0.05)
-        assert not endpoint.sessions
-        await asyncio.sleep(0.1)
-        gc.collect()
-        await asyncio.sleep(0.1)
+        await async_wait_until(lambda: not endpoint.sessions, what="the dropped sessions to end")
         await endpoint.drain()
+        # Every task but this one ends (the sessions', their IDLE helpers', the hub's poll);
+        # one left pending would not, and collected it would log "destroyed but pending".
+        me = asyncio.current_task()
+        await async_wait_until(lambda: all(t is me or t.done() for t in asyncio.all_tasks()),
+                               what="every other task to end")
+        gc.collect()
         return len(endpoint.sessions)
 
     try:

@@ -2,7 +2,12 @@
 ``listen.imap`` / ``listen.imaps``), serving the accounts' Maildir++ stores.
 
 * ``server``: the asyncio transport (sockets, TLS, timeouts, IDLE); ``session``: the state
-  machine of one connection; ``backend``: what all sessions share; ``hub``: change
+  machine of one connection (dispatch, any-state commands, IDLE), built from
+  ``session_core`` (state, selected folder, responses), ``session_updates`` (others'
+  changes, RFC 3501 7.4.1), ``session_auth`` (STARTTLS, LOGIN, AUTHENTICATE),
+  ``session_mailboxes`` (the authenticated-state folder commands) and
+  ``session_selected`` (the selected-state commands); ``backend``: what all sessions
+  share; ``hub``: change
   notification between sessions, deliveries and other programs writing the Maildir;
   ``mailboxes``: one account's folder tree.
 * Sans-I/O protocol core, one job per module: ``framing`` (bytes -> events), ``lexer`` and

@@ -15,6 +15,7 @@ import socket
 import ssl
 import typing
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 from mailserver.net.listener import (
     ConnectionTable,
@@ -282,7 +283,7 @@ class _IMAPProtocol(asyncio.Protocol, Output):
                 if event is NEED_DATA:
                     self._data.clear()
                     if session.idling:
-                        if not await session.idle_wait(self._wait_input):
+                        if not await self._idle_wait(session):
                             self.write(fmt.untagged_status("BYE", "autologout: idle for too long"))
                             break
                         if self._shutting_down:
@@ -344,6 +345,38 @@ class _IMAPProtocol(asyncio.Protocol, Output):
         finally:
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.close()
+
+    async def _idle_wait(self, session: IMAPSession) -> bool:
+        """While in IDLE: push changes as they happen and a keepalive at the session's
+        deadline until input arrives (the client sent DONE or anything else): True. False
+        when the session says the client stayed silent too long (the caller logs it out)."""
+        wake = session.begin_idle_wait()
+        reader = asyncio.ensure_future(self._wait_input())
+        waker: asyncio.Future[Literal[True]] | None = None
+        try:
+            while True:
+                waker = asyncio.ensure_future(wake.wait())
+                deadline = session.next_deadline()
+                timeout = None if deadline is None else max(0.0, deadline - session.now())
+                done, _ = await asyncio.wait((reader, waker), timeout=timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                waker.cancel()
+                if reader in done:
+                    return True
+                if waker in done:
+                    wake.clear()
+                    await session.push_changes()
+                    continue
+                if not session.on_deadline():
+                    return False
+        finally:
+            # Cancelled (the connection dropped, the session task was cancelled) or failed
+            # inside the wait: neither helper task may be left pending, or asyncio logs
+            # "Task was destroyed but it is pending!" for each when they are collected.
+            session.end_idle_wait()
+            for task in (reader, waker):
+                if task is not None and not task.done():
+                    task.cancel()
 
     async def _apply(self, action: Action) -> bool:
         """Tell the framer what the session answered; False: close the connection."""
