@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import imaplib
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from mailserver.imap.sorting import MessageFields, sort
 from mailserver.message import header_end
 from tests.support import dovecot
 from tests.support.ca import TestCA
-from tests.support.imap import client_ctx
+from tests.support.imap import client_ctx, imap_daemon
 from tests.support.sortcorpus import write_corpus
 from tests.support.tools import missing
 
@@ -142,3 +143,30 @@ def _compare(ours: dict[str, str], theirs: dict[str, str]) -> None:
             wrong.append(f"{command}: first difference at item {at}: "
                          f"ours {a[at:at + 6]}, Dovecot {b[at:at + 6]}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_server_matches_dovecot(corpus: Path, ca: TestCA, dovecot_answers: dict[str, str],
+                                tmp_path: Path) -> None:
+    d = imap_daemon(tmp_path / "d", ca, start=False)
+    root = d.add_account(USER, PASSWORD)
+    for sub in ("cur", "new"):  # a plain copy: Dovecot's copy was chown'd through its links
+        shutil.rmtree(root / sub, ignore_errors=True)
+        shutil.copytree(corpus / sub, root / sub)
+    d.start()
+    try:
+        conn = _client(d.imaps_port, ca)  # type: ignore[attr-defined]
+        try:
+            ours = _answers(conn)
+            # ESORT (RFC 5267) says the same as SORT, in its own form.
+            typ, data = conn.sort("(REVERSE DATE)", "UTF-8", "ALL")
+            plain = (data[0] or b"").decode().split()
+            typ, data = conn._simple_command("SORT", "RETURN (MIN MAX COUNT PARTIAL 1:3)",
+                                             "(REVERSE DATE)", "UTF-8", "ALL")
+            assert typ == "OK"
+            esearch = conn.untagged_responses.pop("ESEARCH", [b""])[0].decode()
+            assert f"MIN {plain[0]} MAX {plain[-1]} COUNT {N} PARTIAL (1:3 " in esearch, esearch
+        finally:
+            conn.logout()
+    finally:
+        d.stop()
+    _compare(ours, dovecot_answers)

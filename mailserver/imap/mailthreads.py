@@ -300,13 +300,17 @@ def references(messages: Sequence[ThreadInput], *, merge_subjects: bool = True) 
     return roots
 
 
-def thread(messages: Sequence[ThreadInput], algorithm: Algorithm) -> str:
-    """The data of ``* THREAD`` (without the "* THREAD " prefix): "" when no message."""
+def thread(messages: Sequence[ThreadInput], algorithm: str) -> str:
+    """The data of ``* THREAD`` (without the "* THREAD " prefix): "" when no message.
+    ``algorithm`` is one of ``ALGORITHMS`` (ValueError otherwise: the parser refuses
+    others before they get here)."""
     if algorithm == "ORDEREDSUBJECT":
         return render_ordered_subject(ordered_subject(messages))
     if algorithm == "REFERENCES":
         return render(references(messages))
-    return render(_newest_last_order(references(messages, merge_subjects=False)))
+    if algorithm == "REFS":
+        return render(_newest_last_order(references(messages, merge_subjects=False)))
+    raise ValueError(f"unknown THREAD algorithm {algorithm!r}")
 
 
 def render(roots: Sequence[_Node]) -> str:

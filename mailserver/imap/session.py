@@ -228,7 +228,8 @@ Handler = Callable[[IMAPSession, Command], Awaitable[Action]]
 _ANY = ("NOT_AUTHENTICATED", "AUTHENTICATED", "SELECTED")
 _AUTH = ("AUTHENTICATED", "SELECTED")
 _SEL = ("SELECTED",)
-_SELECTED_ONLY = {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE"}
+_SELECTED_ONLY = {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "SORT", "THREAD", "FETCH", "STORE",
+                  "COPY", "MOVE"}
 _HANDLERS: dict[str, tuple[Handler, tuple[str, ...]]] = {
     "CAPABILITY": (IMAPSession._capability, _ANY),
     "NOOP": (IMAPSession._noop, _ANY),
@@ -256,6 +257,8 @@ _HANDLERS: dict[str, tuple[Handler, tuple[str, ...]]] = {
     "UNSELECT": (IMAPSession._unselect, _SEL),
     "EXPUNGE": (IMAPSession._expunge, _SEL),
     "SEARCH": (IMAPSession._search, _SEL),
+    "SORT": (IMAPSession._sort, _SEL),
+    "THREAD": (IMAPSession._thread, _SEL),
     "FETCH": (IMAPSession._fetch, _SEL),
     "STORE": (IMAPSession._store, _SEL),
     "COPY": (IMAPSession._copy, _SEL),

@@ -151,6 +151,8 @@ class SessionCore:
         return [
             *caps, "NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE", "LIST-EXTENDED",
             "LIST-STATUS", "CONDSTORE", "QRESYNC", "ESEARCH", "STATUS=SIZE",
+            # RFC 5256, RFC 5957, RFC 5267 (ESORT), Dovecot's THREAD=REFS
+            "SORT", "SORT=DISPLAY", "ESORT", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "THREAD=REFS",
             f"APPENDLIMIT={self.backend.limits.max_append_size}",
         ]
 

@@ -1,5 +1,5 @@
 """Commands on the selected folder (RFC 3501 6.4): CHECK, CLOSE, UNSELECT, EXPUNGE,
-SEARCH, FETCH, STORE, COPY and MOVE.
+SEARCH, SORT and THREAD (RFC 5256), FETCH, STORE, COPY and MOVE.
 
 FETCH and SEARCH run in worker threads in chunks, so a 100,000-message FETCH never stalls
 other sessions; FETCH of a message expunged elsewhere answers what the index still knows
@@ -14,13 +14,15 @@ from mailserver.storage.api import ChangeSet, ReadOnlyMailbox, StoreMode
 
 from . import format as fmt
 from . import searcheval
-from .commands import Command, Copy, Fetch, Search, Store, UidExpunge
+from .commands import Command, Copy, Fetch, Search, Sort, Store, Thread, UidExpunge
 from .fetch import Attribute, BodySection
 from .fetcher import FetchPlan, Renderer, SearchLoader
-from .search import uses_modseq
+from .mailthreads import thread
+from .search import SearchKey, uses_modseq
 from .seqset import SequenceSet
 from .session_core import Action, Refused, State
 from .session_updates import SessionUpdates
+from .sorting import MessageFields, esort_response, sort, sort_response
 
 _FETCH_CHUNK = 500
 _FETCH_CHUNK_FULL = 25  # messages per chunk when whole bodies are read
@@ -65,11 +67,13 @@ class SelectedCommands(SessionUpdates):
         self._ok(cmd.tag, "EXPUNGE completed", code=code)
         return Action.NONE
 
-    async def _search(self, cmd: Command) -> Action:
-        assert isinstance(cmd, Search)
+    async def _matching(self, criteria: SearchKey) -> tuple[list[searcheval.Candidate], SearchLoader]:
+        """The messages ``criteria`` match, in mailbox order, and the header loader that
+        read them (its prefetched FETCH-cache entries serve SORT and THREAD next; the
+        caller flushes it)."""
         sel = self._sel()
         index = sel.index
-        if uses_modseq(cmd.criteria):
+        if uses_modseq(criteria):
             self.condstore = True
 
         def candidates() -> tuple[list[searcheval.Candidate], searcheval.SearchContext]:
@@ -83,15 +87,22 @@ class SelectedCommands(SessionUpdates):
         # Content searches run in slices, each its own worker-thread call: the evaluator
         # holds the GIL, and other sessions get the interpreter between slices.
         step = len(cands) or 1
-        if searcheval.content_needed(cmd.criteria) != "none":
+        if searcheval.content_needed(criteria) != "none":
             step = _SEARCH_SLICE
         found: list[searcheval.Candidate] = []
         try:
             for start in range(0, len(cands), step):
-                found += await self.run_in_thread(searcheval.search, cmd.criteria, cands[start:start + step],
+                found += await self.run_in_thread(searcheval.search, criteria, cands[start:start + step],
                                                  ctx, load)
-        finally:
+        except BaseException:
             await self.run_in_thread(load.flush)
+            raise
+        return found, load
+
+    async def _search(self, cmd: Command) -> Action:
+        assert isinstance(cmd, Search)
+        found, load = await self._matching(cmd.criteria)
+        await self.run_in_thread(load.flush)
         numbers = [c.uid if cmd.uid else c.seq for c in found]
         modseq = max((c.modseq for c in found), default=0) if uses_modseq(cmd.criteria) else None
         if cmd.returns is not None:
@@ -125,6 +136,65 @@ class SelectedCommands(SessionUpdates):
         if modseq:
             out += b" MODSEQ %d" % modseq
         return out + b"\r\n"
+
+    async def _sort_fields(self, found: list[searcheval.Candidate], load: SearchLoader,
+                           criteria: frozenset[str]) -> list[MessageFields]:
+        """The sort keys of ``found`` (RFC 5256), from header blocks the FETCH cache holds
+        (read from the files and cached when it does not); in slices, like SEARCH."""
+        need_header = bool(criteria - {"ARRIVAL", "SIZE"})
+
+        def fields(part: list[searcheval.Candidate]) -> list[MessageFields]:
+            parse = MessageFields.parse
+            out = []
+            for c in part:
+                header = (load(c, "header")[0] or b"") if need_header else b""
+                out.append(parse(c.seq, c.uid, c.size, c.internal_date, header, criteria))
+            return out
+
+        result: list[MessageFields] = []
+        try:
+            for start in range(0, len(found), _SEARCH_SLICE):
+                result += await self.run_in_thread(fields, found[start:start + _SEARCH_SLICE])
+        finally:
+            await self.run_in_thread(load.flush)
+        return result
+
+    async def _sort(self, cmd: Command) -> Action:
+        """SORT (RFC 5256 3), and ESORT's RETURN options (RFC 5267 3.2, RFC 9394)."""
+        assert isinstance(cmd, Sort)
+        found, load = await self._matching(cmd.criteria)
+        criteria = frozenset(name for name, _reverse in cmd.keys)
+        messages = await self._sort_fields(found, load, criteria)
+        ordered = await self.run_in_thread(sort, messages, cmd.keys)
+        numbers = [m.uid if cmd.uid else m.seq for m in ordered]
+        modseq = None
+        if uses_modseq(cmd.criteria) and found:
+            modseq = max(c.modseq for c in found)  # RFC 7162 3.1.5, as for SEARCH
+        if cmd.returns is not None:
+            response = esort_response(cmd.tag, cmd.uid, numbers, cmd.returns, cmd.partial)
+            if modseq:
+                response = response[:-2] + b" MODSEQ %d\r\n" % modseq
+        else:
+            response = sort_response(numbers)
+            if modseq:
+                response = response[:-2] + b" (MODSEQ %d)\r\n" % modseq
+        self._untagged(response)
+        self._ok(cmd.tag, "SORT completed")
+        return Action.NONE
+
+    async def _thread(self, cmd: Command) -> Action:
+        """THREAD (RFC 5256 3-4): ORDEREDSUBJECT, REFERENCES, REFS."""
+        assert isinstance(cmd, Thread)
+        found, load = await self._matching(cmd.criteria)
+        messages = await self._sort_fields(found, load, frozenset({"THREAD"}))
+
+        def build() -> str:
+            return thread([m.thread_input(cmd.uid) for m in messages], cmd.algorithm)
+
+        data = await self.run_in_thread(build)
+        self._untagged(b"* THREAD " + data.encode("ascii") + b"\r\n" if data else b"* THREAD\r\n")
+        self._ok(cmd.tag, "THREAD completed")
+        return Action.NONE
 
     async def _fetch(self, cmd: Command) -> Action:
         assert isinstance(cmd, Fetch)

@@ -141,6 +141,8 @@ class SessionUpdates(SessionCore):
 
 def _holds_expunges(cmd: Command) -> bool:
     """RFC 3501 7.4.1: no EXPUNGE during FETCH, STORE or SEARCH by sequence number (the
-    UID forms may carry them); COPY and MOVE by number are held to the same rule, so the
-    numbers a client sends next still name what it thinks they do."""
-    return cmd.name in ("FETCH", "STORE", "SEARCH", "COPY", "MOVE") and not getattr(cmd, "uid", False)
+    UID forms may carry them); SORT and THREAD answer with numbers as SEARCH does (RFC
+    5256 3), and COPY and MOVE by number are held to the same rule, so the numbers a
+    client sends next still name what it thinks they do."""
+    return (cmd.name in ("FETCH", "STORE", "SEARCH", "SORT", "THREAD", "COPY", "MOVE")
+            and not getattr(cmd, "uid", False))
