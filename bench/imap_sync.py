@@ -102,6 +102,12 @@ SEED = 20261123
 OWNER = "bench@example.test"
 TEXT_WORD = "zanzibar"  # in ~1 % of the bodies, nowhere else
 SUBJECT_WORD = "quokka"  # in ~1 % of the subjects, nowhere else
+# (key, label, command): what a webmail asks for a list view (issue #16's benchmark).
+SORT_COMMANDS = [
+    ("sort_date", "UID SORT (REVERSE DATE)", "UID SORT (REVERSE DATE) UTF-8 ALL"),
+    ("sort_subject", "UID SORT (SUBJECT)", "UID SORT (SUBJECT) UTF-8 ALL"),
+    ("thread_refs", "UID THREAD REFERENCES", "UID THREAD REFERENCES UTF-8 ALL"),
+]
 HEADER_FIELDS = "From To Cc Subject Date Message-ID References In-Reply-To Content-Type"
 HEADER_FETCH = f"UID FETCH 1:* (UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS ({HEADER_FIELDS})])"
 PER_ACCOUNT = 5  # IDLE connections per small account (Thunderbird: ~5-6)
@@ -492,6 +498,7 @@ class Bench:
     log_seen: int = 0
     samples: dict[str, list[float]] = field(default_factory=dict)  # timed(record=False)
     notes: dict[str, str] = field(default_factory=dict)
+    orders: dict[str, bytes] = field(default_factory=dict)  # SORT/THREAD answer, UIDs as message indices
 
     def row(self, key: str, label: str, seconds: float | None, note: str = "") -> None:
         self.rows.append(Row(key, label, seconds, note))
@@ -679,6 +686,25 @@ def session(b: Bench, name: str, *, first: bool, stores: bool) -> None:
         b.timed(c, f"search_subject_{name}", f"UID SEARCH SUBJECT ({name})",
                 f'UID SEARCH SUBJECT "{SUBJECT_WORD}"', check_search(b.filled.subject_hits, "SUBJECT"),
                 repeat=reps)
+
+        index_by_uid = {uid: i for i, uid in b.uid_of.items()}
+
+        def check_order(key: str, what: str) -> Callable[[list[bytes], float], str]:
+            """Every message once; the order (as message indices, which both servers
+            share) is kept so the two servers' answers can be compared at the end."""
+            def check(out: list[bytes], dt: float) -> str:
+                data = b" ".join(r.split(b" ", 2)[2] if r.count(b" ") >= 2 else b""
+                                 for r in out if r.startswith((b"* SORT", b"* THREAD")))
+                got = [index_by_uid.get(int(x), -1) for x in re.findall(rb"\d+", data)]
+                if sorted(got) != sorted(b.uid_of):
+                    b.bug(f"{what} ({name}): {len(got)} messages, expected {len(b.uid_of)}")
+                    return "WRONG"
+                b.orders[key] = re.sub(rb"\d+", lambda m: b"%d" % index_by_uid.get(int(m[0]), -1), data)
+                return f"{len(got)} messages"
+            return check
+
+        for key, label, command in SORT_COMMANDS:
+            b.timed(c, f"{key}_{name}", f"{label} ({name})", command, check_order(key, label), repeat=reps)
 
         rng = random.Random(name)
         picked = rng.sample(sorted(b.uid_of), min(100, len(b.uid_of)))
@@ -1124,7 +1150,8 @@ def run(base: Path, args: argparse.Namespace) -> int:
     head = "Dovecot" if ba else "Dovecot (earlier)"
     print(f"{'M = ' + str(count):<36} {'pymaild':>10}  {head:>10}  {'ratio':>6}")
     for r in b.rows:
-        if r.key.startswith(("select_", "fetch_", "search_", "bodies_", "store_", "unstore_")):
+        if r.key.startswith(("select_", "fetch_", "search_", "bodies_", "store_", "unstore_", "sort_",
+                             "thread_")):
             shown = f"{r.seconds:8.3f} s" if r.seconds is not None else "    FAILED"
             if ba:
                 other = anchor_rows.get(r.key)
@@ -1136,6 +1163,16 @@ def run(base: Path, args: argparse.Namespace) -> int:
     memory_line(b, "pymaild", f", Dovecot's earlier figure ~{DOVECOT_KIB_PER_IDLE}" if not ba else "")
     if ba:
         memory_line(ba, "Dovecot", ", summed over all its processes")
+    if ba:
+        for key, label, _command in SORT_COMMANDS:
+            ours, theirs = b.orders.get(key), ba.orders.get(key)
+            if ours is not None and theirs is not None and ours != theirs:
+                at = next((i for i, (x, y) in enumerate(zip(ours, theirs, strict=False)) if x != y),
+                          min(len(ours), len(theirs)))
+                b.bug(f"{label}: the answer differs from Dovecot's at byte {at}: "
+                      f"{ours[at:at + 40]!r} against {theirs[at:at + 40]!r}")
+            elif ours is not None and theirs is not None:
+                print(f"  {label}: the same order as Dovecot's")
     bugs = b.bugs + [f"(Dovecot) {text}" for text in (ba.bugs if ba else [])]
     if bugs:
         print(f"\n{len(bugs)} server problems:")
