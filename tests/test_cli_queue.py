@@ -24,6 +24,7 @@ from mailserver.config import Config, load_config
 from mailserver.delivery import queue_store as store
 from mailserver.delivery.queue import Queue, QueuedMessage
 from mailserver.delivery.results import DeliveryResult, from_reply
+from tests.support.wait import async_wait_until, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = """\
@@ -71,10 +72,8 @@ async def _fill(directory: Path, messages: list[tuple[str, list[str]]]) -> list[
               is_local_sender=lambda a: True, jitter=0.0, control_interval=0.02)
     task = asyncio.create_task(q.start())
     ids = [await q.enqueue(sender, rcpts, MESSAGE) for sender, rcpts in messages]
-    deadline = time.monotonic() + 5
-    while not all(store.read_entry(directory, i).attempts == 1 for i in ids):  # type: ignore[union-attr]
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.01)
+    await async_wait_until(lambda: all(store.read_entry(directory, i).attempts == 1  # type: ignore[union-attr]
+                                       for i in ids), interval=0.01, what="the first attempts")
     await q.stop()
     await task
     return ids
@@ -198,13 +197,6 @@ def attempts(log: Path, qid: str) -> int:
     return sum(1 for line in log.read_text().splitlines() if line.split()[0] == qid)
 
 
-def wait_for(pred, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
-
-
 def test_flush_and_remove_while_the_daemon_runs(cfg, capsys, tmp_path):
     log = tmp_path / "deliveries.log"
     log.touch()
@@ -214,16 +206,16 @@ def test_flush_and_remove_while_the_daemon_runs(cfg, capsys, tmp_path):
         assert daemon.stdout is not None
         ids = [daemon.stdout.readline().strip() for _ in range(3)]
         assert daemon.stdout.readline().strip() == "ready"
-        wait_for(lambda: all(attempts(log, i) == 1 for i in ids))
-        wait_for(lambda: all(store.read_entry(cfg.queue_dir, i).attempts == 1  # type: ignore[union-attr]
-                             for i in ids))
+        wait_until(lambda: all(attempts(log, i) == 1 for i in ids), what="a first attempt of each")
+        wait_until(lambda: all(store.read_entry(cfg.queue_dir, i).attempts == 1  # type: ignore[union-attr]
+                               for i in ids), what="the first attempts in the state files")
 
         out = run(cfg, capsys, "list")
         assert all(i in out for i in ids) and "451 4.7.1 greylisted" in out
 
         out = run(cfg, capsys, "flush", ids[0])
         assert out == f"flushed {ids[0]}: daemon (pid {daemon.pid}) is delivering now\n"
-        wait_for(lambda: attempts(log, ids[0]) == 2)
+        wait_until(lambda: attempts(log, ids[0]) == 2, what="the flushed message's second attempt")
         assert attempts(log, ids[1]) == 1  # only the flushed one
 
         out = run(cfg, capsys, "remove", ids[1])
@@ -231,7 +223,7 @@ def test_flush_and_remove_while_the_daemon_runs(cfg, capsys, tmp_path):
         assert not store.data_path(cfg.queue_dir, ids[1]).exists()
 
         run(cfg, capsys, "flush")
-        wait_for(lambda: attempts(log, ids[2]) == 2)
+        wait_until(lambda: attempts(log, ids[2]) == 2, what="the flush-all's second attempt")
         assert attempts(log, ids[1]) == 1  # removed: never tried again
         assert list((cfg.queue_dir / store.REQUESTS_DIR).iterdir()) == []
     finally:

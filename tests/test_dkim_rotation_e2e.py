@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 import smtplib
-import time
 
 from tests.support.daemon import free_port, write_config
+from tests.support.wait import wait_until
 from tests.test_mx_e2e import maildir_files
 
 PASSWORD = "password-123456"
@@ -19,16 +19,13 @@ def send(d, ca) -> bytes:
         client.login("alice@example.test", PASSWORD)
         client.sendmail("alice@example.test", ["bob@example.test"],
                         b"From: alice@example.test\r\nTo: bob@example.test\r\nSubject: s\r\n\r\nx\r\n")
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        files = maildir_files(d.state_dir / "mail/example.test/bob")
-        if files:
-            data = files[-1].read_bytes()
-            for f in files:
-                f.unlink()
-            return data
-        time.sleep(0.05)
-    raise AssertionError("not delivered")
+    inbox = d.state_dir / "mail/example.test/bob"
+    wait_until(lambda: maildir_files(inbox), what="delivery to bob")
+    files = maildir_files(inbox)
+    data = files[-1].read_bytes()
+    for f in files:
+        f.unlink()
+    return data
 
 
 def selectors(data: bytes) -> list[str]:

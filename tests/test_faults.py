@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +29,7 @@ from tests.support.daemon import REPO, PymaildProcess, write_config
 from tests.support.faults import FaultControl
 from tests.support.imap import PASSWORD, RawIMAP, client_ctx, imap_daemon, new_account
 from tests.support.smtpsink import SMTPSink
+from tests.support.wait import wait_until
 
 ENOSPC, EIO = errno.ENOSPC, errno.EIO
 REPLY = {ENOSPC: (452, b"4.3.1"), EIO: (451, b"4.3.0")}
@@ -372,14 +373,6 @@ def sink() -> Iterator[SMTPSink]:
     thread.join(5)
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("err", [ENOSPC, EIO], ids=["ENOSPC", "EIO"])
 @pytest.mark.parametrize("op", ["write", "fsync", "rename"])
 def test_queue_state_update_fault(tmp_path: Path, ca, sink: SMTPSink, op: str, err: int) -> None:
@@ -398,7 +391,7 @@ def test_queue_state_update_fault(tmp_path: Path, ca, sink: SMTPSink, op: str, e
         faults.fail(op, path, err, after=1)
         code, text = submit(d, ca, user, ["someone@remote.example"], f"queued-{op}-{err}")
         assert code == 250, (code, text)
-        wait_for(lambda: bool(faults.hits()))
+        wait_until(faults.hits, what="the injected fault to be hit")
         line = wait_line(d, "processing failed")
         assert "retrying" in line
         faults.clear()
@@ -410,7 +403,8 @@ def test_queue_state_update_fault(tmp_path: Path, ca, sink: SMTPSink, op: str, e
         r = subprocess.run([sys.executable, "-m", "mailserver.cli", "-c", str(d.config_path),
                             "queue", "flush"], capture_output=True, text=True, cwd=REPO, timeout=60)
         assert r.returncode == 0, r
-        wait_for(lambda: len(sink.transactions) == 1 and queue_files(d) in ([], [".lock"]))
+        wait_until(lambda: len(sink.transactions) == 1 and queue_files(d) in ([], [".lock"]),
+                   what="the flushed message to be delivered and leave the queue")
         assert f"queued-{op}-{err}".encode() in sink.transactions[0].data
         assert files(queue / "corrupt") == []
     finally:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import email
 import smtplib
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from tests.support.ca import TestCA
 from tests.support.daemon import PymaildProcess, free_port
 from tests.support.dnsserver import DNSServer
 from tests.support.smtpsink import PolicyServer, SMTPSink
+from tests.support.wait import async_wait_until
 
 PASSWORD = "password-123456"
 A_IP, B_IP, SINK_IP, POLICY_IP = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.6"
@@ -135,16 +135,6 @@ def mail(sender: str, to: str, subject: str = "hello") -> bytes:
     return (f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n\r\nHi there.\r\n").encode()
 
 
-async def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def inbox(d: PymaildProcess, user: str, folder: str = "") -> list[bytes]:
     base = d.state_dir / "mail" / d.config["primary_domain"] / user / folder / "new"
     return [p.read_bytes() for p in sorted(base.iterdir())] if base.exists() else []
@@ -168,7 +158,8 @@ async def test_submission_signs_and_delivers_to_the_other_instance(world, ca):
     reply = await asyncio.to_thread(submit, a, ca, "alice@a.test", ["bob@b.test", "carol@a.test"],
                                     mail("Alice <alice@a.test>", "bob@b.test, carol@a.test"))
     assert "queued as" in reply
-    (received,) = await wait_for(lambda: inbox(b, "bob"), what="delivery to b.test")
+    await async_wait_until(lambda: inbox(b, "bob"), what="delivery to b.test")
+    (received,) = inbox(b, "bob")
     result = ar(received)
     assert "spf=pass" in result and "smtp.mailfrom=alice@a.test" in result
     assert result.count("dkim=pass") == 2, result  # rsa-sha256 and ed25519-sha256
@@ -176,7 +167,7 @@ async def test_submission_signs_and_delivers_to_the_other_instance(world, ca):
     assert b"with ESMTPS" in received  # A used STARTTLS to B
     (local,) = inbox(a, "carol")  # the local recipient got it directly, signed too
     assert local.count(b"DKIM-Signature:") == 2
-    await wait_for(lambda: not queue_files(a), what="queue to empty")
+    await async_wait_until(lambda: not queue_files(a), what="queue to empty")
     log = a.wait_log("outcome=accepted")
     assert "queued=" in log
 
@@ -200,7 +191,7 @@ async def test_mta_sts_enforce_with_matching_mx_delivers(world, ca):
         a = world.daemon("a", A_IP, accounts=("alice@a.test",),
                          delivery={"mta_sts_port": server.port})
         await send(a, ca, ["bob@b.test"])
-        await wait_for(lambda: inbox(b, "bob"), what="delivery under an enforce policy")
+        await async_wait_until(lambda: inbox(b, "bob"), what="delivery under an enforce policy")
         assert server.requests, "the policy was never fetched"
     finally:
         await server.stop()
@@ -213,7 +204,8 @@ async def test_mta_sts_enforce_mx_not_in_policy_defers_then_bounces(world, ca):
         a = world.daemon("a", A_IP, accounts=("alice@a.test",), delivery={"mta_sts_port": server.port},
                          queue={"retry_schedule": ["0s", "1s"], "max_age": "4s"})
         await send(a, ca, ["bob@b.test"])
-        (dsn,) = await wait_for(lambda: inbox(a, "alice"), timeout=30, what="the bounce")
+        await async_wait_until(lambda: inbox(a, "alice"), timeout=30, what="the bounce")
+        (dsn,) = inbox(a, "alice")
         assert inbox(b, "bob") == []  # never delivered without a policy-matching MX
         assert dsn.startswith(b"Return-Path: <>\r\n")
         parsed = email.message_from_bytes(dsn)
@@ -235,8 +227,8 @@ async def test_mta_sts_enforce_wrong_certificate_defers(world, ca):
         a = world.daemon("a", A_IP, accounts=("alice@a.test",), delivery={"mta_sts_port": server.port},
                          queue={"retry_schedule": ["0s", "30s"]})
         await send(a, ca, ["dave@c.test"])
-        await wait_for(lambda: ("dave@c.test" in a.log_text() and "temp" in a.log_text())
-                       or _pending_with_error(a), what="a deferred attempt")
+        await async_wait_until(lambda: ("dave@c.test" in a.log_text() and "temp" in a.log_text())
+                               or _pending_with_error(a), what="a deferred attempt")
         assert sink.transactions == []  # nothing was sent, not even in plaintext
         assert queue_files(a), "the message must stay queued"
     finally:
@@ -269,8 +261,10 @@ async def test_451_then_250_is_delivered_once(world, ca, sink):
     sink.script("MAIL", "451 4.7.1 greylisted, come back later")
     a = world.daemon("a", A_IP, accounts=("alice@a.test",))
     await send(a, ca, ["dave@c.test"])
-    await wait_for(lambda: sink.transactions, what="the retry to succeed")
-    await wait_for(lambda: not queue_files(a), what="queue to empty")
+    await async_wait_until(lambda: sink.transactions, what="the retry to succeed")
+    await async_wait_until(lambda: not queue_files(a), what="queue to empty")
+    # A real pause, for something that must NOT happen: a second delivery would come within
+    # one retry interval (1s), so watch a little longer than that.
     await asyncio.sleep(1.5)
     assert len(sink.transactions) == 1
     assert inbox(a, "alice") == []  # no bounce
@@ -281,11 +275,14 @@ async def test_550_for_one_recipient_bounces_exactly_that_one(world, ca, sink):
     a = world.daemon("a", A_IP, accounts=("alice@a.test",))
     await asyncio.to_thread(submit, a, ca, "alice@a.test", ["dave@c.test", "nobody@c.test"],
                             mail("alice@a.test", "dave@c.test, nobody@c.test"))
-    (dsn,) = await wait_for(lambda: inbox(a, "alice"), what="the bounce")
+    await async_wait_until(lambda: inbox(a, "alice"), what="the bounce")
+    (dsn,) = inbox(a, "alice")
     assert [t.rcpts for t in sink.transactions] == [["dave@c.test"]]
     text = dsn.decode()
     assert "nobody@c.test" in text and "550 5.1.1" in text
     assert "Final-Recipient: rfc822; dave@c.test" not in text and "rfc822;dave@c.test" not in text
+    # A real pause, for something that must NOT happen: a second DSN would come with a
+    # second attempt, within one retry interval (1s).
     await asyncio.sleep(1.5)
     assert len(inbox(a, "alice")) == 1  # one DSN, not one per attempt
 
@@ -294,18 +291,19 @@ async def test_hang_mid_data_is_retried(world, ca, sink):
     sink.hang.add("DOT")
     a = world.daemon("a", A_IP, accounts=("alice@a.test",), queue={"retry_schedule": ["0s", "1s"]})
     await send(a, ca, ["dave@c.test"])
-    await wait_for(lambda: sink.transactions or sink.connections, what="a first attempt")
-    await asyncio.sleep(4)  # data_timeout is 3s
+    await async_wait_until(lambda: sink.hung, what="the first attempt to hang after the dot")
+    # After data_timeout (3s) the attempt gives up and the queue records why.
+    await async_wait_until(lambda: _pending_with_error(a), what="the hung attempt to time out")
     sink.hang.discard("DOT")
-    await wait_for(lambda: sink.transactions, timeout=20, what="a retry after the hang")
-    await wait_for(lambda: not queue_files(a), what="queue to empty")
+    await async_wait_until(lambda: sink.transactions, what="a retry after the hang")
+    await async_wait_until(lambda: not queue_files(a), what="queue to empty")
 
 
 async def test_starttls_response_injection_aborts(world, ca, sink):
     sink.inject_after_starttls = b"250 injected\r\n"
     a = world.daemon("a", A_IP, accounts=("alice@a.test",), queue={"retry_schedule": ["0s", "30s"]})
     await send(a, ca, ["dave@c.test"])
-    await wait_for(lambda: _pending_with_error(a), what="a deferred attempt")
+    await async_wait_until(lambda: _pending_with_error(a), what="a deferred attempt")
     assert sink.transactions == []
     assert queue_files(a)
 
@@ -314,12 +312,12 @@ async def test_sigkill_during_delivery_loses_nothing(world, ca, sink):
     sink.hang.add("DOT")
     a = world.daemon("a", A_IP, accounts=("alice@a.test",))
     await send(a, ca, ["dave@c.test"])
-    await wait_for(lambda: sink.connections, what="delivery to start")
-    await asyncio.sleep(0.5)  # the message is being sent; the sink never answers the dot
+    # The whole message is sent and the sink never answers the dot: kill the sender now.
+    await async_wait_until(lambda: sink.hung, what="delivery to reach the final dot")
     a.kill()
     sink.hang.discard("DOT")
     assert queue_files(a), "the queued message must survive SIGKILL"
     await asyncio.to_thread(a.start)
-    await wait_for(lambda: sink.transactions, timeout=20, what="delivery after restart")
-    await wait_for(lambda: not queue_files(a), what="queue to empty")
+    await async_wait_until(lambda: sink.transactions, what="delivery after restart")
+    await async_wait_until(lambda: not queue_files(a), what="queue to empty")
     assert 1 <= len(sink.transactions) <= 2  # at most one duplicate, never lost

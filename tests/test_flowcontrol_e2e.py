@@ -50,7 +50,7 @@ def slow_read_until(sock: socket.socket, done: re.Pattern[bytes], *, chunk: int 
             raise AssertionError(f"the server stopped sending after {len(data)} bytes") from None
         assert piece, f"connection closed after {len(data)} bytes: {bytes(data[-200:])!r}"
         data += piece
-        time.sleep(pause)
+        time.sleep(pause)  # the slow reader under test, not a wait for anything
     return bytes(data)
 
 
@@ -107,7 +107,9 @@ def _pipeline_without_reading(sock: socket.socket, count: int) -> tuple[bytes, f
     burst = b"EHLO client.example\r\n" * count + b"QUIT\r\n"
     sender = threading.Thread(target=sock.sendall, args=(burst,), daemon=True)
     sender.start()
-    time.sleep(1.0)  # the server has long filled every buffer by now
+    # A real pause: the client that reads late, the behaviour under test. The server has
+    # long filled every buffer by then and must stop reading from us, not drop us.
+    time.sleep(1.0)
     started = time.monotonic()
     data = slow_read_until(sock, re.compile(rb"221 [^\r]*\r\n$"), chunk=65536, pause=0.0005, limit=120)
     sender.join(10)
@@ -180,7 +182,7 @@ def test_https_writer_waits_for_a_slow_reader(ca: TestCA, tls: bool) -> None:
         data = bytearray()
         while piece := sock.recv(16384):
             data += piece
-            time.sleep(0.0002)
+            time.sleep(0.0002)  # the slow reader under test: the writer must wait for it
         sock.close()
         head, _, got = bytes(data).partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200") and got == body

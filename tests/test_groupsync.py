@@ -16,7 +16,7 @@ def test_concurrent_callers_share_fsyncs(tmp_path: Path) -> None:
 
     def slow_fsync(path: Path) -> None:
         started.append(time.monotonic())
-        time.sleep(0.05)
+        time.sleep(0.05)  # a real pause: a slow disk, so that callers pile up behind one fsync
 
     sync = DirectorySync(slow_fsync)
     calls: list[tuple[float, float]] = []

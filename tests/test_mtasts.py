@@ -15,6 +15,7 @@ from mailserver.dns.resolver import Resolver
 from tests.support.ca import TestCA
 from tests.support.dnsserver import DNSServer
 from tests.support.smtpsink import HTTPResponse, PolicyServer
+from tests.support.wait import async_wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -176,11 +177,11 @@ async def test_policy_past_half_life_is_refreshed_in_the_background(
     path.write_text(json.dumps(entry))
     sts = make(resolver, server, ca, tmp_path)  # a fresh object reads the aged cache
     assert await sts.policy_for("example.test") == first  # served at once from the cache
-    for _ in range(100):
-        if len(server.requests) == 2 and json.loads(path.read_text())["fetched_at"] > entry["fetched_at"]:
-            break
-        await asyncio.sleep(0.02)
-    assert len(server.requests) == 2, "no background refresh"
+
+    def refreshed() -> bool:
+        return len(server.requests) == 2 and json.loads(path.read_text())["fetched_at"] > entry["fetched_at"]
+
+    await async_wait_until(refreshed, what="a background refresh: a second fetch, a rewritten cache")
     assert json.loads(path.read_text())["fetched_at"] > time.time() - 60  # the cache is renewed
     assert await sts.policy_for("example.test") == first
     assert len(server.requests) == 2  # young again: no further fetch

@@ -13,21 +13,12 @@ import pytest
 
 from tests.support.ca import TestCA
 from tests.support.daemon import PymaildProcess
+from tests.support.wait import wait_until
 
 
 def maildir_files(root: Path, folder: str = "") -> list[Path]:
     base = root / folder if folder else root
     return sorted((base / "new").iterdir()) if (base / "new").exists() else []
-
-
-def wait_files(root: Path, count: int, folder: str = "", timeout: float = 5.0) -> list[Path]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        files = maildir_files(root, folder)
-        if len(files) >= count:
-            return files
-        time.sleep(0.02)
-    return maildir_files(root, folder)
 
 
 def smtp_client(daemon: PymaildProcess, ca: TestCA | None = None, *, tls: bool = True,
@@ -285,17 +276,14 @@ def test_starttls_injection_is_discarded(make_daemon, ca):
     raw.send(b"STARTTLS\r\nMAIL FROM:<injected@example.net>\r\n")
     assert raw.read_reply().startswith(b"220")
     assert raw.buf == b""
-    ctx = ca.client_context()
-    tls = ctx.wrap_socket(raw.sock, server_hostname="mx.example.test")
-    tls.sendall(b"EHLO c.example.net\r\n")
-    time.sleep(0.2)
-    data = tls.recv(65536)
+    raw.sock = ca.client_context().wrap_socket(raw.sock, server_hostname="mx.example.test")
+    data = raw.cmd(b"EHLO c.example.net")  # reads until the reply's last line
     # The first reply after the handshake answers our EHLO, not the injected MAIL.
     assert data.startswith(b"250-mx.example.test"), data
     assert b"2.1.0" not in data
-    tls.sendall(b"RCPT TO:<alice@example.test>\r\n")
-    assert tls.recv(1024).startswith(b"503 5.5.1")  # no MAIL transaction exists
-    tls.close()
+    # No MAIL transaction exists; a late reply to the injected MAIL would show up here.
+    assert raw.cmd(b"RCPT TO:<alice@example.test>").startswith(b"503 5.5.1")
+    raw.close()
 
 
 def test_silent_client_times_out(make_daemon):
@@ -333,10 +321,19 @@ def test_connection_flood_from_one_ip(make_daemon):
     assert other.greeting.startswith(b"220")
     other.close()
     clients.pop().close()
-    time.sleep(0.2)
-    again = RawSMTP(d.host, d.port)
-    assert again.greeting.startswith(b"220")
-    for c in [*clients, again]:
+    admitted: list[RawSMTP] = []
+
+    def slot_freed() -> bool:
+        # The server frees the slot once it has seen the close: until then it answers 421.
+        attempt = RawSMTP(d.host, d.port)
+        if attempt.greeting.startswith(b"220"):
+            admitted.append(attempt)
+            return True
+        attempt.close()
+        return False
+
+    wait_until(slot_freed, interval=0.05, what="the closed connection's slot to be free again")
+    for c in [*clients, *admitted]:
         c.close()
 
 
@@ -426,16 +423,17 @@ def test_sighup_and_file_watch_reload_certificate(make_daemon, ca):
     cert, key = ca.issue("mx.example.test", stem="renewed")
     Path(d.config["tls"]["cert"]).write_bytes(cert.read_bytes())
     Path(d.config["tls"]["key"]).write_bytes(key.read_bytes())
-    deadline = time.monotonic() + 5
-    while served_serial() == first and time.monotonic() < deadline:
-        time.sleep(0.2)
+    # Noticed by the file watch (reload_interval 1s), no restart.
+    wait_until(lambda: served_serial() != first, interval=0.2, what="the file watch to load the renewed cert")
     second = served_serial()
-    assert second != first  # noticed by the file watch, no restart
+    assert second != first
     cert, key = ca.issue("mx.example.test", stem="renewed2")
     Path(d.config["tls"]["cert"]).write_bytes(cert.read_bytes())
     Path(d.config["tls"]["key"]).write_bytes(key.read_bytes())
     d.signal(1)  # SIGHUP
-    time.sleep(0.3)
+    # The handler logs this line, then reloads the certificate before the loop serves anything
+    # else: the next handshake must show the new one (not left to the file watch's next look).
+    wait_until(lambda: "SIGHUP: reloading TLS certificates" in d.log_text(), what="the SIGHUP to be handled")
     assert served_serial() not in (first, second)
 
 

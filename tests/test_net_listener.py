@@ -166,13 +166,13 @@ def test_flow_control_waits_only_while_paused_and_wakes_on_loss() -> None:
         await asyncio.wait_for(flow.drain(), 0.5)  # never paused: no wait, whatever is buffered
         flow.pause_writing()
         waiter = asyncio.ensure_future(flow.drain())
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one turn of the loop: the waiter runs up to its wait, no time passes
         assert not waiter.done()
         flow.resume_writing()
         await asyncio.wait_for(waiter, 0.5)
         flow.pause_writing()
         waiter = asyncio.ensure_future(flow.drain())
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one turn: the waiter is waiting when the connection goes
         flow.connection_lost()
         with pytest.raises(ConnectionResetError):
             await asyncio.wait_for(waiter, 0.5)

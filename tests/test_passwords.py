@@ -16,6 +16,7 @@ from mailserver.auth.passwords import (
     needs_rehash,
     verify_password,
 )
+from tests.support.wait import async_wait_until
 
 CHEAP = make_hasher(time_cost=1, memory_cost_kib=8, parallelism=1)
 
@@ -108,7 +109,7 @@ async def test_checker_does_not_block_the_event_loop() -> None:
     async def ticker() -> None:
         last = time.perf_counter()
         while not done.is_set():
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # the tick: a real pause, its lateness is what we measure
             now = time.perf_counter()
             gaps.append(now - last)
             last = now
@@ -132,6 +133,7 @@ async def test_checker_caps_concurrency_even_when_waiters_are_cancelled(
     running = 0
     peak = 0
     lock = threading.Lock()
+    release = threading.Event()
     real_verify = passwords.verify_password
 
     def counting_verify(h: str, pw: str) -> bool:
@@ -140,7 +142,9 @@ async def test_checker_caps_concurrency_even_when_waiters_are_cancelled(
             running += 1
             peak = max(peak, running)
         try:
-            time.sleep(0.05)  # hold the slot long enough for the others to pile up
+            # Hold the slot until the test lets go: the first two hashes are surely still
+            # running when their waiters are cancelled, however slow the machine.
+            release.wait(20)
             return real_verify(h, pw)
         finally:
             with lock:
@@ -151,12 +155,19 @@ async def test_checker_caps_concurrency_even_when_waiters_are_cancelled(
     checker = PasswordChecker(max_concurrent=2, hasher=CHEAP)
     try:
         tasks = [asyncio.create_task(checker.verify(h, "pw")) for _ in range(6)]
-        await asyncio.sleep(0.01)  # the first two are inside their threads now
+        await async_wait_until(lambda: running == 2, interval=0.005, what="the first two hashes to run")
         tasks[0].cancel()
         tasks[1].cancel()
         more = [asyncio.create_task(checker.verify(h, "pw")) for _ in range(4)]
+        await async_wait_until(lambda: tasks[0].done() and tasks[1].done(), interval=0.005,
+                               what="the cancellations to land")
+        # A real pause, for something that must NOT happen: a checker that freed the slots
+        # of the cancelled waiters would start two more hashes now, beside the held ones.
+        await asyncio.sleep(0.05)
+        release.set()
         results = await asyncio.gather(*tasks, *more, return_exceptions=True)
     finally:
+        release.set()
         checker.close()
     assert isinstance(results[0], asyncio.CancelledError)
     assert isinstance(results[1], asyncio.CancelledError)

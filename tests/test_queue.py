@@ -27,6 +27,7 @@ import pytest
 from mailserver.delivery import queue_store as store
 from mailserver.delivery.queue import Queue, QueuedMessage, QueueError
 from mailserver.delivery.results import DeliveryResult, from_reply, perm
+from tests.support.wait import async_wait_until
 
 T0 = 1_700_000_000.0
 # What the next hop said, as remote delivery reports it.
@@ -114,17 +115,15 @@ async def running(q: Queue) -> AsyncIterator[Queue]:
         await task
 
 
-async def until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
+async def until(pred: Callable[[], bool]) -> None:
+    """async_wait_until, polling every 5 ms: these tests wait on the scheduler many times
+    each, and the default 20 ms poll would add up (the failing line names the condition)."""
+    await async_wait_until(pred, interval=0.005, what="the queue condition on the calling line")
 
 
 async def settle() -> None:
-    """Let the scheduler run a few rounds (for asserting that nothing happens)."""
+    """Let the scheduler run a few rounds (for asserting that nothing happens): a real
+    pause, five control intervals of 20 ms, since there is no event to wait for."""
     await asyncio.sleep(0.1)
 
 
@@ -576,6 +575,7 @@ async def test_never_two_attempts_of_one_message_at_once(tmp_path):
             await q.flush()
             clock.advance(10_000)
             q.wake()
+            # A real pause: a control interval (20 ms) in which a second attempt could wrongly start.
             await asyncio.sleep(0.03)
         assert len(h.deliveries) == 1 and not h.overlap
         h.gate.set()

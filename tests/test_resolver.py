@@ -17,6 +17,7 @@ from mailserver.dns.resolver import (
 )
 from tests.support.dnsserver import DNSServer
 from tests.support.fixtures import dns_resolver_fixture, dns_server_fixture  # noqa: F401
+from tests.support.wait import async_wait_until
 
 # ----------------------------------------------------------------- nameserver syntax
 
@@ -133,7 +134,7 @@ async def test_negative_answers_are_cached_briefly(dns_server: DNSServer) -> Non
     assert dns_server.count("nothing.example.com", "MX") == 1
     assert dns_server.count("nothing.example.com", "TXT") == 1
     dns_server.add("nothing.example.com", "MX", "10 mx.example.com.")
-    await asyncio.sleep(0.35)
+    await asyncio.sleep(0.35)  # a real pause: the negative TTL (0.3 s) runs out; no clock to inject
     assert await resolver.mx("nothing.example.com") == [(10, "mx.example.com")]
 
 
@@ -142,7 +143,7 @@ async def test_ttl_is_respected(dns_server: DNSServer, dns_resolver: Resolver) -
     assert await dns_resolver.a("short.example.com") == ["127.0.0.1"]
     assert await dns_resolver.a("short.example.com") == ["127.0.0.1"]
     assert dns_server.count("short.example.com") == 1
-    await asyncio.sleep(1.1)
+    await asyncio.sleep(1.1)  # a real pause: the record's TTL (1 s) runs out; no clock to inject
     assert await dns_resolver.a("short.example.com") == ["127.0.0.1"]
     assert dns_server.count("short.example.com") == 2
 
@@ -266,7 +267,8 @@ async def test_concurrent_lookups_do_not_block_each_other(
     dns_server.delay("slow.example.com", 0.5)
     dns_server.add("fast.example.com", "A", "127.0.0.2")
     slow = asyncio.create_task(dns_resolver.a("slow.example.com"))
-    await asyncio.sleep(0.05)
+    await async_wait_until(lambda: dns_server.count("slow.example.com") == 1, interval=0.005,
+                           what="the slow query to reach the server")
     t0 = time.monotonic()
     assert await dns_resolver.a("fast.example.com") == ["127.0.0.2"]
     assert time.monotonic() - t0 < 0.3
@@ -290,7 +292,9 @@ async def test_cancelled_waiter_does_not_cancel_the_others(
     dns_server.delay("example.com", 0.3)
     first = asyncio.create_task(dns_resolver.a("example.com"))
     second = asyncio.create_task(dns_resolver.a("example.com"))
-    await asyncio.sleep(0.05)
+    # Once the query is at the server both tasks have started: the second waits on the first's.
+    await async_wait_until(lambda: dns_server.count("example.com") == 1, interval=0.005,
+                           what="the query to reach the server")
     first.cancel()
     assert await second == ["127.0.0.1"]
     assert dns_server.count("example.com") == 1

@@ -10,7 +10,7 @@ import asyncio
 import ssl
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from mailserver.web import WebServer, autoconfig_xml, required_names, uncovered_
 from mailserver.web import main as web_main
 from tests.support.ca import TestCA
 from tests.support.dnsserver import DNSServer
+from tests.support.wait import async_wait_until
 
 POLICY_PATH = "/.well-known/mta-sts.txt"
 TIMEOUT = 1.0  # the server's; short so the slowloris tests are quick
@@ -63,13 +64,6 @@ async def web(cfg: Config, tls: TLSManager) -> AsyncIterator[WebServer]:
     await server.listen("127.0.0.1", 0)
     yield server
     await server.close()
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def port_of(server: WebServer) -> int:
@@ -306,12 +300,13 @@ async def test_slow_clients_do_not_block_others(cfg: Config, tls: TLSManager, ca
 
 async def test_connection_cap(web: WebServer, ca: TestCA) -> None:
     idle = [await connect(web, ca) for _ in range(3)]  # the fixture's max_connections
-    await until(lambda: web.listener.active == 3)  # the server takes them in after the handshake
+    # The server takes them in after the handshake.
+    await async_wait_until(lambda: web.listener.active == 3, interval=0.01, what="three open connections")
     status, headers, _ = await get(web, ca, POLICY_PATH)
     assert status == 503 and headers["retry-after"]
     for _, writer in idle:
         writer.close()
-    await until(lambda: web.listener.active == 0)
+    await async_wait_until(lambda: web.listener.active == 0, interval=0.01, what="every connection closed")
     assert (await get(web, ca, POLICY_PATH))[0] == 200
 
 
@@ -402,7 +397,8 @@ async def test_close_ends_open_connections(cfg: Config, tls: TLSManager, ca: Tes
     port = port_of(server)
     reader, writer = await connect(server, ca)
     writer.write(b"GET / HTTP/1.1\r\n")  # a request in progress, far from its timeout
-    await asyncio.sleep(0.1)
+    await async_wait_until(lambda: server.listener.active == 1, interval=0.01,
+                           what="the server to take the connection")
     started = time.monotonic()
     await server.close()
     try:

@@ -290,7 +290,7 @@ class DNSServer:
         if dropped:
             return None
         if pause:
-            time.sleep(pause)
+            time.sleep(pause)  # a slow server on purpose (delay()): what the test is about
         response = dns.message.make_response(query)
         response.flags |= dns.flags.AA
         if failing:

@@ -706,22 +706,34 @@ class PowerCutFS:
             cwd=repo, env=dict(os.environ, PYTHONPATH=str(repo)), stderr=None if _DEBUG else subprocess.PIPE,
         )
         deadline = time.monotonic() + timeout
-        while not os.path.ismount(self.mountpoint) or not self.control.exists():
+        while not (os.path.ismount(self.mountpoint) and self._answers_ping()):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 dead = self.proc.poll() is not None and self.proc.stderr
                 err = self.proc.stderr.read().decode() if dead else ""
                 self.stop()
                 raise RuntimeError(f"powercutfs did not mount: {err}")
-            time.sleep(0.02)
-        self.call("ping")
+            time.sleep(0.02)  # poll interval of this readiness wait
         return self
+
+    def _answers_ping(self) -> bool:
+        # The control socket's file appears at bind(), before listen(): a connect in
+        # between is refused, so readiness is an answered ping, not the file existing.
+        try:
+            self.call("ping")
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+        return True
 
     def call(self, op: str, **args: Any) -> dict[str, Any]:
         with self._lock:
             if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self._sock.connect(str(self.control))
-                self._file = self._sock.makefile("rwb")
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    sock.connect(str(self.control))
+                except OSError:
+                    sock.close()  # keep no half-open state: the next call connects afresh
+                    raise
+                self._sock, self._file = sock, sock.makefile("rwb")
             self._file.write(json.dumps({"op": op, **args}).encode() + b"\n")
             self._file.flush()
             reply: dict[str, Any] = json.loads(self._file.readline())

@@ -7,6 +7,7 @@ that records every transaction and answers as the test scripts it:
     sink.script("MAIL", "451 4.3.0 try later", "250 ok")   # first MAIL 451, then 250
     sink.rcpt_replies["bob@example.test"] = "550 5.1.1 no such user"
     sink.hang.add("DOT")                                     # never answer the final dot
+                                                             # (sink.hung once it happens)
     sink.inject_after_starttls = b"250 injected\\r\\n"         # same packet as the 220
     await sink.start()
     ... sink.transactions[0].data ...
@@ -140,6 +141,12 @@ class SMTPSink:
     @property
     def received(self) -> list[bytes]:
         return [t.data for t in self.transactions]
+
+    @property
+    def hung(self) -> bool:
+        """True once a session has reached a stage in ``hang`` and gone silent: what a
+        test waits for before acting on a peer stuck mid-transaction."""
+        return self._hung.is_set()
 
     # ----------------------------------------------------------------- protocol
 
