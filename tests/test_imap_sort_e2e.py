@@ -141,3 +141,24 @@ def test_no_expunge_during_sort_by_number(imapd, ca, mailbox):
     lines = raw.cmd(b"d", b"UID SORT (DATE) UTF-8 ALL")  # nothing left to announce
     assert len([ln for ln in lines if ln.startswith(b"* SORT")]) == 1
     raw.close()
+
+
+def test_keys_are_kept_and_damage_is_repaired(imapd, mailbox):
+    """A SORT keeps each message's key in the folder's FETCH cache; the next reads it. A
+    stored value that is not ours is computed again, and the answer stays right."""
+    import sqlite3
+    from pathlib import Path
+
+    user, m = mailbox
+    local = user.split("@")[0]
+    first = _data(m.sort("(REVERSE DATE)", "UTF-8", "ALL"))
+    caches = [p for p in Path(imapd.directory).rglob("pymaild-cache.sqlite") if local in str(p)]
+    assert len(caches) == 1, caches
+    with sqlite3.connect(caches[0]) as db:
+        rows = db.execute("SELECT base, data FROM fields WHERE key = 'SORT1:DATE'").fetchall()
+        assert len(rows) == 4
+        db.execute("UPDATE fields SET data = x'00ff' WHERE key = 'SORT1:DATE' AND base = ?", (rows[0][0],))
+    assert _data(m.sort("(REVERSE DATE)", "UTF-8", "ALL")) == first
+    with sqlite3.connect(caches[0]) as db:
+        assert db.execute("SELECT data FROM fields WHERE key = 'SORT1:DATE' AND base = ?",
+                          (rows[0][0],)).fetchone()[0] == rows[0][1]

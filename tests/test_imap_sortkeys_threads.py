@@ -260,3 +260,22 @@ def test_esort_response() -> None:
     assert esort_response("a", False, numbers, ("PARTIAL",), (7, 9)) == (
         b'* ESEARCH (TAG "a") PARTIAL (7:9 NIL)\r\n')
     assert esort_response("a", False, [], ("MIN", "COUNT"), None) == b'* ESEARCH (TAG "a") COUNT 0\r\n'
+
+
+def test_stored_keys_round_trip() -> None:
+    from mailserver.imap.sorting import STORED, MessageFields, decode_keys, encode_key
+
+    header = ("Subject: Re: =?utf-8?q?caf=C3=A9?= [x]\r\nFrom: \"Zoë\" <zoe@x.org>\r\nTo: a@b\r\n"
+              "Cc: team: c@d;\r\nDate: Mon, 1 Jan 2024 10:00:00 +0100\r\nMessage-ID: <m@x>\r\n"
+              "References: <a@x>\r\n <b@x>\r\nIn-Reply-To: <b@x>\r\n\r\n").encode()
+    full = MessageFields.parse(3, 30, 123, 99.0, header)
+    plain = MessageFields(3, 30, 123, 99)
+    stored = {c: encode_key(c, full) for c in STORED}
+    assert decode_keys(plain, stored) == full
+    # one criterion at a time gives that criterion's fields only
+    assert decode_keys(plain, {"DATE": stored["DATE"]}).date == full.date
+    no_refs = MessageFields.parse(1, 1, 1, 5.0, b"Subject: x\r\n\r\n", frozenset({"THREAD"}))
+    assert decode_keys(MessageFields(1, 1, 1, 5), {"THREAD": encode_key("THREAD", no_refs)}) == no_refs
+    for criterion, junk in (("DATE", b"soon"), ("SUBJECT", b"?x"), ("THREAD", b"[1]")):
+        with pytest.raises(ValueError):
+            decode_keys(plain, {criterion: junk})

@@ -22,7 +22,16 @@ from .search import SearchKey, uses_modseq
 from .seqset import SequenceSet
 from .session_core import Action, Refused, State
 from .session_updates import SessionUpdates
-from .sorting import MessageFields, esort_response, sort, sort_response
+from .sorting import (
+    STORED,
+    MessageFields,
+    cache_key,
+    decode_keys,
+    encode_key,
+    esort_response,
+    sort,
+    sort_response,
+)
 
 _FETCH_CHUNK = 500
 _FETCH_CHUNK_FULL = 25  # messages per chunk when whole bodies are read
@@ -139,16 +148,38 @@ class SelectedCommands(SessionUpdates):
 
     async def _sort_fields(self, found: list[searcheval.Candidate], load: SearchLoader,
                            criteria: frozenset[str]) -> list[MessageFields]:
-        """The sort keys of ``found`` (RFC 5256), from header blocks the FETCH cache holds
-        (read from the files and cached when it does not); in slices, like SEARCH."""
-        need_header = bool(criteria - {"ARRIVAL", "SIZE"})
+        """The sort keys of ``found`` (RFC 5256). Each criterion's key is kept in the FETCH
+        cache once computed (``sorting.cache_key``); what is not there yet comes from the
+        header block (the cache's, else the file's) and is stored. In slices, like SEARCH."""
+        sel = self._sel()
+        index, cache = sel.index, sel.cache
+        stored = sorted(criteria & STORED)
 
         def fields(part: list[searcheval.Candidate]) -> list[MessageFields]:
-            parse = MessageFields.parse
+            base_of = {m.uid: m.base for _seq, m in index.view_rows([c.uid for c in part])}
+            bases = [base_of.get(c.uid, "") for c in part]  # "": not in the view (kept nowhere)
+            have = {crit: cache.get_fields(bases, cache_key(crit)) for crit in stored} if cache else {}
+            fresh: dict[str, dict[str, bytes]] = {crit: {} for crit in stored}
             out = []
-            for c in part:
-                header = (load(c, "header")[0] or b"") if need_header else b""
-                out.append(parse(c.seq, c.uid, c.size, c.internal_date, header, criteria))
+            for c, base in zip(part, bases, strict=True):
+                plain = MessageFields(c.seq, c.uid, c.size, int(c.internal_date))
+                known = {crit: value for crit in stored
+                         if (value := have.get(crit, {}).get(base)) is not None}
+                if len(known) == len(stored):
+                    try:
+                        out.append(decode_keys(plain, known))
+                        continue
+                    except (ValueError, TypeError, UnicodeDecodeError):
+                        pass  # not what we store: computed again below, and replaced
+                header, whole = load(c, "header") if stored else (b"", None)
+                m = MessageFields.parse(c.seq, c.uid, c.size, c.internal_date, header or b"", criteria)
+                out.append(m)
+                if whole is None and base:  # (b"", b""): the file went away as we looked: keep nothing
+                    for crit in stored:
+                        fresh[crit][base] = encode_key(crit, m)
+            if cache is not None:
+                for crit, entries in fresh.items():
+                    cache.put_fields(cache_key(crit), entries)
             return out
 
         result: list[MessageFields] = []

@@ -10,9 +10,10 @@ result (RFC 5267 3.2, RFC 9394 PARTIAL), where the numbers keep the sort order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TypeVar
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 from . import format as fmt
 from .mailthreads import ThreadInput, thread_input
@@ -78,6 +79,57 @@ class MessageFields:
     def thread_input(self, uid: bool) -> ThreadInput:
         return thread_input(self.uid if uid else self.seq, self.date, self.subject,
                             self.message_id, self.references, self.in_reply_to)
+
+
+# ------------------------------------------------------------ keys kept in the FETCH cache
+#
+# A criterion's key of one message never changes (message files never do), so it is kept
+# in the folder's FETCH cache (``fields`` table, cache key ``SORT<version>:<criterion>``)
+# and a later SORT reads small values instead of header blocks and parsing them again.
+# Bump KEY_VERSION whenever a key's computation changes (sortkeys.py, or the encodings
+# below): keys under the old prefix are then never read again.
+KEY_VERSION = 1
+STORED = frozenset({"DATE", "SUBJECT", "FROM", "TO", "CC", "DISPLAYFROM", "DISPLAYTO", "THREAD"})
+
+
+def cache_key(criterion: str) -> str:
+    return f"SORT{KEY_VERSION}:{criterion}"
+
+
+def encode_key(criterion: str, m: MessageFields) -> bytes:
+    """The stored form of ``m``'s key for ``criterion`` (one of STORED)."""
+    if criterion == "DATE":
+        return b"%d" % m.date
+    if criterion == "SUBJECT":
+        return (b"R" if m.subject.reply_or_forward else b"-") + m.subject.text.encode("utf-8")
+    if criterion == "THREAD":
+        return json.dumps([m.date, m.subject.reply_or_forward, m.subject.text, m.message_id,
+                           m.references, m.in_reply_to], ensure_ascii=False).encode("utf-8")
+    return str(_KEY[criterion](m)).encode("utf-8")
+
+
+def decode_keys(base: MessageFields, stored: Mapping[str, bytes]) -> MessageFields:
+    """``base`` (number, size, arrival) with the keys in ``stored`` (criterion -> stored
+    form) filled in. ValueError for a stored value that is not ours (a damaged row)."""
+    changes: dict[str, Any] = {}
+    for criterion, data in stored.items():
+        if criterion == "DATE":
+            changes["date"] = int(data)
+        elif criterion == "SUBJECT":
+            if data[:1] not in (b"R", b"-"):
+                raise ValueError("not a stored subject key")
+            changes["subject"] = BaseSubject(data[1:].decode("utf-8"), data[:1] == b"R")
+        elif criterion == "THREAD":
+            date, reply, text, msgid, refs, irt = json.loads(data)
+            changes.update(date=int(date), subject=BaseSubject(str(text), bool(reply)), message_id=msgid,
+                           references=refs, in_reply_to=irt)
+        else:
+            changes[_FIELD_OF[criterion]] = data.decode("utf-8")
+    return replace(base, **changes) if changes else base
+
+
+_FIELD_OF = {"FROM": "from_", "TO": "to", "CC": "cc", "DISPLAYFROM": "display_from",
+             "DISPLAYTO": "display_to"}
 
 
 _KEY: dict[str, Callable[[MessageFields], int | str]] = {
@@ -162,4 +214,5 @@ def sort_response(numbers: list[int]) -> bytes:
     return b"* SORT" + b"".join(b" %d" % n for n in numbers) + b"\r\n"
 
 
-__all__ = ["ALL_CRITERIA", "MessageFields", "esort_response", "sort", "sort_response"]
+__all__ = ["ALL_CRITERIA", "STORED", "MessageFields", "cache_key", "decode_keys", "encode_key",
+           "esort_response", "sort", "sort_response"]
