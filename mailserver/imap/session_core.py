@@ -26,6 +26,7 @@ from mailserver.storage.api import MailboxStore, MailboxView
 
 from . import format as fmt
 from .backend import IMAPBackend
+from .errors import IMAPError, Status
 from .seqset import SequenceSet
 
 log = logging.getLogger("pymaild.imap")
@@ -69,14 +70,17 @@ class Output:
         raise NotImplementedError
 
 
-class Refused(Exception):
-    """A command refused with a tagged NO (or BAD)."""
+class Refused(IMAPError):
+    """A command the session refuses with a tagged NO (or BAD): the same shape as the
+    parser's errors (status, response code, text), raised where the tag is not at hand;
+    ``execute`` answers it with the command's tag."""
 
-    def __init__(self, text: str, code: str | None = None, status: str = "NO") -> None:
-        super().__init__(text)
-        self.text = text
-        self.code = code
-        self.status = status
+    def __init__(self, text: str, code: str | None = None, status: Status = "NO") -> None:
+        super().__init__(None, text, code=code, status=status)
+
+    @property
+    def text(self) -> str:
+        return self.message
 
 
 @dataclass
