@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import imap_sync  # noqa: E402  (the message generator)
 
 from mailserver.imap import mimesplit, searcheval  # noqa: E402
-from mailserver.imap.search import TextKey  # noqa: E402
+from mailserver.imap.searchkeys import TextKey  # noqa: E402
 
 MISS = "xylophone"  # in no message
 RARE = imap_sync.TEXT_WORD  # "zanzibar": in ~1 % of the bodies

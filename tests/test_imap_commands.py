@@ -28,9 +28,9 @@ from mailserver.imap.commands import (
     parse_command,
 )
 from mailserver.imap.errors import BadCharsetError, IMAPError, IMAPParseError, UnknownCommandError
-from mailserver.imap.fetch import Attribute, BodySection, Section
+from mailserver.imap.fetchitems import Attribute, BodySection, Section
 from mailserver.imap.format import error_response
-from mailserver.imap.search import (
+from mailserver.imap.searchkeys import (
     AllKey,
     AndKey,
     DateKey,

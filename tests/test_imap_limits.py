@@ -135,7 +135,7 @@ def test_id_fields_and_values_are_bounded_as_rfc_2971_says() -> None:
 def test_search_criteria_are_capped() -> None:
     from mailserver.imap.commands import parse_command
     from mailserver.imap.errors import IMAPParseError
-    from mailserver.imap.search import MAX_KEYS
+    from mailserver.imap.searchkeys import MAX_KEYS
 
     parse_command(b"a SEARCH" + b" SEEN" * MAX_KEYS + b"\r\n")
     with pytest.raises(IMAPParseError, match="search criteria"):

@@ -16,7 +16,7 @@ import pytest
 
 from mailserver.imap import format as fmt
 from mailserver.imap import mime
-from mailserver.imap.fetch import Section
+from mailserver.imap.fetchitems import Section
 from mailserver.message import split_header
 
 

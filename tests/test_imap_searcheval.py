@@ -15,7 +15,16 @@ import pytest
 
 from mailserver.imap import bodypieces, mimesplit, rawfilter, searcheval, searchneedle, textfold
 from mailserver.imap.lexer import Reader
-from mailserver.imap.search import (
+from mailserver.imap.searcheval import (
+    Candidate,
+    MessageContent,
+    SearchContext,
+    content_needed,
+    matches,
+    parse_sent_date,
+    search,
+)
+from mailserver.imap.searchkeys import (
     AllKey,
     AndKey,
     DateKey,
@@ -28,15 +37,6 @@ from mailserver.imap.search import (
     SizeKey,
     TextKey,
     read_search_program,
-)
-from mailserver.imap.searcheval import (
-    Candidate,
-    MessageContent,
-    SearchContext,
-    content_needed,
-    matches,
-    parse_sent_date,
-    search,
 )
 from mailserver.imap.searchtext import (
     decode_bytes,

@@ -175,7 +175,7 @@ def test_empty_mailbox() -> None:
 
 def test_sort_and_thread_commands_parse() -> None:
     from mailserver.imap.commands import Sort, Thread, parse_command
-    from mailserver.imap.search import AllKey
+    from mailserver.imap.searchkeys import AllKey
 
     cmd = parse_command(b"a UID SORT (REVERSE DATE subject) utf-8 ALL\r\n")
     assert isinstance(cmd, Sort)

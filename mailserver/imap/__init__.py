@@ -11,13 +11,17 @@
   notification between sessions, deliveries and other programs writing the Maildir;
   ``mailboxes``: one account's folder tree.
 * Sans-I/O protocol core, one job per module: ``framing`` (bytes -> events), ``lexer`` and
-  ``commands`` (command parser), ``fetch`` and ``search`` (FETCH items, SEARCH keys),
+  ``commands`` (command parser), ``fetchitems`` and ``searchkeys`` (FETCH items, SEARCH
+  keys, parsed),
   ``seqset``, ``dates``, ``utf7`` (modified UTF-7), ``errors``, ``format`` (responses).
-* Answering FETCH and SEARCH: ``fetcher`` (rendering, in a worker thread), ``mime``
+* Answering FETCH, SEARCH, SORT and THREAD: ``fetchrender`` (rendering, in a worker
+  thread), ``mime``
   (ENVELOPE, BODYSTRUCTURE, sections), ``fetchcache`` (the per-folder SQLite cache of
   rendered ENVELOPE/BODYSTRUCTURE and header blocks), ``searcheval`` (evaluating a parsed
   SEARCH) with its helpers for header and body text: ``searchtext`` (normalisation,
   charsets, RFC 2047, header fields), ``mimesplit`` (MIME tree without the feed parser),
   ``bodypieces`` (the searchable text parts), ``textfold`` (byte folding), ``searchneedle``
-  (compiled BODY/TEXT needles), ``rawfilter`` (the raw-bytes pre-filter).
+  (compiled BODY/TEXT needles), ``rawfilter`` (the raw-bytes pre-filter); ``sortkeys``
+  (RFC 5256 base subject, sent date, address keys; i;unicode-casemap), ``sorting`` (SORT
+  and its answers), ``mailthreads`` (the THREAD algorithms).
 """

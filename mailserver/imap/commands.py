@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 from .dates import parse_datetime
 from .errors import BadCharsetError, DateError, IMAPParseError, UnknownCommandError
-from .fetch import FetchItem, read_fetch_items
+from .fetchitems import FetchItem, read_fetch_items
 from .lexer import MAX_NUMBER, MAX_NUMBER64, TAG_CHARS, Reader, decode_text
-from .search import SearchKey, read_search_program, read_sequence_set
+from .searchkeys import SearchKey, read_search_program, read_sequence_set
 from .seqset import SequenceSet
 
 SYSTEM_FLAGS = {f.upper(): f for f in (

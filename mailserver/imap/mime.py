@@ -57,7 +57,7 @@ from collections.abc import Iterable
 from mailserver.message import body_start as message_body_start
 
 from . import format as fmt
-from .fetch import Section
+from .fetchitems import Section
 
 MAX_DEPTH = 32  # multipart / message nesting levels that are parsed
 MAX_PARTS = 5000  # parts listed for one message; further ones are left out

@@ -1,4 +1,4 @@
-"""Evaluate a parsed SEARCH program (:mod:`.search`) against the messages of a mailbox.
+"""Evaluate a parsed SEARCH program (:mod:`.searchkeys`) against the messages of a mailbox.
 
 RFC 3501 6.4.4 and RFC 7162 ``MODSEQ``; sans-I/O: the caller supplies the per-message
 metadata as :class:`Candidate` objects and, only when the program needs it, the raw
@@ -88,7 +88,7 @@ from .rawfilter import (
     _Hay,
     raw_haystacks,
 )
-from .search import (
+from .searchkeys import (
     AllKey,
     AndKey,
     DateKey,

@@ -15,10 +15,10 @@ from mailserver.storage.api import ChangeSet, ReadOnlyMailbox, StoreMode
 from . import format as fmt
 from . import searcheval
 from .commands import Command, Copy, Fetch, Search, Sort, Store, Thread, UidExpunge
-from .fetch import Attribute, BodySection
-from .fetcher import FetchPlan, Renderer, SearchLoader
+from .fetchitems import Attribute, BodySection
+from .fetchrender import FetchPlan, Renderer, SearchLoader
 from .mailthreads import thread
-from .search import SearchKey, uses_modseq
+from .searchkeys import SearchKey, uses_modseq
 from .seqset import SequenceSet
 from .session_core import Action, Refused, State
 from .session_updates import SessionUpdates

@@ -27,7 +27,7 @@ from mailserver.imap import dates, framing, mime
 from mailserver.imap import format as imap_format
 from mailserver.imap.commands import COMMAND_NAMES, Append, Command, parse_command, split_tag_and_name
 from mailserver.imap.errors import DateError, IMAPError, MailboxNameError, SequenceSetError
-from mailserver.imap.fetch import Section
+from mailserver.imap.fetchitems import Section
 from mailserver.imap.lexer import TAG_CHARS
 from mailserver.imap.seqset import MAX_NUMBER, SequenceSet
 from mailserver.imap.utf7 import decode_mailbox_name, encode_mailbox_name

@@ -23,7 +23,7 @@ from mailserver.storage.api import MailboxView, Message
 
 from . import format as fmt
 from . import mime
-from .fetch import Attribute, BodySection, FetchItem, Section
+from .fetchitems import Attribute, BodySection, FetchItem, Section
 from .searcheval import Candidate, ContentNeed
 
 log = logging.getLogger("pymaild.imap")
