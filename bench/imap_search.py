@@ -79,7 +79,10 @@ def load_baseline(rev: str) -> ModuleType | None:
         print(f"baseline {rev}: cannot read it ({e})")
         return None
     path = Path(tempfile.mkdtemp()) / "searcheval_baseline.py"
-    path.write_bytes(source.replace(b"from .", b"from mailserver.imap."))
+    source = source.replace(b"from .", b"from mailserver.imap.")
+    # Modules renamed since (an old searcheval imports them by their old names).
+    source = source.replace(b"from mailserver.imap.search import", b"from mailserver.imap.searchkeys import")
+    path.write_bytes(source)
     spec = importlib.util.spec_from_file_location("searcheval_baseline", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
