@@ -155,10 +155,10 @@ def test_keys_are_kept_and_damage_is_repaired(imapd, mailbox):
     caches = [p for p in Path(imapd.directory).rglob("pymaild-cache.sqlite") if local in str(p)]
     assert len(caches) == 1, caches
     with sqlite3.connect(caches[0]) as db:
-        rows = db.execute("SELECT base, data FROM fields WHERE key = 'SORT1:DATE'").fetchall()
+        rows = db.execute("SELECT base, data FROM fields WHERE key = 'SORT2:DATE'").fetchall()
         assert len(rows) == 4
-        db.execute("UPDATE fields SET data = x'00ff' WHERE key = 'SORT1:DATE' AND base = ?", (rows[0][0],))
+        db.execute("UPDATE fields SET data = x'00ff' WHERE key = 'SORT2:DATE' AND base = ?", (rows[0][0],))
     assert _data(m.sort("(REVERSE DATE)", "UTF-8", "ALL")) == first
     with sqlite3.connect(caches[0]) as db:
-        assert db.execute("SELECT data FROM fields WHERE key = 'SORT1:DATE' AND base = ?",
+        assert db.execute("SELECT data FROM fields WHERE key = 'SORT2:DATE' AND base = ?",
                           (rows[0][0],)).fetchone()[0] == rows[0][1]

@@ -263,19 +263,27 @@ def test_esort_response() -> None:
 
 
 def test_stored_keys_round_trip() -> None:
-    from mailserver.imap.sorting import STORED, MessageFields, decode_keys, encode_key
+    """What the FETCH cache keeps gives the same order and threads as the parsed keys."""
+    from mailserver.imap.sorting import MessageFields, encode_key, key_value, order, thread_input_of
 
     header = ("Subject: Re: =?utf-8?q?caf=C3=A9?= [x]\r\nFrom: \"Zoë\" <zoe@x.org>\r\nTo: a@b\r\n"
               "Cc: team: c@d;\r\nDate: Mon, 1 Jan 2024 10:00:00 +0100\r\nMessage-ID: <m@x>\r\n"
               "References: <a@x>\r\n <b@x>\r\nIn-Reply-To: <b@x>\r\n\r\n").encode()
     full = MessageFields.parse(3, 30, 123, 99.0, header)
-    plain = MessageFields(3, 30, 123, 99)
-    stored = {c: encode_key(c, full) for c in STORED}
-    assert decode_keys(plain, stored) == full
-    # one criterion at a time gives that criterion's fields only
-    assert decode_keys(plain, {"DATE": stored["DATE"]}).date == full.date
+    assert key_value("DATE", encode_key("DATE", full)) == full.date
+    assert key_value("SUBJECT", encode_key("SUBJECT", full)) == full.subject.text.encode()
+    assert key_value("DISPLAYFROM", encode_key("DISPLAYFROM", full)) == full.display_from.encode()
+    assert key_value("CC", encode_key("CC", full)) == b"TEAM"
+    assert thread_input_of(3, encode_key("THREAD", full)) == full.thread_input(False)
     no_refs = MessageFields.parse(1, 1, 1, 5.0, b"Subject: x\r\n\r\n", frozenset({"THREAD"}))
-    assert decode_keys(MessageFields(1, 1, 1, 5), {"THREAD": encode_key("THREAD", no_refs)}) == no_refs
-    for criterion, junk in (("DATE", b"soon"), ("SUBJECT", b"?x"), ("THREAD", b"[1]")):
+    assert thread_input_of(1, encode_key("THREAD", no_refs)) == no_refs.thread_input(False)
+    # bytes of the casemapped text order as the text does (UTF-8 keeps code point order)
+    texts = ["ÉTÉ", "ZEBRA", "APPLE", "Ω", "ÄRGER", ""]
+    assert [texts[i] for i in order(6, [([t.encode() for t in texts], False)])] == sorted(texts)
+    assert order(4, [([2, 1, 2, 1], True), ([1, 1, 1, 1], False)]) == [0, 2, 1, 3]  # ties keep order
+    for criterion, junk in (("DATE", b"soon"), ("SUBJECT", b"?x")):
         with pytest.raises(ValueError):
-            decode_keys(plain, {criterion: junk})
+            key_value(criterion, junk)
+    for junk in (b"[1]", b'["x", 0, "s", null, []]', b"not json"):
+        with pytest.raises(ValueError):
+            thread_input_of(1, junk)

@@ -9,6 +9,7 @@ or ends with ``OK [EXPUNGEISSUED]`` (RFC 2180 4.1.1), as Dovecot does.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 from mailserver.storage.api import ChangeSet, ReadOnlyMailbox, StoreMode
 
@@ -17,20 +18,22 @@ from . import searcheval
 from .commands import Command, Copy, Fetch, Search, Sort, Store, Thread, UidExpunge
 from .fetchitems import Attribute, BodySection
 from .fetchrender import FetchPlan, Renderer, SearchLoader
-from .mailthreads import thread
+from .mailthreads import ThreadInput, thread
 from .searchkeys import SearchKey, uses_modseq
 from .seqset import SequenceSet
 from .session_core import Action, Refused, State
 from .session_updates import SessionUpdates
 from .sorting import (
     STORED,
+    KeyValue,
     MessageFields,
     cache_key,
-    decode_keys,
     encode_key,
     esort_response,
-    sort,
+    key_value,
+    order,
     sort_response,
+    thread_input_of,
 )
 
 _FETCH_CHUNK = 500
@@ -146,58 +149,83 @@ class SelectedCommands(SessionUpdates):
             out += b" MODSEQ %d" % modseq
         return out + b"\r\n"
 
-    async def _sort_fields(self, found: list[searcheval.Candidate], load: SearchLoader,
-                           criteria: frozenset[str]) -> list[MessageFields]:
-        """The sort keys of ``found`` (RFC 5256). Each criterion's key is kept in the FETCH
-        cache once computed (``sorting.cache_key``); what is not there yet comes from the
-        header block (the cache's, else the file's) and is stored. In slices, like SEARCH."""
+    async def _stored_keys(self, found: list[searcheval.Candidate], load: SearchLoader,
+                           criteria: frozenset[str], use_uid: bool = False) -> _Keys:
+        """For each criterion of STORED in ``criteria``, the key of every message of
+        ``found``, in order: comparable values (``sorting.key_value``), or for THREAD the
+        messages' ``ThreadInput`` numbered by UID or sequence number. Keys are kept in the
+        folder's FETCH cache once computed (``sorting.cache_key``); what is not there yet
+        (or is not a value we write) comes from the header block, the cache's or else the
+        file's, and is stored. In slices off the event loop, like SEARCH."""
         sel = self._sel()
         index, cache = sel.index, sel.cache
         stored = sorted(criteria & STORED)
+        keys = _Keys({crit: [] for crit in stored if crit != "THREAD"}, [])
+        if not stored:
+            return keys
 
-        def fields(part: list[searcheval.Candidate]) -> list[MessageFields]:
+        def decode(crit: str, value: bytes, c: searcheval.Candidate) -> None:
+            if crit == "THREAD":
+                keys.threads.append(thread_input_of(c.uid if use_uid else c.seq, value))
+            else:
+                keys.values[crit].append(key_value(crit, value))
+
+        def slice_keys(part: list[searcheval.Candidate]) -> None:
             base_of = {m.uid: m.base for _seq, m in index.view_rows([c.uid for c in part])}
             bases = [base_of.get(c.uid, "") for c in part]  # "": not in the view (kept nowhere)
-            have = {crit: cache.get_fields(bases, cache_key(crit)) for crit in stored} if cache else {}
+            have = {crit: cache.get_fields(bases, cache_key(crit)) if cache else {} for crit in stored}
             fresh: dict[str, dict[str, bytes]] = {crit: {} for crit in stored}
-            out = []
             for c, base in zip(part, bases, strict=True):
-                plain = MessageFields(c.seq, c.uid, c.size, int(c.internal_date))
-                known = {crit: value for crit in stored
-                         if (value := have.get(crit, {}).get(base)) is not None}
-                if len(known) == len(stored):
+                values = [v for crit in stored if (v := have[crit].get(base)) is not None]
+                if len(values) == len(stored):
+                    mark = (len(keys.threads), {crit: len(v) for crit, v in keys.values.items()})
                     try:
-                        out.append(decode_keys(plain, known))
+                        for crit, value in zip(stored, values, strict=True):
+                            decode(crit, value, c)
                         continue
                     except (ValueError, TypeError, UnicodeDecodeError):
-                        pass  # not what we store: computed again below, and replaced
-                header, whole = load(c, "header") if stored else (b"", None)
+                        # Not a value we write (a damaged or foreign row): undo what this
+                        # message added, compute its keys again below, and replace them.
+                        del keys.threads[mark[0]:]
+                        for crit, n in mark[1].items():
+                            del keys.values[crit][n:]
+                header, whole = load(c, "header")
                 m = MessageFields.parse(c.seq, c.uid, c.size, c.internal_date, header or b"", criteria)
-                out.append(m)
-                if whole is None and base:  # (b"", b""): the file went away as we looked: keep nothing
-                    for crit in stored:
-                        fresh[crit][base] = encode_key(crit, m)
+                keep = whole is None and base  # (b"", b""): the file went away as we looked
+                for crit in stored:
+                    value = encode_key(crit, m)
+                    decode(crit, value, c)
+                    if keep:
+                        fresh[crit][base] = value
             if cache is not None:
                 for crit, entries in fresh.items():
                     cache.put_fields(cache_key(crit), entries)
-            return out
 
-        result: list[MessageFields] = []
         try:
             for start in range(0, len(found), _SEARCH_SLICE):
-                result += await self.run_in_thread(fields, found[start:start + _SEARCH_SLICE])
+                await self.run_in_thread(slice_keys, found[start:start + _SEARCH_SLICE])
         finally:
             await self.run_in_thread(load.flush)
-        return result
+        return keys
 
     async def _sort(self, cmd: Command) -> Action:
         """SORT (RFC 5256 3), and ESORT's RETURN options (RFC 5267 3.2, RFC 9394)."""
         assert isinstance(cmd, Sort)
         found, load = await self._matching(cmd.criteria)
-        criteria = frozenset(name for name, _reverse in cmd.keys)
-        messages = await self._sort_fields(found, load, criteria)
-        ordered = await self.run_in_thread(sort, messages, cmd.keys)
-        numbers = [m.uid if cmd.uid else m.seq for m in ordered]
+        keys = (await self._stored_keys(found, load, frozenset(name for name, _reverse in cmd.keys))).values
+
+        def ordered() -> list[int]:
+            columns: list[tuple[list[KeyValue], bool]] = []
+            for name, reverse in cmd.keys:
+                if name == "ARRIVAL":
+                    columns.append(([int(c.internal_date) for c in found], reverse))
+                elif name == "SIZE":
+                    columns.append(([c.size for c in found], reverse))
+                else:
+                    columns.append((keys[name], reverse))
+            return [found[i].uid if cmd.uid else found[i].seq for i in order(len(found), columns)]
+
+        numbers = await self.run_in_thread(ordered)
         modseq = None
         if uses_modseq(cmd.criteria) and found:
             modseq = max(c.modseq for c in found)  # RFC 7162 3.1.5, as for SEARCH
@@ -217,12 +245,8 @@ class SelectedCommands(SessionUpdates):
         """THREAD (RFC 5256 3-4): ORDEREDSUBJECT, REFERENCES, REFS."""
         assert isinstance(cmd, Thread)
         found, load = await self._matching(cmd.criteria)
-        messages = await self._sort_fields(found, load, frozenset({"THREAD"}))
-
-        def build() -> str:
-            return thread([m.thread_input(cmd.uid) for m in messages], cmd.algorithm)
-
-        data = await self.run_in_thread(build)
+        inputs = (await self._stored_keys(found, load, frozenset({"THREAD"}), cmd.uid)).threads
+        data = await self.run_in_thread(thread, inputs, cmd.algorithm)
         self._untagged(b"* THREAD " + data.encode("ascii") + b"\r\n" if data else b"* THREAD\r\n")
         self._ok(cmd.tag, "THREAD completed")
         return Action.NONE
@@ -392,3 +416,12 @@ class SelectedCommands(SessionUpdates):
             await self._announce_own()  # after the EXPUNGEs, as Dovecot
         self._ok(cmd.tag, "MOVE completed")
         return Action.NONE
+
+
+@dataclass
+class _Keys:
+    """What ``_stored_keys`` gives: per sort criterion, each message's comparable value;
+    for THREAD, each message's ``ThreadInput``."""
+
+    values: dict[str, list[KeyValue]]
+    threads: list[ThreadInput]

@@ -11,9 +11,9 @@ result (RFC 5267 3.2, RFC 9394 PARTIAL), where the numbers keep the sort order.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
 
 from . import format as fmt
 from .mailthreads import ThreadInput, thread_input
@@ -88,8 +88,13 @@ class MessageFields:
 # and a later SORT reads small values instead of header blocks and parsing them again.
 # Bump KEY_VERSION whenever a key's computation changes (sortkeys.py, or the encodings
 # below): keys under the old prefix are then never read again.
-KEY_VERSION = 1
+KEY_VERSION = 2
 STORED = frozenset({"DATE", "SUBJECT", "FROM", "TO", "CC", "DISPLAYFROM", "DISPLAYTO", "THREAD"})
+
+#: One message's value for one criterion, as ``order`` compares it: an int (ARRIVAL, DATE,
+#: SIZE) or the UTF-8 of a casemapped key (UTF-8 byte order is code point order, so the
+#: bytes compare as the text would, without decoding them).
+KeyValue = int | bytes
 
 
 def cache_key(criterion: str) -> str:
@@ -97,39 +102,51 @@ def cache_key(criterion: str) -> str:
 
 
 def encode_key(criterion: str, m: MessageFields) -> bytes:
-    """The stored form of ``m``'s key for ``criterion`` (one of STORED)."""
+    """The stored form of ``m``'s key for ``criterion`` (one of STORED). THREAD keeps the
+    message IDs already parsed (RFC 5256 3: References, else In-Reply-To's first)."""
     if criterion == "DATE":
         return b"%d" % m.date
     if criterion == "SUBJECT":
-        return (b"R" if m.subject.reply_or_forward else b"-") + m.subject.text.encode("utf-8")
+        return (b"R" if m.subject.reply_or_forward else b"-") + _utf8(m.subject.text)
     if criterion == "THREAD":
-        return json.dumps([m.date, m.subject.reply_or_forward, m.subject.text, m.message_id,
-                           m.references, m.in_reply_to], ensure_ascii=False).encode("utf-8")
-    return str(_KEY[criterion](m)).encode("utf-8")
+        t = m.thread_input(False)
+        return json.dumps([t.date, t.subject.reply_or_forward, t.subject.text, t.message_id,
+                           list(t.references)], ensure_ascii=False).encode("utf-8", "surrogatepass")
+    return _utf8(str(_KEY[criterion](m)))
 
 
-def decode_keys(base: MessageFields, stored: Mapping[str, bytes]) -> MessageFields:
-    """``base`` (number, size, arrival) with the keys in ``stored`` (criterion -> stored
-    form) filled in. ValueError for a stored value that is not ours (a damaged row)."""
-    changes: dict[str, Any] = {}
-    for criterion, data in stored.items():
-        if criterion == "DATE":
-            changes["date"] = int(data)
-        elif criterion == "SUBJECT":
-            if data[:1] not in (b"R", b"-"):
-                raise ValueError("not a stored subject key")
-            changes["subject"] = BaseSubject(data[1:].decode("utf-8"), data[:1] == b"R")
-        elif criterion == "THREAD":
-            date, reply, text, msgid, refs, irt = json.loads(data)
-            changes.update(date=int(date), subject=BaseSubject(str(text), bool(reply)), message_id=msgid,
-                           references=refs, in_reply_to=irt)
-        else:
-            changes[_FIELD_OF[criterion]] = data.decode("utf-8")
-    return replace(base, **changes) if changes else base
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")  # never fails, whatever a decoder left
 
 
-_FIELD_OF = {"FROM": "from_", "TO": "to", "CC": "cc", "DISPLAYFROM": "display_from",
-             "DISPLAYTO": "display_to"}
+def key_value(criterion: str, stored: bytes) -> KeyValue:
+    """The comparable value of a stored key (not THREAD). ValueError when ``stored`` is not
+    something ``encode_key`` writes (a damaged row)."""
+    if criterion == "DATE":
+        return int(stored)
+    if criterion == "SUBJECT":
+        if stored[:1] not in (b"R", b"-"):
+            raise ValueError("not a stored subject key")
+        return stored[1:]
+    return stored
+
+
+def thread_input_of(number: int, stored: bytes) -> ThreadInput:
+    """The ``ThreadInput`` of a stored THREAD key. ValueError when it is not ours."""
+    date, reply, text, msgid, refs = json.loads(stored)
+    if not (isinstance(date, int) and isinstance(text, str) and isinstance(refs, list)
+            and (msgid is None or isinstance(msgid, str))):
+        raise ValueError("not a stored THREAD key")
+    return ThreadInput(number, date, BaseSubject(text, bool(reply)), msgid, tuple(map(str, refs)))
+
+
+def order(count: int, columns: Sequence[tuple[Sequence[KeyValue], bool]]) -> list[int]:
+    """Positions 0..count-1 ordered by ``columns`` ((values, reversed), most significant
+    first); equal ones keep their order (the mailbox's: RFC 5256 3)."""
+    positions = list(range(count))
+    for values, reverse in reversed(columns):
+        positions.sort(key=values.__getitem__, reverse=reverse)  # stable, even reversed
+    return positions
 
 
 _KEY: dict[str, Callable[[MessageFields], int | str]] = {
@@ -214,5 +231,5 @@ def sort_response(numbers: list[int]) -> bytes:
     return b"* SORT" + b"".join(b" %d" % n for n in numbers) + b"\r\n"
 
 
-__all__ = ["ALL_CRITERIA", "STORED", "MessageFields", "cache_key", "decode_keys", "encode_key",
-           "esort_response", "sort", "sort_response"]
+__all__ = ["ALL_CRITERIA", "STORED", "KeyValue", "MessageFields", "cache_key", "encode_key", "esort_response",
+           "key_value", "order", "sort", "sort_response", "thread_input_of"]
