@@ -7,6 +7,10 @@ part before ``:2,``, which survives flag renames), the cache keeps the raw heade
 Message files never change, so an entry never goes stale; entries of messages that are
 gone are removed with ``forget``/``prune``.
 
+The ``fields`` table also keeps small per-message values computed from the header: the
+``BODY[HEADER.FIELDS (...)]`` result of each field list a client asks for, and the SORT
+and THREAD keys (:mod:`mailserver.imap.sorting`, keys ``SORT<version>:<criterion>``).
+
 It is a cache: nothing in it is needed for correctness. Writes are ``synchronous=OFF``
 (a crash may lose recent entries, which are rebuilt from the files), and every failure
 is contained: a damaged file is deleted and recreated, any other SQLite or file error
