@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -153,6 +154,19 @@ async def test_checker_caps_concurrency_even_when_waiters_are_cancelled(
     monkeypatch.setattr(passwords, "verify_password", counting_verify)
     h = hash_password("pw", CHEAP)
     checker = PasswordChecker(max_concurrent=2, hasher=CHEAP)
+    # What a checker that freed the cancelled waiters' slots would do: hand two more
+    # hashes to its threads. Its pool has exactly max_concurrent threads, so those would
+    # queue there and never run beside the held ones (``peak`` cannot show it); the
+    # hand-overs can.
+    handed = 0
+    submit = checker._executor.submit
+
+    def counting_submit(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        nonlocal handed
+        handed += 1
+        return submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(checker._executor, "submit", counting_submit)
     try:
         tasks = [asyncio.create_task(checker.verify(h, "pw")) for _ in range(6)]
         await async_wait_until(lambda: running == 2, interval=0.005, what="the first two hashes to run")
@@ -164,6 +178,7 @@ async def test_checker_caps_concurrency_even_when_waiters_are_cancelled(
         # A real pause, for something that must NOT happen: a checker that freed the slots
         # of the cancelled waiters would start two more hashes now, beside the held ones.
         await asyncio.sleep(0.05)
+        assert handed == 2, f"{handed} hashes handed to threads while only 2 slots exist"
         release.set()
         results = await asyncio.gather(*tasks, *more, return_exceptions=True)
     finally:
