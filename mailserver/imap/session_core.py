@@ -157,6 +157,7 @@ class SessionCore:
             "LIST-STATUS", "CONDSTORE", "QRESYNC", "ESEARCH", "STATUS=SIZE",
             # RFC 5256, RFC 5957, RFC 5267 (ESORT), Dovecot's THREAD=REFS
             "SORT", "SORT=DISPLAY", "ESORT", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "THREAD=REFS",
+            "BINARY",  # RFC 3516
             f"APPENDLIMIT={self.backend.limits.max_append_size}",
         ]
 
