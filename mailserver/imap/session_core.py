@@ -153,8 +153,9 @@ class SessionCore:
                 caps.append("LOGINDISABLED")
             return caps
         return [
-            *caps, "NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE", "LIST-EXTENDED",
-            "LIST-STATUS", "CONDSTORE", "QRESYNC", "ESEARCH", "STATUS=SIZE",
+            *caps, "NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN",
+            "SPECIAL-USE", "CREATE-SPECIAL-USE", "LIST-EXTENDED", "LIST-STATUS", "CONDSTORE", "QRESYNC",
+            "ESEARCH", "STATUS=SIZE",
             # RFC 5256, RFC 5957, RFC 5267 (ESORT), Dovecot's THREAD=REFS
             "SORT", "SORT=DISPLAY", "ESORT", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "THREAD=REFS",
             "BINARY",  # RFC 3516
