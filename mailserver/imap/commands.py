@@ -210,6 +210,13 @@ class Enable(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class Compress(Command):
+    """``COMPRESS mechanism`` (RFC 4978 3)."""
+
+    mechanism: str  # upper-case
+
+
+@dataclass(frozen=True, slots=True)
 class Id(Command):
     params: tuple[tuple[str, str | None], ...] | None  # None for "ID NIL"
 
@@ -647,6 +654,11 @@ def _enable(r: Reader, tag: str, name: str) -> Command:
     return Enable(tag, name, tuple(dict.fromkeys(caps)))
 
 
+def _compress(r: Reader, tag: str, name: str) -> Command:
+    r.sp()
+    return Compress(tag, name, r.atom().upper())
+
+
 def _id(r: Reader, tag: str, name: str) -> Command:
     r.sp()
     if r.try_keyword("NIL"):
@@ -702,6 +714,7 @@ _COMMANDS: dict[str, _Handler] = {
     "MOVE": _copy,
     "UID": _uid,
     "ENABLE": _enable,
+    "COMPRESS": _compress,
     "ID": _id,
 }
 COMMAND_NAMES = frozenset(_COMMANDS)
