@@ -220,3 +220,36 @@ def test_input_that_is_not_deflate_closes(imapd: PymaildProcess, ca: TestCA) -> 
         for _ in range(100):
             client.readline()
     client.close()
+
+
+# ---------------------------------------------------------------- the streams alone
+
+
+def test_inflater_hands_out_bounded_chunks_and_all_of_them() -> None:
+    from mailserver.imap.deflate import Deflater, Inflater
+
+    data = os.urandom(1000) + b"x" * 5_000_000 + os.urandom(1000)
+    inflater = Inflater()
+    inflater.feed(Deflater().compress(data))
+    out = bytearray()
+    while inflater.has_more:
+        piece = inflater.take(65536)
+        assert len(piece) <= 65536
+        if not piece:
+            break
+        out += piece
+    assert bytes(out) == data
+
+
+def test_inflater_output_ending_on_a_chunk_boundary_is_not_held_back() -> None:
+    """All input consumed by a take() that filled its chunk exactly: zlib may still hold
+    output, which the next take() must give without new input."""
+    from mailserver.imap.deflate import Deflater, Inflater
+
+    data = b"y" * (4 * 65536)
+    inflater = Inflater()
+    inflater.feed(Deflater().compress(data))
+    got = b""
+    for _ in range(10):
+        got += inflater.take(65536)
+    assert got == data and not inflater.has_more
