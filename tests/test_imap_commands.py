@@ -10,6 +10,7 @@ from mailserver.imap.commands import (
     Append,
     Authenticate,
     Copy,
+    Create,
     Enable,
     Fetch,
     Id,
@@ -267,8 +268,9 @@ def test_select_rejects(line: str) -> None:
 
 @pytest.mark.parametrize("name", ["CREATE", "DELETE", "SUBSCRIBE", "UNSUBSCRIBE", "GETQUOTAROOT"])
 def test_mailbox_commands(name: str) -> None:
-    assert p(f'b {name} "Sent Items"') == MailboxCommand("b", name, "Sent Items")
-    assert p(f"b {name} {{4}}\r\nJunk") == MailboxCommand("b", name, "Junk")
+    kind = Create if name == "CREATE" else MailboxCommand  # CREATE takes USE (RFC 6154 3)
+    assert p(f'b {name} "Sent Items"') == kind("b", name, "Sent Items")
+    assert p(f"b {name} {{4}}\r\nJunk") == kind("b", name, "Junk")
     assert bad(f"b {name}").tag == "b"
     assert bad(f"b {name} a b").tag == "b"
     assert bad(f"b {name} (a)").tag == "b"

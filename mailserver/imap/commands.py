@@ -87,6 +87,13 @@ class MailboxCommand(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class Create(MailboxCommand):
+    """CREATE with RFC 4466 create-params; USE is the only one (RFC 6154 3, 5)."""
+
+    use: tuple[str, ...] = ()  # special-use attributes, as the client wrote them
+
+
+@dataclass(frozen=True, slots=True)
 class Rename(Command):
     old: str
     new: str
@@ -200,6 +207,13 @@ class UidExpunge(Command):
 @dataclass(frozen=True, slots=True)
 class Enable(Command):
     capabilities: tuple[str, ...]  # upper-case
+
+
+@dataclass(frozen=True, slots=True)
+class Compress(Command):
+    """``COMPRESS mechanism`` (RFC 4978 3)."""
+
+    mechanism: str  # upper-case
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +346,33 @@ def _seq_match(r: Reader) -> tuple[SequenceSet, SequenceSet]:
 def _mailbox_cmd(r: Reader, tag: str, name: str) -> Command:
     r.sp()
     return MailboxCommand(tag, name, r.mailbox())
+
+
+def _create(r: Reader, tag: str, name: str) -> Command:
+    """``"CREATE" SP mailbox [SP "(" create-param *(SP create-param) ")"]`` (RFC 4466 2.2),
+    ``create-param =/ "USE" SP "(" [use-attr *(SP use-attr)] ")"`` (RFC 6154 5)."""
+    r.sp()
+    mailbox = r.mailbox()
+    use: list[str] = []
+    if r.try_sp():
+        r.expect(b"(")
+        while True:
+            param = r.atom().upper()
+            if param != "USE":  # RFC 4466 2.2: an unknown parameter is BAD
+                raise r.error(f"unknown CREATE parameter {param[:30]}")
+            r.sp()
+            r.expect(b"(")
+            while not r.try_char(b")"):
+                if use and r.peek() == 0x20:
+                    r.sp()
+                r.expect(b"\\")
+                use.append("\\" + r.atom())
+                if r.peek() not in (0x20, 0x29):
+                    raise r.error("expected ')'")
+            if r.try_char(b")"):
+                break
+            r.sp()
+    return Create(tag, name, mailbox, tuple(dict.fromkeys(use)))
 
 
 def _rename(r: Reader, tag: str, name: str) -> Command:
@@ -613,6 +654,11 @@ def _enable(r: Reader, tag: str, name: str) -> Command:
     return Enable(tag, name, tuple(dict.fromkeys(caps)))
 
 
+def _compress(r: Reader, tag: str, name: str) -> Command:
+    r.sp()
+    return Compress(tag, name, r.atom().upper())
+
+
 def _id(r: Reader, tag: str, name: str) -> Command:
     r.sp()
     if r.try_keyword("NIL"):
@@ -649,7 +695,7 @@ _COMMANDS: dict[str, _Handler] = {
     "LOGIN": _login,
     "SELECT": _select,
     "EXAMINE": _select,
-    "CREATE": _mailbox_cmd,
+    "CREATE": _create,
     "DELETE": _mailbox_cmd,
     "SUBSCRIBE": _mailbox_cmd,
     "UNSUBSCRIBE": _mailbox_cmd,
@@ -668,6 +714,7 @@ _COMMANDS: dict[str, _Handler] = {
     "MOVE": _copy,
     "UID": _uid,
     "ENABLE": _enable,
+    "COMPRESS": _compress,
     "ID": _id,
 }
 COMMAND_NAMES = frozenset(_COMMANDS)

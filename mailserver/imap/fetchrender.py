@@ -23,6 +23,7 @@ from mailserver.storage.api import MailboxView, Message
 
 from . import format as fmt
 from . import mime
+from .binarypart import binary_section
 from .fetchitems import Attribute, BodySection, FetchItem, Section
 from .searcheval import Candidate, ContentNeed
 
@@ -114,7 +115,7 @@ class Renderer:
             if name not in seen:
                 seen.add(name)
                 self._items.append((name.encode("ascii") + b" ", self._renderer(item),
-                                    isinstance(item, BodySection)))
+                                    isinstance(item, BodySection) and not item.binary))
         # A client's header sync (only HEADER.FIELDS besides index items): the cut result
         # itself is cached per field list, so a warm sync reads small blobs and no regex.
         self._fields_key: str | None = None
@@ -234,6 +235,8 @@ class Renderer:
 
     def _renderer(self, item: FetchItem) -> Callable[[int, Message, CacheEntry | None, bytes | None], bytes]:
         """A function giving the item's value, already in wire form, for one message."""
+        if isinstance(item, BodySection) and item.binary:
+            return _binary_renderer(item)
         if isinstance(item, BodySection):
             section, partial = item.section, item.partial
             header_only = not section.part and section.text in _HEADER_TEXTS
@@ -284,6 +287,28 @@ class Renderer:
         if name == "RFC822.TEXT":
             return lambda uid, m, entry, full: fmt.string(split_header(full or b"")[1])
         raise ValueError(f"unexpected fetch attribute {name}")
+
+
+def _binary_renderer(item: BodySection) -> _Render:
+    """``BINARY[...]`` / ``BINARY.SIZE[...]`` (RFC 3516 4.2-4.3) in wire form: a
+    ``literal8`` when the decoded content holds a NUL (which a literal may not), else a
+    quoted string or a literal. Raises ``UnknownCTE``."""
+    section, partial, size_only = item.section, item.partial, item.size_only
+
+    def binary(uid: int, m: Message, entry: CacheEntry | None, full: bytes | None) -> bytes:
+        assert full is not None
+        data = binary_section(full, section)
+        if size_only:
+            return b"%d" % len(data)
+        if partial is not None:
+            data = data[partial[0]:partial[0] + partial[1]]
+        if b"\0" in data:
+            return b"~{%d}\r\n" % len(data) + data
+        if data[-1:] != b"\n" and fmt.can_quote(data):
+            return fmt.quoted(data)
+        return b"{%d}\r\n" % len(data) + data
+
+    return binary
 
 
 def _header_section(header: bytes, section: Section) -> bytes:

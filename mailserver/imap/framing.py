@@ -19,11 +19,12 @@ answers with ``format``. Rules that live here and are tested byte for byte:
   overlong line is answered once (``BAD``) and discarded up to its LF, and if it ended in a
   ``{n+}`` marker its literal is discarded too: the tail is never read as a command.
   Lines must end in CRLF; a bare LF or CR is ``BAD``.
-* Mode changes. After ``AUTHENTICATE``, ``IDLE`` and ``STARTTLS`` commands ``next_event``
+* Mode changes. After ``AUTHENTICATE``, ``IDLE``, ``STARTTLS`` and ``COMPRESS`` commands ``next_event``
   returns ``PAUSED`` until the application says what it answered:
   ``continue_authenticate()`` (sent a ``+`` challenge: the next line is a SASL response),
   ``start_idle()`` (sent ``+ idling``: the next line must be ``DONE``), ``tls_established()``
-  (discards everything received in plaintext after STARTTLS), or ``resume()`` (sent the
+  (discards everything received in plaintext after STARTTLS), ``compression_started()``
+  (hands back what was received after COMPRESS, to be decompressed), or ``resume()`` (sent the
   tagged completion: read commands again). Pipelined input stays buffered meanwhile.
 """
 
@@ -36,7 +37,15 @@ import re
 from collections import deque
 from dataclasses import dataclass
 
-from .commands import COMMAND_NAMES, Authenticate, Command, SimpleCommand, parse_command, split_tag_and_name
+from .commands import (
+    COMMAND_NAMES,
+    Authenticate,
+    Command,
+    Compress,
+    SimpleCommand,
+    parse_command,
+    split_tag_and_name,
+)
 from .errors import IMAPError, IMAPParseError
 
 
@@ -179,7 +188,7 @@ class IMAPConnection:
         self._remaining = 0  # literal octets still to read or discard
         self._literals = 0  # literals of the command being read
         self._tail = b""  # end of the line being discarded
-        self._paused_for: str | None = None  # AUTHENTICATE, AUTH-RESPONSE, IDLE, STARTTLS
+        self._paused_for: str | None = None  # AUTHENTICATE, AUTH-RESPONSE, IDLE, STARTTLS, COMPRESS
         self._exchange_tag = ""
 
     # ---------------------------------------------------------------- I/O side
@@ -272,9 +281,20 @@ class IMAPConnection:
         self._paused_for = None
         self._mode = _Mode.COMMAND
 
+    def compression_started(self) -> bytes:
+        """The tagged OK of COMPRESS was sent (RFC 4978 3): what was received after the
+        command is compressed, so it is handed back, to go through the decompressor and
+        :meth:`receive_data` again."""
+        self._require_pause("COMPRESS")
+        pending = bytes(self._in)
+        self._in.clear()
+        self._paused_for = None
+        self._mode = _Mode.COMMAND
+        return pending
+
     def resume(self) -> None:
         """The tagged response of the pausing command was sent: read commands again."""
-        self._require_pause("AUTHENTICATE", "AUTH-RESPONSE", "IDLE", "STARTTLS")
+        self._require_pause("AUTHENTICATE", "AUTH-RESPONSE", "IDLE", "STARTTLS", "COMPRESS")
         self._paused_for = None
         self._mode = _Mode.COMMAND
 
@@ -428,6 +448,8 @@ class IMAPConnection:
             pause = "AUTHENTICATE"
         elif isinstance(command, SimpleCommand) and command.name in ("IDLE", "STARTTLS"):
             pause = command.name
+        elif isinstance(command, Compress):
+            pause = "COMPRESS"
         if pause is not None:
             self._mode = _Mode.PAUSED
             self._paused_for = pause

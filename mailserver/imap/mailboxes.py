@@ -33,6 +33,13 @@ from .utf7 import decode_mailbox_name
 
 DELIMITER = "."
 SPECIAL_USE = {name: "\\" + name for name in DEFAULT_FOLDERS}  # "Sent" -> "\Sent", ...
+# The uses CREATE (USE (...)) can give (RFC 6154 2, 3): \All and \Flagged would be
+# virtual folders, which this store does not have.
+CREATABLE_USES = {use.upper(): use for use in SPECIAL_USE.values()}
+# Folders given a special use by CREATE: "<attribute> TAB <name>" lines in the account
+# root (no leading dot, so never a folder). A recorded use is the folder's, and the
+# default folder of that name (Sent for \Sent) then has none.
+SPECIAL_USE_FILE = "pymaild-special-use"
 MAX_NAME_BYTES = 200
 MAX_DEPTH = 16
 _TRASH_PREFIX = "..deleted-"  # names starting ".." are never listed (not a valid folder)
@@ -196,20 +203,50 @@ class MailboxTree:
             for i in range(1, len(parts)):
                 everything.add(DELIMITER.join(parts[:i]))
         children = {n.rsplit(DELIMITER, 1)[0] for n in everything if DELIMITER in n}
+        uses = self._special_uses(selectable)
         out = []
         for name in sorted(everything, key=lambda n: (n != "INBOX", n)):
             attrs = ["\\HasChildren" if name in children else "\\HasNoChildren"]
             if name not in selectable:
                 attrs.insert(0, "\\Noselect")
                 attrs.insert(0, "\\NonExistent")
-            if name in SPECIAL_USE:
-                attrs.append(SPECIAL_USE[name])
+            use = uses.get(name)
+            if use is not None:
+                attrs.append(use)
             out.append(MailboxInfo(name, tuple(attrs), name in subscribed, name in selectable))
         return out
 
+    def _recorded_uses(self) -> dict[str, str]:
+        """Folder name -> special use given by CREATE (whether the folder exists or not)."""
+        try:
+            text = (self.root / SPECIAL_USE_FILE).read_text("utf-8", errors="replace")
+        except FileNotFoundError:
+            return {}
+        out: dict[str, str] = {}
+        for line in text.splitlines():
+            use, sep, name = line.partition("\t")
+            canonical = CREATABLE_USES.get(use.upper())
+            if sep and canonical is not None and name:
+                out[name] = canonical
+        return out
+
+    def _special_uses(self, existing: set[str]) -> dict[str, str]:
+        """Folder name -> its special-use attribute, for the folders in ``existing``: those
+        CREATE recorded, then the default folders by name for the uses nobody holds."""
+        uses = {n: u for n, u in self._recorded_uses().items() if n in existing}
+        held = set(uses.values())
+        for name, use in SPECIAL_USE.items():
+            if name in existing and use not in held and name not in uses:
+                uses[name] = use
+        return uses
+
+    def _set_uses(self, uses: dict[str, str]) -> None:
+        write_file_atomic(self.root / SPECIAL_USE_FILE,
+                          "".join(f"{u}\t{n}\n" for n, u in sorted(uses.items())).encode())
+
     # ---------------------------------------------------------------- changes
 
-    def create(self, name: str) -> None:
+    def create(self, name: str, *, use: str | None = None) -> None:
         if len(name) > 1 and name.endswith(DELIMITER):
             # RFC 3501 6.3.3: a trailing delimiter only declares that children will
             # follow; the mailbox created is the name without it (as Dovecot does).
@@ -219,6 +256,22 @@ class MailboxTree:
             raise MailboxError("INBOX always exists", "ALREADYEXISTS")
         if self.exists(name):
             raise MailboxError("mailbox already exists", "ALREADYEXISTS")
+        recorded: dict[str, str] = {}
+        if use is not None:
+            # RFC 6154 3: refused with USEATTR, and nothing created, when the use cannot be
+            # given: one this store has no folders for, or one another folder holds.
+            canonical = CREATABLE_USES.get(use.upper())
+            if canonical is None:
+                raise MailboxError(f"special use {use[:30]} cannot be given to a folder here "
+                                   f"(only {' '.join(SPECIAL_USE.values())})", "USEATTR")
+            folders = set(self.names())
+            holder = next((n for n, u in self._special_uses(folders).items() if u == canonical), None)
+            if holder is not None:
+                raise MailboxError(f"{holder} already has the special use {canonical}", "USEATTR")
+            use = canonical
+            # Stale lines (a folder deleted by another program) go; a use never outlives
+            # its folder's name being given again.
+            recorded = {n: u for n, u in self._recorded_uses().items() if n in folders}
         # Parents are created too, so every level is selectable (RFC 3501 6.3.3).
         parts = name.split(DELIMITER)
         existing = self.names()
@@ -231,6 +284,13 @@ class MailboxTree:
             if level.upper() == "INBOX":
                 continue
             ensure_maildir(self.path(level), is_folder=True)
+        if use is not None:
+            try:
+                self._set_uses({**recorded, name: use})
+            except BaseException:
+                # The folder without its use is not what CREATE asked for (RFC 6154 3).
+                shutil.rmtree(self.path(name), ignore_errors=True)
+                raise
 
     def delete(self, name: str) -> None:
         name = check_name(name)
@@ -249,6 +309,10 @@ class MailboxTree:
         os.rename(path, trash)
         fsync_dir(self.root)
         shutil.rmtree(trash, ignore_errors=True)
+        recorded = self._recorded_uses()
+        if name in recorded:  # a folder made later under this name does not inherit it
+            del recorded[name]
+            self._set_uses(recorded)
         # The subscription stays (RFC 3501 6.3.4, RFC 9051 6.3.4; Dovecot): LSUB shows it as
         # \Noselect and LIST (SUBSCRIBED) as \NonExistent until the client unsubscribes.
 
@@ -274,6 +338,9 @@ class MailboxTree:
         fsync_dir(self.root)
         renamed = {src: dst for src, dst in moves}
         self._set_subscriptions([renamed.get(s, s) for s in self.subscriptions()])
+        recorded = self._recorded_uses()
+        if any(n in renamed for n in recorded):  # a given use moves with its folder
+            self._set_uses({renamed.get(n, n): u for n, u in recorded.items()})
 
     def _rename_inbox(self, new: str) -> None:
         """RFC 3501 6.3.5: move every INBOX message to a new mailbox; INBOX stays, empty."""

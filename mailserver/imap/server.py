@@ -14,6 +14,8 @@ import secrets
 import socket
 import ssl
 import typing
+import zlib
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -28,6 +30,7 @@ from mailserver.net.listener import (
 
 from . import format as fmt
 from .backend import IMAPBackend
+from .deflate import Deflater, Inflater
 from .framing import (
     NEED_DATA,
     PAUSED,
@@ -45,6 +48,12 @@ log = logging.getLogger("pymaild.imap")
 
 _MAX_BUFFERED = 256 * 1024  # pause reading above this much unparsed input
 _FIRST_LINE = 8192  # how much of the first line is kept to tell an HTTP request
+# COMPRESS=DEFLATE (RFC 4978): writes up to this size are compressed on the event loop
+# (well under a millisecond); larger ones (a FETCH of whole messages) in a worker thread,
+# _DEFLATE_SLICE at a time, waiting for the client to read between slices.
+_INLINE_DEFLATE = 16 * 1024
+_DEFLATE_SLICE = 256 * 1024
+_INFLATE_CHUNK = 64 * 1024  # decompressed octets handed to the framer at a time
 
 
 class IMAPEndpoint:
@@ -105,22 +114,71 @@ class _IMAPProtocol(asyncio.Protocol, Output):
         self._entry: Entry | None = None
         self._first_line: bytearray | None = bytearray()  # None once the first line was seen
         self.id = secrets.token_hex(6)
+        # After COMPRESS DEFLATE: the two streams, and the large writes waiting for (or
+        # in) the worker that compresses them, in order.
+        self._deflater: Deflater | None = None
+        self._inflater: Inflater | None = None
+        self._deflate_queue: deque[Sequence[bytes]] = deque()
+        self._deflate_task: asyncio.Task[None] | None = None
 
     # ---------------------------------------------------------------- Output
 
     def write(self, data: bytes) -> None:
         if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+            if self._deflater is not None:
+                self._write_deflated((data,))
+            else:
+                self.transport.write(data)
 
     def writelines(self, pieces: Sequence[bytes]) -> None:
         if pieces and self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(pieces)
+            if self._deflater is not None:
+                self._write_deflated(pieces)
+            else:
+                self.transport.writelines(pieces)
+
+    def _write_deflated(self, pieces: Sequence[bytes]) -> None:
+        """Compressed and sync-flushed, in the order written: small writes at once, large
+        ones (and anything behind them) by the worker task."""
+        assert self._deflater is not None and self.transport is not None
+        if self._deflate_task is None and sum(map(len, pieces)) <= _INLINE_DEFLATE:
+            self.transport.write(self._deflater.compress(b"".join(pieces)))
+            return
+        self._deflate_queue.append(pieces)
+        if self._deflate_task is None:
+            self._deflate_task = asyncio.get_running_loop().create_task(self._deflate_worker())
+
+    async def _deflate_worker(self) -> None:
+        deflater, transport = self._deflater, self.transport
+        assert deflater is not None and transport is not None
+        try:
+            while self._deflate_queue:
+                for piece in self._deflate_queue.popleft():
+                    view = memoryview(piece)
+                    for start in range(0, len(piece), _DEFLATE_SLICE):
+                        out = await asyncio.to_thread(deflater.compress, view[start:start + _DEFLATE_SLICE])
+                        if transport.is_closing():
+                            return
+                        transport.write(out)
+                        # The flow-control contract holds inside a write: a slow reader
+                        # gets the rest as it reads, and at most a slice waits here.
+                        await self._flow.drain()
+        except ConnectionError:
+            return  # the client is gone; the session's task ends on its own
+        finally:
+            if transport.is_closing():
+                self._deflate_queue.clear()
+            self._deflate_task = None
 
     async def drain(self) -> None:
         """Wait while the transport has paused writing (asyncio's flow-control contract: only
         ``pause_writing()`` starts a wait, only ``resume_writing()`` or the connection's end
-        finishes it)."""
+        finishes it), and, with COMPRESS, until the compressing worker has sent its queue."""
         try:
+            task = self._deflate_task
+            if task is not None:
+                # Shielded: a cancelled session must not cancel output already promised.
+                await asyncio.shield(task)
             await self._flow.drain()
         except ConnectionError:
             # The client is gone: end the session's task, which must not take this for a
@@ -176,11 +234,53 @@ class _IMAPProtocol(asyncio.Protocol, Output):
             self.endpoint.table.touch(self._entry)
         if self._first_line is not None and not self._check_first_line(data):
             return
-        self.conn.receive_data(data)
+        inflater = self._inflater
+        if inflater is not None:
+            inflater.feed(data)
+            if not self._inflate(force=False):
+                return
+        else:
+            self.conn.receive_data(data)
         self._data.set()
-        if self.conn.buffered > _MAX_BUFFERED and not self._paused and self.transport is not None:
+        backlog = self.conn.buffered > _MAX_BUFFERED or (
+            inflater is not None and inflater.pending > _MAX_BUFFERED)
+        if backlog and not self._paused and self.transport is not None:
             self.transport.pause_reading()
             self._paused = True
+
+    def _inflate(self, *, force: bool) -> bool:
+        """Decompressed input into the framer, _INFLATE_CHUNK at a time while it holds at
+        most _MAX_BUFFERED (``force``: one chunk even above that, because the framer asked
+        for data); the rest stays compressed. False when the input is not DEFLATE and the
+        connection was closed."""
+        inflater = self._inflater
+        assert inflater is not None
+        conn = self.conn
+        try:
+            while inflater.has_more and (force or conn.buffered <= _MAX_BUFFERED):
+                force = False
+                out = inflater.take(_INFLATE_CHUNK)
+                if not out:
+                    break
+                conn.receive_data(out)
+        except zlib.error as exc:
+            log.info("bad compressed input session=%s client=%s error=%s", self.id,
+                     self.session.client_ip if self.session else "?", exc)
+            self.write(fmt.untagged_status("BYE", "invalid compressed data"))
+            self._close_now()
+            return False
+        return True
+
+    def _start_compression(self) -> bool:
+        """COMPRESS DEFLATE's tagged OK went out uncompressed: from here on both directions
+        are DEFLATE (RFC 4978 3). What the client sent after the command is compressed."""
+        self._deflater = Deflater()
+        self._inflater = Inflater()
+        leftover = self.conn.compression_started()
+        if leftover:
+            self._inflater.feed(leftover)
+            return self._inflate(force=False)
+        return True
 
     def eof_received(self) -> bool | None:
         self._closed = True
@@ -260,7 +360,15 @@ class _IMAPProtocol(asyncio.Protocol, Output):
     async def _wait_input(self) -> None:
         """Until bytes arrive (or the connection ends). The caller cleared ``_data`` right
         after the framer said NEED_DATA, with no await in between, so no wakeup is lost."""
-        if self._paused and self.transport is not None:
+        inflater = self._inflater
+        if inflater is not None and inflater.has_more:
+            before = self.conn.buffered
+            if not self._inflate(force=True):
+                return
+            if self.conn.buffered != before:
+                self._data.set()
+        if (self._paused and self.transport is not None
+                and (inflater is None or inflater.pending <= _MAX_BUFFERED)):
             self.transport.resume_reading()
             self._paused = False
         if self._closed or self._shutting_down:
@@ -343,6 +451,11 @@ class _IMAPProtocol(asyncio.Protocol, Output):
             log.exception("session=%s internal error", self.id)
             self.write(fmt.untagged_status("BYE", "internal server error"))
         finally:
+            task = self._deflate_task
+            if task is not None and not self._closed:
+                # The last compressed responses (a BYE) before the connection closes.
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.shield(task)
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.close()
 
@@ -389,6 +502,8 @@ class _IMAPProtocol(asyncio.Protocol, Output):
             conn.start_idle()
         elif action is Action.STARTTLS:
             return await self._start_tls()
+        elif action is Action.COMPRESS:
+            return self._start_compression()
         elif action is Action.CLOSE:
             return False
         return True

@@ -29,7 +29,7 @@ from mailserver.imap.fetchcache import FetchCache
 from mailserver.storage.api import KeywordLimit, MailboxError, ReadOnlyMailbox
 
 from . import format as fmt
-from .commands import Command, Enable, Id, SimpleCommand
+from .commands import Command, Compress, Enable, Id, SimpleCommand
 from .session_auth import AuthCommands
 from .session_core import Action, Output, Refused, State
 from .session_mailboxes import MailboxCommands
@@ -62,7 +62,7 @@ class IMAPSession(AuthCommands, MailboxCommands, SelectedCommands):
             return Action.NONE
         if self.state.name not in handler[1]:
             return self._wrong_state(cmd)
-        pausing = cmd.name in ("AUTHENTICATE", "IDLE", "STARTTLS")
+        pausing = cmd.name in ("AUTHENTICATE", "IDLE", "STARTTLS", "COMPRESS")
         self._in_command = True
         self._tagged = None
         try:
@@ -102,7 +102,7 @@ class IMAPSession(AuthCommands, MailboxCommands, SelectedCommands):
         return action
 
     def _wrong_state(self, cmd: Command) -> Action:
-        resume = cmd.name in ("AUTHENTICATE", "IDLE", "STARTTLS")
+        resume = cmd.name in ("AUTHENTICATE", "IDLE", "STARTTLS", "COMPRESS")
         if self.state is State.NOT_AUTHENTICATED:
             text = f"{cmd.name} is not allowed before logging in"
         elif self.state is State.AUTHENTICATED and cmd.name in _SELECTED_ONLY:
@@ -123,6 +123,18 @@ class IMAPSession(AuthCommands, MailboxCommands, SelectedCommands):
         self._untagged(fmt.capability(self.capabilities()))
         self._ok(cmd.tag, "CAPABILITY completed")
         return Action.NONE
+
+    async def _compress(self, cmd: Command) -> Action:
+        """COMPRESS DEFLATE (RFC 4978 3): after this tagged OK, sent as it is, both
+        directions are raw DEFLATE (the transport switches on Action.COMPRESS)."""
+        assert isinstance(cmd, Compress)
+        if self.compressing:
+            raise Refused("DEFLATE is already active", code="COMPRESSIONACTIVE")
+        if cmd.mechanism != "DEFLATE":  # as Dovecot answers it
+            raise Refused(f"unknown compression mechanism {cmd.mechanism[:30]}")
+        self.compressing = True
+        self._ok(cmd.tag, "DEFLATE active")
+        return Action.COMPRESS
 
     async def _noop(self, cmd: Command) -> Action:
         # The folder is synced by execute() (_send_updates), before this tagged OK.
@@ -236,6 +248,7 @@ _HANDLERS: dict[str, tuple[Handler, tuple[str, ...]]] = {
     "LOGOUT": (IMAPSession._logout, _ANY),
     "ID": (IMAPSession._id, _ANY),
     "ENABLE": (IMAPSession._enable, _AUTH),
+    "COMPRESS": (IMAPSession._compress, _AUTH),
     "STARTTLS": (IMAPSession._starttls, ("NOT_AUTHENTICATED",)),
     "LOGIN": (IMAPSession._login, ("NOT_AUTHENTICATED",)),
     "AUTHENTICATE": (IMAPSession._authenticate, ("NOT_AUTHENTICATED",)),

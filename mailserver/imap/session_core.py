@@ -51,6 +51,7 @@ class Action(enum.Enum):
     CONTINUE_AUTH = "continue-auth"  # a "+" challenge was sent
     IDLE = "idle"  # "+ idling" was sent
     STARTTLS = "starttls"  # tagged OK sent: start the TLS handshake now
+    COMPRESS = "compress"  # tagged OK sent: DEFLATE both directions from now on (RFC 4978)
     CLOSE = "close"  # BYE sent (LOGOUT, fatal error): close the connection
 
 
@@ -125,6 +126,7 @@ class SessionCore:
         self.enabled: set[str] = set()
         self.condstore = False  # a CONDSTORE-enabling command was seen (RFC 7162 3.1)
         self.idling = False
+        self.compressing = False  # COMPRESS DEFLATE was answered OK (RFC 4978)
         self._idle_tag = ""
         self._dirty = False
         self._wake: asyncio.Event | None = None  # set by mailbox_changed while the transport waits in IDLE
@@ -153,10 +155,13 @@ class SessionCore:
                 caps.append("LOGINDISABLED")
             return caps
         return [
-            *caps, "NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE", "LIST-EXTENDED",
-            "LIST-STATUS", "CONDSTORE", "QRESYNC", "ESEARCH", "STATUS=SIZE",
+            *caps, "NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN",
+            "SPECIAL-USE", "CREATE-SPECIAL-USE", "LIST-EXTENDED", "LIST-STATUS", "CONDSTORE", "QRESYNC",
+            "ESEARCH", "STATUS=SIZE",
             # RFC 5256, RFC 5957, RFC 5267 (ESORT), Dovecot's THREAD=REFS
             "SORT", "SORT=DISPLAY", "ESORT", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "THREAD=REFS",
+            "BINARY",  # RFC 3516
+            "COMPRESS=DEFLATE",  # RFC 4978
             f"APPENDLIMIT={self.backend.limits.max_append_size}",
         ]
 

@@ -13,7 +13,7 @@ from mailserver.imap.fetchcache import FetchCache
 from mailserver.storage.api import MailboxView
 
 from . import format as fmt
-from .commands import Append, Command, List, Lsub, MailboxCommand, Rename, Select, Status
+from .commands import Append, Command, Create, List, Lsub, MailboxCommand, Rename, Select, Status
 from .mailboxes import DELIMITER, pattern_matches
 from .seqset import SequenceSet
 from .session_core import Action, Refused, Selected, State
@@ -107,8 +107,12 @@ class MailboxCommands(SessionUpdates):
                 self._untagged(self._flags_fetch(seq, uid))
 
     async def _create(self, cmd: Command) -> Action:
-        assert isinstance(cmd, MailboxCommand)
-        await self.run_in_thread(self._tree().create, cmd.mailbox)
+        assert isinstance(cmd, Create)
+        if len(cmd.use) > 1:  # RFC 6154 3: the server may refuse more than one
+            raise Refused("one special use per folder", code="USEATTR")
+        use = cmd.use[0] if cmd.use else None
+        tree = self._tree()
+        await self.run_in_thread(lambda: tree.create(cmd.mailbox, use=use))
         self._ok(cmd.tag, "CREATE completed")
         return Action.NONE
 

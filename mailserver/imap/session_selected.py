@@ -15,6 +15,7 @@ from mailserver.storage.api import ChangeSet, ReadOnlyMailbox, StoreMode
 
 from . import format as fmt
 from . import searcheval
+from .binarypart import UnknownCTE
 from .commands import Command, Copy, Fetch, Search, Sort, Store, Thread, UidExpunge
 from .fetchitems import Attribute, BodySection
 from .fetchrender import FetchPlan, Renderer, SearchLoader
@@ -255,8 +256,6 @@ class SelectedCommands(SessionUpdates):
         assert isinstance(cmd, Fetch)
         sel = self._sel()
         index = sel.index
-        if any(isinstance(i, BodySection) and i.binary for i in cmd.items):
-            raise Refused("BINARY is not supported", status="BAD")
         if cmd.vanished and ("QRESYNC" not in self.enabled or not cmd.uid or cmd.changedsince is None):
             raise Refused("VANISHED needs QRESYNC enabled, UID FETCH and CHANGEDSINCE", status="BAD")
         uids = self._resolve(cmd.sequence_set, cmd.uid)
@@ -301,7 +300,12 @@ class SelectedCommands(SessionUpdates):
         try:
             for i in range(len(chunks)):
                 assert pending is not None
-                responses = await pending
+                try:
+                    responses = await pending
+                except UnknownCTE as e:  # RFC 3516 4.3
+                    pending = None
+                    raise Refused(f"unknown Content-Transfer-Encoding {str(e)[:40]!r}",
+                                  code="UNKNOWN-CTE") from None
                 pending = (asyncio.ensure_future(self.run_in_thread(renderer.render, chunks[i + 1]))
                            if i + 1 < len(chunks) else None)
                 if plan.need_full:

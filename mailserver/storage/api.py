@@ -321,9 +321,11 @@ class MailboxStore(Protocol):
         and whether subscribed (RFC 3501 6.3.8, RFC 5258, RFC 6154)."""
         ...
 
-    def create(self, name: str) -> None:
+    def create(self, name: str, *, use: str | None = None) -> None:
         """CREATE the folder and any missing parents (RFC 3501 6.3.3); a trailing delimiter
-        is dropped. ALREADYEXISTS, CANNOT, LIMIT."""
+        is dropped. ALREADYEXISTS, CANNOT, LIMIT. ``use``: a special-use attribute the new
+        folder takes (``\\Sent``, RFC 6154 3); USEATTR when it cannot, and then nothing
+        is created."""
         ...
 
     def delete(self, name: str) -> None:
