@@ -17,6 +17,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..address import Address
@@ -26,6 +27,7 @@ from ..metrics import Metrics
 from ..pipeline import trace
 from ..pipeline.authresults import strip_forged
 from ..smtpreply import SMTPReply
+from ..storage import quota
 from ..storage.maildir import MaildirWriter
 from . import protocol as p
 from .recipients import RecipientTable
@@ -121,8 +123,39 @@ class MXHandler:
             log.info("unknown recipient session=%s client=%s rcpt=%s", session.id, session.client_ip,
                      event.raw)
             return SMTPReply(550, "5.1.1", f"<{address}>: Recipient address rejected: no such user")
+        try:
+            full = await self.run_in_thread(self._full_account, accounts)
+        except (OSError, sqlite3.Error) as exc:
+            log.error("quota check failed session=%s rcpt=%s %s", session.id, event.raw,
+                      describe_error(exc))
+            return storage_failure_reply(exc, "Quota check")
+        if full is not None:
+            # RFC 3463 4.2.2: mailbox full, temporary: the sender retries, the user may
+            # make room meanwhile. Refused here, so no bounce is ever ours to send.
+            log.info("mailbox full session=%s client=%s rcpt=%s account=%s", session.id,
+                     session.client_ip, event.raw, full)
+            return SMTPReply(452, "4.2.2", f"<{address}>: Mailbox full, try again later")
         tx.recipients[str(address)] = accounts
         return SMTPReply(250, "2.1.5", "Recipient OK")
+
+    def _full_account(self, accounts: list[str]) -> str | None:
+        """The first of ``accounts`` with no room for any more mail (blocks)."""
+        for account in accounts:
+            if quota.full(self.store.maildir_path(account), self.store.quota_limits(account)):
+                return account
+        return None
+
+    def _deliver_within_quota(
+        self, items: list[tuple[str, list[bytes]]], folder: str | None
+    ) -> list[Path]:
+        """Deliver ``(account, chunks)`` each, all or none, once every copy fits its
+        account's quota (blocks). The quota locks are held until the copies are durable,
+        so two deliveries racing for an account's last bytes decide one after the other."""
+        targets = [(self.store.maildir_path(account), chunks) for account, chunks in items]
+        checks = [(root, self.store.quota_limits(account), sum(len(c) for c in chunks), 1)
+                  for (account, _c), (root, chunks) in zip(items, targets, strict=True)]
+        with quota.reserve(checks):
+            return self.writer.deliver_batch([(root, folder, chunks) for root, chunks in targets])
 
     def _count_checks(self, verdict: InboundVerdict) -> None:
         # One result per check that ran and per DKIM signature; an unsigned message
@@ -200,13 +233,20 @@ class MXHandler:
         try:
             # All copies or none: a failure removes what was written and answers 4xx, so
             # the sender's retry never duplicates a copy for one recipient.
-            paths = await self.run_in_thread(self.writer.deliver_batch, [
-                (self.store.maildir_path(account), folder,
-                 [return_path, trace.delivered_to_header(rcpt), auth_results, received, data])
+            paths = await self.run_in_thread(self._deliver_within_quota, [
+                (account, [return_path, trace.delivered_to_header(rcpt), auth_results, received, data])
                 for account, rcpt in per_account.items()
-            ])
+            ], folder)
             self.writer.announce(paths)  # IDLEing IMAP clients hear of it now
-        except OSError as exc:
+        except quota.OverQuota as exc:
+            # One reply for all recipients (SMTP has no per-recipient answer after DATA,
+            # RFC 5321 3.3): refuse the whole message with a temporary error, so nothing
+            # is stored twice and nobody's copy is lost; the sender retries them all.
+            log.info("%s outcome=deferred reason=over-quota resource=%s", base, exc.resource)
+            self.metrics.inc("messages_total", direction="in", result="deferred")
+            return SMTPReply(452, "4.2.2", "Mailbox full: the message does not fit a recipient's"
+                             " quota, try again later")
+        except (OSError, sqlite3.Error) as exc:
             # Disk full, I/O error...: nothing was promised, the sender retries.
             log.error("%s outcome=deferred reason=local-delivery %s", base, describe_error(exc))
             self.metrics.inc("messages_total", direction="in", result="deferred")
