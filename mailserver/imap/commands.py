@@ -26,7 +26,7 @@ from .seqset import SequenceSet
 SYSTEM_FLAGS = {f.upper(): f for f in (
     "\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "\\Recent")}
 STATUS_ITEMS = frozenset({"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE",
-                          "HIGHESTMODSEQ", "APPENDLIMIT"})
+                          "HIGHESTMODSEQ", "APPENDLIMIT", "DELETED-STORAGE"})
 SEARCH_CHARSETS = ("US-ASCII", "UTF-8")
 LIST_SELECTION = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})  # RFC 5258, 6154
 LIST_RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "STATUS", "SPECIAL-USE"})  # RFC 5258, 5819, 6154
@@ -84,6 +84,14 @@ class MailboxCommand(Command):
     """CREATE, DELETE, SUBSCRIBE, UNSUBSCRIBE, GETQUOTAROOT."""
 
     mailbox: str
+
+
+@dataclass(frozen=True, slots=True)
+class Quota(Command):
+    """GETQUOTA and SETQUOTA (RFC 9208 4.1): ``resources`` only for SETQUOTA."""
+
+    root: str
+    resources: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +340,27 @@ def _seq_match(r: Reader) -> tuple[SequenceSet, SequenceSet]:
 def _mailbox_cmd(r: Reader, tag: str, name: str) -> Command:
     r.sp()
     return MailboxCommand(tag, name, r.mailbox())
+
+
+def _quota(r: Reader, tag: str, name: str) -> Command:
+    """``GETQUOTA SP quota-root-name`` / ``SETQUOTA SP quota-root-name SP setquota-list``
+    with ``setquota-list = "(" [resource-name SP number64 *(SP ...)] ")"`` (RFC 9208 9)."""
+    r.sp()
+    root = decode_text(r.astring(), r.tag, "quota root")
+    if name == "GETQUOTA":
+        return Quota(tag, name, root)
+    r.sp()
+    r.expect(b"(")
+    resources: list[tuple[str, int]] = []
+    while not r.try_char(b")"):
+        if resources:
+            r.sp()
+        resource = r.atom().upper()
+        r.sp()
+        resources.append((resource, r.number(MAX_NUMBER64, what="a resource limit")))
+        if len(resources) > 20:
+            raise r.error("too many quota resources")
+    return Quota(tag, name, root, tuple(resources))
 
 
 def _rename(r: Reader, tag: str, name: str) -> Command:
@@ -654,6 +683,8 @@ _COMMANDS: dict[str, _Handler] = {
     "SUBSCRIBE": _mailbox_cmd,
     "UNSUBSCRIBE": _mailbox_cmd,
     "GETQUOTAROOT": _mailbox_cmd,
+    "GETQUOTA": _quota,
+    "SETQUOTA": _quota,
     "RENAME": _rename,
     "LIST": _list,
     "LSUB": _lsub,
@@ -707,6 +738,6 @@ def parse_command(data: bytes) -> Command:
 
 __all__ = [
     "COMMAND_NAMES", "MAX_NUMBER", "Append", "Authenticate", "Command", "Copy", "Enable", "Fetch", "Id",
-    "List", "Login", "Lsub", "MailboxCommand", "QResync", "Rename", "Search", "Select", "SimpleCommand",
-    "Sort", "Status", "Store", "Thread", "UidExpunge", "parse_command", "split_tag_and_name",
+    "List", "Login", "Lsub", "MailboxCommand", "QResync", "Quota", "Rename", "Search", "Select",
+    "SimpleCommand", "Sort", "Status", "Store", "Thread", "UidExpunge", "parse_command", "split_tag_and_name",
 ]

@@ -34,6 +34,7 @@ def imap_daemon(directory: Path, ca: TestCA, *, imap: dict[str, Any] | None = No
         "checks": {"spf": False, "dkim": False, "dmarc": False},
         "dns": {"nameservers": ["127.0.0.1:9"], "timeout": "3s"},
         "imap": imap or {},
+        "quota": quota or {},
         "submission": submission or {"max_auth_failures_per_ip": 1000, "max_auth_failures_per_account": 1000},
     }
     d = PymaildProcess(directory, config)
