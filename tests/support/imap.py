@@ -20,7 +20,8 @@ _counter = itertools.count(1)
 
 
 def imap_daemon(directory: Path, ca: TestCA, *, imap: dict[str, Any] | None = None,
-                submission: dict[str, Any] | None = None, start: bool = True) -> PymaildProcess:
+                submission: dict[str, Any] | None = None, quota: dict[str, Any] | None = None,
+                start: bool = True) -> PymaildProcess:
     """A pymaild with MX, submission, IMAP (STARTTLS) and IMAPS on free loopback ports."""
     cert, key = ca.issue("mx.example.test", "localhost", stem=f"imapd{next(_counter)}")
     ports = {k: free_port() for k in ("smtp", "submission", "imap", "imaps")}
