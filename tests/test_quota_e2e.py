@@ -154,18 +154,24 @@ def test_concurrent_deliveries_never_exceed_the_limit(daemon: PymaildProcess) ->
     lock = threading.Lock()
     start = threading.Barrier(12)
 
+    errors: list[BaseException] = []
+
     def client() -> None:
         start.wait()
-        for _ in range(3):
-            code, _text = send(daemon, [address], message(1000))
-            with lock:
-                codes.append(code)
+        try:
+            for _ in range(3):
+                code, _text = send(daemon, [address], message(1000))
+                with lock:
+                    codes.append(code)
+        except BaseException as exc:  # reported below, not lost in the thread
+            errors.append(exc)
 
     threads = [threading.Thread(target=client) for _ in range(12)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert errors == []
     assert sorted(set(codes)) == [250, 452]
     assert codes.count(250) == 10
     assert quota.measure(root) == quota.Usage(one * 11, 11)
