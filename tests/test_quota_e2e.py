@@ -276,6 +276,7 @@ def test_file_dropped_by_another_program_is_counted(daemon: PymaildProcess, ca: 
     m = login(daemon, ca, address)
     try:
         typ, data = m.getquotaroot("INBOX")
+        assert typ == "OK"
         assert data[1] == [b'"" (STORAGE 3 1024)']  # 3048 bytes, rounded up
     finally:
         m.logout()
