@@ -303,3 +303,27 @@ def test_config_default_applies(tmp_path: Path, ca: TestCA) -> None:
         assert send(d, [address], message(1500))[0] == 452
     finally:
         d.stop()
+
+
+def test_submission_local_copies_respect_quota(daemon: PymaildProcess, ca: TestCA) -> None:
+    sender = new_account(daemon, "author")
+    address, root = account_with_quota(daemon, "1M")
+    append(daemon, ca, address, 2000)
+    cli(daemon, "creds", "quota", address, "2500")
+    data = (f"From: {sender}\r\nTo: {address}\r\nSubject: s\r\n\r\n".encode()
+            + b"y" * 76 + b"\r\n") * 1
+    data = data + (b"z" * 76 + b"\r\n") * 10  # ~1 KB: does not fit the 500 bytes left
+    with smtplib.SMTP(daemon.host, daemon.sub_port, timeout=15) as s:  # type: ignore[attr-defined]
+        s.starttls(context=client_ctx(ca))
+        s.login(sender, "password-123456")
+        s.mail(sender)
+        assert s.rcpt(address)[0] == 250  # not full yet
+        code, text = s.data(data)
+        assert (code, text[:5]) == (452, b"4.2.2"), text
+        assert quota.measure(root) == quota.Usage(2000, 1)
+        cli(daemon, "creds", "quota", address, "2000")  # now full: refused at RCPT
+        s.rset()
+        s.mail(sender)
+        code, text = s.rcpt(address)
+        assert (code, text[:5]) == (452, b"4.2.2"), text
+    assert quota.measure(root) == quota.Usage(2000, 1)

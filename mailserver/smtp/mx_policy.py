@@ -17,7 +17,6 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..address import Address
@@ -30,6 +29,7 @@ from ..smtpreply import SMTPReply
 from ..storage import quota
 from ..storage.maildir import MaildirWriter
 from . import protocol as p
+from . import quotacheck
 from .recipients import RecipientTable
 from .server import Answer, Clock, Session, ThreadRunner
 
@@ -124,7 +124,7 @@ class MXHandler:
                      event.raw)
             return SMTPReply(550, "5.1.1", f"<{address}>: Recipient address rejected: no such user")
         try:
-            full = await self.run_in_thread(self._full_account, accounts)
+            full = await self.run_in_thread(quotacheck.full_account, self.store, accounts)
         except (OSError, sqlite3.Error) as exc:
             log.error("quota check failed session=%s rcpt=%s %s", session.id, event.raw,
                       describe_error(exc))
@@ -134,28 +134,9 @@ class MXHandler:
             # make room meanwhile. Refused here, so no bounce is ever ours to send.
             log.info("mailbox full session=%s client=%s rcpt=%s account=%s", session.id,
                      session.client_ip, event.raw, full)
-            return SMTPReply(452, "4.2.2", f"<{address}>: Mailbox full, try again later")
+            return SMTPReply(452, "4.2.2", f"<{address}>: {quotacheck.REPLY_TEXT}")
         tx.recipients[str(address)] = accounts
         return SMTPReply(250, "2.1.5", "Recipient OK")
-
-    def _full_account(self, accounts: list[str]) -> str | None:
-        """The first of ``accounts`` with no room for any more mail (blocks)."""
-        for account in accounts:
-            if quota.full(self.store.maildir_path(account), self.store.quota_limits(account)):
-                return account
-        return None
-
-    def _deliver_within_quota(
-        self, items: list[tuple[str, list[bytes]]], folder: str | None
-    ) -> list[Path]:
-        """Deliver ``(account, chunks)`` each, all or none, once every copy fits its
-        account's quota (blocks). The quota locks are held until the copies are durable,
-        so two deliveries racing for an account's last bytes decide one after the other."""
-        targets = [(self.store.maildir_path(account), chunks) for account, chunks in items]
-        checks = [(root, self.store.quota_limits(account), sum(len(c) for c in chunks), 1)
-                  for (account, _c), (root, chunks) in zip(items, targets, strict=True)]
-        with quota.reserve(checks):
-            return self.writer.deliver_batch([(root, folder, chunks) for root, chunks in targets])
 
     def _count_checks(self, verdict: InboundVerdict) -> None:
         # One result per check that ran and per DKIM signature; an unsigned message
@@ -233,7 +214,7 @@ class MXHandler:
         try:
             # All copies or none: a failure removes what was written and answers 4xx, so
             # the sender's retry never duplicates a copy for one recipient.
-            paths = await self.run_in_thread(self._deliver_within_quota, [
+            paths = await self.run_in_thread(quotacheck.deliver_within_quota, self.store, self.writer, [
                 (account, [return_path, trace.delivered_to_header(rcpt), auth_results, received, data])
                 for account, rcpt in per_account.items()
             ], folder)
