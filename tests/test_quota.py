@@ -204,3 +204,22 @@ def test_store_limits_default_and_own(tmp_path: Path) -> None:
     store.create_account("bob@example.test", "password-123456")
     assert store.own_quota("bob@example.test") is None  # a new account starts on defaults
     store.close()
+
+
+def test_warning_due_once_per_crossing_and_only_if_it_fits(root: Path) -> None:
+    limits = Limits(10_000)
+    notice = b"n" * 100
+    _drop(root, "1.M1P1.h,S=8000:2,", 8000)
+    assert quota.warning_due(root, limits, lambda u: notice) is None  # 80 %: not yet
+    _drop(root, "2.M1P1.h,S=1000:2,", 1000)
+    (root / "maildirsize").unlink()
+    assert quota.warning_due(root, limits, lambda u: notice) == notice  # 90 %
+    assert quota.warning_due(root, limits, lambda u: notice) is None  # once
+    (root / "cur" / "2.M1P1.h,S=1000:2,").unlink()
+    (root / "maildirsize").unlink()
+    assert quota.warning_due(root, limits, lambda u: notice) is None  # below: re-armed
+    assert not (root / quota.WARN_FILE).exists()
+    _drop(root, "3.M1P1.h,S=1950:2,", 1950)
+    (root / "maildirsize").unlink()
+    assert quota.warning_due(root, limits, lambda u: notice) is None  # 9950: no room for it
+    assert not (root / quota.WARN_FILE).exists()

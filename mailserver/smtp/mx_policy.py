@@ -217,7 +217,7 @@ class MXHandler:
             paths = await self.run_in_thread(quotacheck.deliver_within_quota, self.store, self.writer, [
                 (account, [return_path, trace.delivered_to_header(rcpt), auth_results, received, data])
                 for account, rcpt in per_account.items()
-            ], folder)
+            ], folder, f"postmaster@{self.primary_domain}")
             self.writer.announce(paths)  # IDLEing IMAP clients hear of it now
         except quota.OverQuota as exc:
             # One reply for all recipients (SMTP has no per-recipient answer after DATA,

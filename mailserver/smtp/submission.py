@@ -304,7 +304,7 @@ class SubmissionHandler:
                     quotacheck.deliver_within_quota, self.store, self.writer, [
                         (account, [return_path, trace.delivered_to_header(rcpt), data])
                         for account, rcpt in per_account.items()
-                    ], None)
+                    ], None, f"postmaster@{self.primary_domain}")
                 self.writer.announce(paths)  # IDLEing IMAP clients hear of it now
             except quota.OverQuota as exc:
                 # A local copy does not fit: the whole message is refused (one reply after

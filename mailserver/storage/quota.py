@@ -39,7 +39,7 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +51,10 @@ LOCK_FILE = "pymaild-quota.lock"
 MAX_FILE_SIZE = 5120
 #: ... or when it was last written longer ago than this (seconds).
 MAX_AGE = 15 * 60.0
+#: Marker in the Maildir root: the warning for this crossing of :data:`WARN_AT` was sent.
+WARN_FILE = "pymaild-quota-warned"
+#: Fraction of a limit at which the user is told, once per crossing.
+WARN_AT = 0.9
 
 _FILE_MODE = 0o600
 
@@ -292,6 +296,34 @@ def full(root: Path, limits: Limits) -> str | None:
     if limits.messages and current.messages >= limits.messages:
         return "MESSAGE"
     return None
+
+
+def warning_due(root: Path, limits: Limits, compose: Callable[[Usage], bytes]) -> bytes | None:
+    """The warning to deliver (``compose(usage)``) if the account has reached
+    :data:`WARN_AT` of a limit and has not been warned since it was last below, and the
+    warning itself fits; else None. Below the mark the marker file is removed, so the next
+    crossing warns again. Call it under :func:`reserve`; the marker is claimed with
+    ``O_EXCL``, so the warning goes out once even with writers outside the lock."""
+    if limits.unlimited:
+        return None
+    current = usage(root, limits)
+    high = (limits.storage and current.storage >= WARN_AT * limits.storage) or (
+        limits.messages and current.messages >= WARN_AT * limits.messages)
+    marker = root / WARN_FILE
+    if not high:
+        with contextlib.suppress(FileNotFoundError):
+            marker.unlink()
+        return None
+    if marker.exists():
+        return None
+    notice = compose(current)
+    if fits(current, limits, len(notice), 1) is not None:
+        return None  # no room even for the notice: the next refusal (452) tells the sender
+    try:
+        os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE))
+    except FileExistsError:
+        return None
+    return notice
 
 
 def maildir_root(folder_dir: Path) -> Path:
