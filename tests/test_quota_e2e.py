@@ -370,3 +370,19 @@ def test_warning_at_90_percent_arrives_once_per_crossing(daemon: PymaildProcess,
     assert warnings_in(root) == 2
     assert quota.measure(root).storage <= 20000
     assert quota.usage(root, quota.Limits(20000)) == quota.measure(root)
+
+
+def test_deleting_a_folder_frees_its_mail(daemon: PymaildProcess, ca: TestCA) -> None:
+    address, root = account_with_quota(daemon, "1M")
+    m = login(daemon, ca, address)
+    try:
+        assert m.create("Old")[0] == "OK"
+        for size in (3000, 4000):
+            assert m.append("Old", None, None, message(size))[0] == "OK"
+        assert m.append("INBOX", None, None, message(1000))[0] == "OK"
+        assert quota.usage(root, quota.Limits(1024**2)) == quota.Usage(8000, 3)
+        assert m.delete("Old")[0] == "OK"
+        assert quota.usage(root, quota.Limits(1024**2)) == quota.Usage(1000, 1)  # no recount
+        assert quota.measure(root) == quota.Usage(1000, 1)
+    finally:
+        m.logout()
