@@ -322,6 +322,14 @@ class AccountsConfig:
 
 
 @dataclass(frozen=True)
+class QuotaConfig:
+    """Default per-account limits (RFC 9208); ``pymaild creds quota`` sets an account's own."""
+
+    default_storage: int = field(default=0, metadata=_parser(parse_size))  # 0 = unlimited
+    default_messages: int = field(default=0, metadata=_parser(_non_negative_int))  # 0 = unlimited
+
+
+@dataclass(frozen=True)
 class ChecksConfig:
     spf: bool = True
     dkim: bool = True
@@ -397,6 +405,7 @@ class Config:
     imap: IMAPConfig = field(default_factory=IMAPConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     accounts: AccountsConfig = field(default_factory=AccountsConfig)
+    quota: QuotaConfig = field(default_factory=QuotaConfig)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
     dkim: DKIMConfig = field(default_factory=DKIMConfig)
     mta_sts: MTASTSConfig = field(default_factory=MTASTSConfig)

@@ -49,6 +49,7 @@ from .smtp.server import Limits, Session, SMTPEndpoint
 from .smtp.submission import SubmissionHandler
 from .storage.index import MailboxIndex
 from .storage.maildir import MaildirWriter
+from .storage.quota import Limits as QuotaLimits
 from .tls import TLSManager
 from .web import WebServer, required_names, uncovered_names
 
@@ -129,6 +130,7 @@ def build(cfg: Config) -> Components:
         store = AccountStore.in_state_dir(cfg.state_path)
     except Exception as exc:  # sqlite3 errors, a DB from a newer version, permissions
         raise StartupError(f"{cfg.accounts_db}: cannot open the accounts database: {exc}") from None
+    store.default_quota = QuotaLimits(cfg.quota.default_storage, cfg.quota.default_messages)
     try:
         keys = ensure_keys(cfg)  # before anything signs: the first start creates them
     except Exception as exc:

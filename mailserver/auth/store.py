@@ -33,8 +33,9 @@ from argon2 import PasswordHasher
 
 from mailserver.auth.passwords import hash_password
 from mailserver.storage.maildirpp import create_maildirpp, make_dirs
+from mailserver.storage.quota import Limits
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MAX_ALIAS_DEPTH = 10
 MAX_PASSWORD_LENGTH = 1024
 
@@ -201,8 +202,18 @@ CREATE TABLE senders (
 ) WITHOUT ROWID;
 """
 
+# v3: per-account quota limits (RFC 9208 STORAGE in bytes, MESSAGE a count; 0 = none).
+# An account without a row has the [quota] defaults of the config.
+_SCHEMA_V3 = """
+CREATE TABLE quotas (
+    address TEXT PRIMARY KEY,
+    storage INTEGER NOT NULL CHECK (storage >= 0),
+    messages INTEGER NOT NULL CHECK (messages >= 0)
+) WITHOUT ROWID;
+"""
+
 # _MIGRATIONS[n] upgrades schema version n to n+1. Append, never edit a shipped entry.
-_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
+_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -231,6 +242,8 @@ class AccountStore:
         # Weak: a connection dies with its thread (thread-local storage is freed then).
         self._conns: weakref.WeakSet[_Held] = weakref.WeakSet()
         self._conns_lock = threading.Lock()
+        #: Limits of accounts without their own (the config's [quota] defaults).
+        self.default_quota = Limits()
         self._init_db()
 
     @classmethod
@@ -328,6 +341,7 @@ class AccountStore:
             cur = c.execute("DELETE FROM accounts WHERE address = ?", (addr,))
             if cur.rowcount == 0:
                 raise NoSuchAccount(f"no account {addr}")
+            c.execute("DELETE FROM quotas WHERE address = ?", (addr,))
         if purge_mail:
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(self.maildir_path(addr))
@@ -371,6 +385,39 @@ class AccountStore:
                 "SELECT password_hash FROM accounts WHERE address = ? AND disabled = 0", (addr,)
             ).fetchone()
         return row[0] if row else None
+
+    def set_quota(self, address: str, limits: Limits | None) -> None:
+        """Give the account its own limits, or (None) the config's defaults again."""
+        addr = normalize_address(address)
+        with self._writing() as c:
+            if not c.execute("SELECT 1 FROM accounts WHERE address = ?", (addr,)).fetchone():
+                raise NoSuchAccount(f"no account {addr}")
+            if limits is None:
+                c.execute("DELETE FROM quotas WHERE address = ?", (addr,))
+            else:
+                c.execute(
+                    "INSERT INTO quotas (address, storage, messages) VALUES (?, ?, ?)"
+                    " ON CONFLICT (address) DO UPDATE SET storage = excluded.storage,"
+                    " messages = excluded.messages",
+                    (addr, limits.storage, limits.messages),
+                )
+
+    def own_quota(self, address: str) -> Limits | None:
+        """The account's own limits, or None when it has the config's defaults."""
+        try:
+            addr = normalize_address(address)
+        except InvalidAddress:
+            return None
+        with self._reading() as c:
+            row = c.execute(
+                "SELECT storage, messages FROM quotas WHERE address = ?", (addr,)
+            ).fetchone()
+        return Limits(row[0], row[1]) if row else None
+
+    def quota_limits(self, address: str) -> Limits:
+        """The limits that apply to the account: its own, else :attr:`default_quota`."""
+        own = self.own_quota(address)
+        return self.default_quota if own is None else own
 
     def maildir_path(self, address: str) -> Path:
         """``mail_root/<domain>/<local>/`` of an address (need not exist yet)."""

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..auth.store import MAX_PASSWORD_LENGTH, AccountError, AccountStore
-from ..config import Config
+from ..config import Config, parse_size
 from ..fsutil import describe_error, is_disk_full, mkdir_durable
+from ..storage import quota
 from . import CommandError
 
 T = TypeVar("T")
@@ -120,8 +121,76 @@ def _remove(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _list(args: argparse.Namespace, cfg: Config) -> int:
-    for account in _store(cfg).list_accounts():
-        print(account.address + ("  (disabled)" if account.disabled else ""))
+    store = _store(cfg)
+    store.default_quota = _default_quota(cfg)
+    for account in store.list_accounts():
+        limits = store.quota_limits(account.address)
+        shown = "" if limits.unlimited else f"  (quota {_limits_text(limits)})"
+        print(account.address + ("  (disabled)" if account.disabled else "") + shown)
+    return 0
+
+
+def _default_quota(cfg: Config) -> quota.Limits:
+    return quota.Limits(cfg.quota.default_storage, cfg.quota.default_messages)
+
+
+def format_size(n: int) -> str:
+    """Bytes the way the config writes them: ``500M``, ``2G``, ``1536K``, ``1000``."""
+    for unit, factor in (("T", 1024**4), ("G", 1024**3), ("M", 1024**2), ("K", 1024)):
+        if n >= factor and n % factor == 0:
+            return f"{n // factor}{unit}"
+    return str(n)
+
+
+def _limits_text(limits: quota.Limits) -> str:
+    storage = format_size(limits.storage) if limits.storage else "unlimited"
+    messages = f"{limits.messages} messages" if limits.messages else "unlimited messages"
+    return f"{storage}, {messages}"
+
+
+def _parse_quota_size(text: str) -> int:
+    if text.lower() in ("none", "unlimited", "0"):
+        return 0
+    try:
+        size = parse_size(text)
+    except ValueError as exc:
+        raise CommandError(f"{text}: {exc} (or 'none', or 'default')") from None
+    if size < 1024:
+        raise CommandError(f"{text}: a quota under 1K cannot hold a message (RFC 9208 counts KiB)")
+    return size
+
+
+def _quota(args: argparse.Namespace, cfg: Config) -> int:
+    """Set (SIZE [--messages N]), reset (``default``) or show (no SIZE) an account's quota."""
+    store = _store(cfg)
+    store.default_quota = _default_quota(cfg)
+    address = args.address.lower()
+    if args.size is None:
+        if args.messages is not None:
+            raise CommandError("--messages needs SIZE too (use 'none' for no storage limit)")
+        if _do(cfg, lambda s: s.get_account(address)) is None:
+            raise CommandError(f"no account {address}")
+        own = store.own_quota(address)
+        limits = store.quota_limits(address)
+        # Read-only: the CLI may run as another user than the daemon and must not create
+        # maildirsize with its owner.
+        used = quota.peek_usage(store.maildir_path(address))
+        source = "its own" if own is not None else "the [quota] default"
+        print(f"{address}: quota {_limits_text(limits)} ({source});"
+              f" in use {used.storage} bytes, {used.messages} messages")
+        return 0
+    if args.size.lower() == "default":
+        if args.messages is not None:
+            raise CommandError("'default' takes no --messages")
+        _do(cfg, lambda s: s.set_quota(address, None))
+        print(f"{address}: quota back to the [quota] default"
+              f" ({_limits_text(store.default_quota)})")
+        return 0
+    if args.messages is not None and args.messages < 0:
+        raise CommandError("--messages must be 0 (unlimited) or more")
+    limits = quota.Limits(_parse_quota_size(args.size), args.messages or 0)
+    _do(cfg, lambda s: s.set_quota(address, limits))
+    print(f"{address}: quota {_limits_text(limits)}")
     return 0
 
 
@@ -203,6 +272,14 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:  # Any: the parser c
         lst = actions.add_parser("list", help="list accounts")
         lst.set_defaults(func=_list)
         if name == "creds":
+            q = actions.add_parser(
+                "quota", help="show or set an account's quota (RFC 9208 STORAGE and MESSAGE)")
+            q.add_argument("address")
+            q.add_argument("size", nargs="?", help="e.g. 500M, 2G; 'none' for no storage limit;"
+                           " 'default' for the [quota] defaults; omit to show")
+            q.add_argument("--messages", type=int, metavar="N",
+                           help="at most N messages (0: no limit)")
+            q.set_defaults(func=_quota)
             password = actions.add_parser("password", help="change an account's password")
             password.add_argument("address")
             _add_password_flag(password)

@@ -26,7 +26,7 @@ from .seqset import SequenceSet
 SYSTEM_FLAGS = {f.upper(): f for f in (
     "\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "\\Recent")}
 STATUS_ITEMS = frozenset({"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE",
-                          "HIGHESTMODSEQ", "APPENDLIMIT"})
+                          "HIGHESTMODSEQ", "APPENDLIMIT", "DELETED-STORAGE"})
 SEARCH_CHARSETS = ("US-ASCII", "UTF-8")
 LIST_SELECTION = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})  # RFC 5258, 6154
 LIST_RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "STATUS", "SPECIAL-USE"})  # RFC 5258, 5819, 6154
@@ -91,6 +91,14 @@ class Create(MailboxCommand):
     """CREATE with RFC 4466 create-params; USE is the only one (RFC 6154 3, 5)."""
 
     use: tuple[str, ...] = ()  # special-use attributes, as the client wrote them
+
+
+@dataclass(frozen=True, slots=True)
+class Quota(Command):
+    """GETQUOTA and SETQUOTA (RFC 9208 4.1): ``resources`` only for SETQUOTA."""
+
+    root: str
+    resources: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,6 +381,27 @@ def _create(r: Reader, tag: str, name: str) -> Command:
                 break
             r.sp()
     return Create(tag, name, mailbox, tuple(dict.fromkeys(use)))
+
+
+def _quota(r: Reader, tag: str, name: str) -> Command:
+    """``GETQUOTA SP quota-root-name`` / ``SETQUOTA SP quota-root-name SP setquota-list``
+    with ``setquota-list = "(" [resource-name SP number64 *(SP ...)] ")"`` (RFC 9208 9)."""
+    r.sp()
+    root = decode_text(r.astring(), r.tag, "quota root")
+    if name == "GETQUOTA":
+        return Quota(tag, name, root)
+    r.sp()
+    r.expect(b"(")
+    resources: list[tuple[str, int]] = []
+    while not r.try_char(b")"):
+        if resources:
+            r.sp()
+        resource = r.atom().upper()
+        r.sp()
+        resources.append((resource, r.number(MAX_NUMBER64, what="a resource limit")))
+        if len(resources) > 20:
+            raise r.error("too many quota resources")
+    return Quota(tag, name, root, tuple(resources))
 
 
 def _rename(r: Reader, tag: str, name: str) -> Command:
@@ -700,6 +729,8 @@ _COMMANDS: dict[str, _Handler] = {
     "SUBSCRIBE": _mailbox_cmd,
     "UNSUBSCRIBE": _mailbox_cmd,
     "GETQUOTAROOT": _mailbox_cmd,
+    "GETQUOTA": _quota,
+    "SETQUOTA": _quota,
     "RENAME": _rename,
     "LIST": _list,
     "LSUB": _lsub,
@@ -754,6 +785,6 @@ def parse_command(data: bytes) -> Command:
 
 __all__ = [
     "COMMAND_NAMES", "MAX_NUMBER", "Append", "Authenticate", "Command", "Copy", "Enable", "Fetch", "Id",
-    "List", "Login", "Lsub", "MailboxCommand", "QResync", "Rename", "Search", "Select", "SimpleCommand",
-    "Sort", "Status", "Store", "Thread", "UidExpunge", "parse_command", "split_tag_and_name",
+    "List", "Login", "Lsub", "MailboxCommand", "QResync", "Quota", "Rename", "Search", "Select",
+    "SimpleCommand", "Sort", "Status", "Store", "Thread", "UidExpunge", "parse_command", "split_tag_and_name",
 ]

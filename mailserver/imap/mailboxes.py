@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mailserver.fsutil import fsync_dir, write_file_atomic
+from mailserver.storage import quota
 from mailserver.storage.api import MailboxError as MailboxError
 from mailserver.storage.api import MailboxInfo as MailboxInfo
 from mailserver.storage.index import MailboxIndex
@@ -308,11 +309,14 @@ class MailboxTree:
         trash = self.root / f"{_TRASH_PREFIX}{secrets.token_hex(6)}"
         os.rename(path, trash)
         fsync_dir(self.root)
+        # Its messages leave the account's quota usage (maildirsize), as an EXPUNGE would.
+        freed = quota.measure(trash)
         shutil.rmtree(trash, ignore_errors=True)
         recorded = self._recorded_uses()
         if name in recorded:  # a folder made later under this name does not inherit it
             del recorded[name]
             self._set_uses(recorded)
+        quota.record_change(self.root, -freed.storage, -freed.messages)
         # The subscription stays (RFC 3501 6.3.4, RFC 9051 6.3.4; Dovecot): LSUB shows it as
         # \Noselect and LIST (SUBSCRIBED) as \NonExistent until the client unsubscribes.
 

@@ -27,18 +27,20 @@ from mailserver.auth.login import loggable
 from mailserver.fsutil import describe_error, is_disk_full
 from mailserver.imap.fetchcache import FetchCache
 from mailserver.storage.api import KeywordLimit, MailboxError, ReadOnlyMailbox
+from mailserver.storage.quota import OverQuota
 
 from . import format as fmt
 from .commands import Command, Compress, Enable, Id, SimpleCommand
 from .session_auth import AuthCommands
 from .session_core import Action, Output, Refused, State
 from .session_mailboxes import MailboxCommands
+from .session_quota import QuotaCommands
 from .session_selected import SelectedCommands
 
 log = logging.getLogger("pymaild.imap")
 
 
-class IMAPSession(AuthCommands, MailboxCommands, SelectedCommands):
+class IMAPSession(AuthCommands, MailboxCommands, SelectedCommands, QuotaCommands):
     """One connection's session: the commands of the ``session_*`` modules, dispatched by
     the table at the end of this module (the one place that maps a command to its handler
     and to the states it is allowed in)."""
@@ -79,6 +81,11 @@ class IMAPSession(AuthCommands, MailboxCommands, SelectedCommands):
                 action = Action.NONE
             except KeywordLimit as exc:
                 self._tagged = fmt.tagged(cmd.tag, "NO", str(exc), code=exc.code)
+                action = Action.NONE
+            except OverQuota as exc:
+                # RFC 9208 4.3 / 7: nothing was written; EXPUNGE still works to make room.
+                self._tagged = fmt.tagged(cmd.tag, "NO", f"{cmd.name} failed: {exc}",
+                                          code=fmt.CODE_OVERQUOTA)
                 action = Action.NONE
             except (OSError, sqlite3.OperationalError) as exc:
                 # A full disk or an I/O error (in a file or in a folder's SQLite index) fails
@@ -264,6 +271,9 @@ _HANDLERS: dict[str, tuple[Handler, tuple[str, ...]]] = {
     "LSUB": (IMAPSession._list, _AUTH),
     "STATUS": (IMAPSession._status, _AUTH),
     "APPEND": (IMAPSession._append, _AUTH),
+    "GETQUOTA": (IMAPSession._getquota, _AUTH),
+    "GETQUOTAROOT": (IMAPSession._getquotaroot, _AUTH),
+    "SETQUOTA": (IMAPSession._setquota, _AUTH),
     "IDLE": (IMAPSession._idle, _AUTH),
     "CHECK": (IMAPSession._check, _SEL),
     "CLOSE": (IMAPSession._close, _SEL),

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import ParamSpec, Protocol, TypeVar
 
 from mailserver.imap.fetchcache import FetchCache
+from mailserver.storage import quota
 from mailserver.storage.api import MailboxStore, MailboxView
 
 from . import format as fmt
@@ -162,6 +163,7 @@ class SessionCore:
             "SORT", "SORT=DISPLAY", "ESORT", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "THREAD=REFS",
             "BINARY",  # RFC 3516
             "COMPRESS=DEFLATE",  # RFC 4978
+            "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE",  # RFC 9208
             f"APPENDLIMIT={self.backend.limits.max_append_size}",
         ]
 
@@ -226,6 +228,12 @@ class SessionCore:
         self.selected = None
         self.backend.hub.unregister(sel.hub_key, self)
         _off_loop(sel.index.close, sel.cache.close)
+
+    def _quota_of(self) -> tuple[Path, quota.Limits]:
+        """The account's Maildir root and quota limits (blocks: reads the accounts DB)."""
+        assert self.user is not None
+        store = self.backend.store
+        return store.maildir_path(self.user), store.quota_limits(self.user)
 
     def _notify_others(self, paths: Sequence[Path]) -> None:
         self.backend.hub.changed(paths, origin=self)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mailserver.imap.fetchcache import FetchCache
+from mailserver.storage import quota
 from mailserver.storage.api import MailboxView
 
 from . import format as fmt
@@ -272,6 +273,10 @@ class MailboxCommands(SessionUpdates):
                     values.append((item, index.count_with("T")))
                 elif item == "SIZE":
                     values.append((item, index.total_size()))
+                elif item == "DELETED-STORAGE":
+                    # RFC 9208 4.2.1: what EXPUNGE would free, in STORAGE's units (KiB).
+                    freed = sum(row[3] for row in index.search_rows() if "\\Deleted" in row[1])
+                    values.append((item, freed // 1024))
                 elif item == "HIGHESTMODSEQ":
                     values.append((item, index.highestmodseq))
                 elif item == "APPENDLIMIT":
@@ -294,9 +299,13 @@ class MailboxCommands(SessionUpdates):
         index = await self._other_index(name, path)
 
         def append() -> tuple[int, int]:
-            if index is not (self.selected.index if self.selected else None):
-                index.sync()
-            return index.uidvalidity, index.append(cmd.message, flags, cmd.date_time)
+            root, limits = self._quota_of()
+            # RFC 9208 4.3: over quota is NO [OVERQUOTA] before anything is written; the
+            # lock held meanwhile makes racing writers into the account decide in turn.
+            with quota.reserve([(root, limits, len(cmd.message), 1)]):
+                if index is not (self.selected.index if self.selected else None):
+                    index.sync()
+                return index.uidvalidity, index.append(cmd.message, flags, cmd.date_time)
 
         uidvalidity, uid = await self.run_in_thread(append)
         self._notify_others([path])

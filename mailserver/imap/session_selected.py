@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from mailserver.storage import quota
 from mailserver.storage.api import ChangeSet, ReadOnlyMailbox, StoreMode
 
 from . import format as fmt
@@ -387,9 +388,18 @@ class SelectedCommands(SessionUpdates):
         source = sel.index
 
         def copy() -> tuple[int, list[tuple[int, int]]]:
-            if dest is not source:
-                dest.sync()
-            return dest.uidvalidity, source.copy_to(dest, uids)
+            if move:
+                # MOVE within the account leaves its usage as it was: no quota check
+                # (RFC 9208 4.3 asks it only of what adds), so a full user can file mail.
+                if dest is not source:
+                    dest.sync()
+                return dest.uidvalidity, source.copy_to(dest, uids)
+            root, limits = self._quota_of()
+            nbytes = sum(source.message(u).size for u in uids)
+            with quota.reserve([(root, limits, nbytes, len(uids))]):
+                if dest is not source:
+                    dest.sync()
+                return dest.uidvalidity, source.copy_to(dest, uids)
 
         uidvalidity, pairs = await self.run_in_thread(copy)
         if pairs:

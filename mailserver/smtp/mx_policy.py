@@ -26,8 +26,10 @@ from ..metrics import Metrics
 from ..pipeline import trace
 from ..pipeline.authresults import strip_forged
 from ..smtpreply import SMTPReply
+from ..storage import quota
 from ..storage.maildir import MaildirWriter
 from . import protocol as p
+from . import quotacheck
 from .recipients import RecipientTable
 from .server import Answer, Clock, Session, ThreadRunner
 
@@ -121,6 +123,18 @@ class MXHandler:
             log.info("unknown recipient session=%s client=%s rcpt=%s", session.id, session.client_ip,
                      event.raw)
             return SMTPReply(550, "5.1.1", f"<{address}>: Recipient address rejected: no such user")
+        try:
+            full = await self.run_in_thread(quotacheck.full_account, self.store, accounts)
+        except (OSError, sqlite3.Error) as exc:
+            log.error("quota check failed session=%s rcpt=%s %s", session.id, event.raw,
+                      describe_error(exc))
+            return storage_failure_reply(exc, "Quota check")
+        if full is not None:
+            # RFC 3463 4.2.2: mailbox full, temporary: the sender retries, the user may
+            # make room meanwhile. Refused here, so no bounce is ever ours to send.
+            log.info("mailbox full session=%s client=%s rcpt=%s account=%s", session.id,
+                     session.client_ip, event.raw, full)
+            return SMTPReply(452, "4.2.2", f"<{address}>: {quotacheck.REPLY_TEXT}")
         tx.recipients[str(address)] = accounts
         return SMTPReply(250, "2.1.5", "Recipient OK")
 
@@ -200,13 +214,20 @@ class MXHandler:
         try:
             # All copies or none: a failure removes what was written and answers 4xx, so
             # the sender's retry never duplicates a copy for one recipient.
-            paths = await self.run_in_thread(self.writer.deliver_batch, [
-                (self.store.maildir_path(account), folder,
-                 [return_path, trace.delivered_to_header(rcpt), auth_results, received, data])
+            paths = await self.run_in_thread(quotacheck.deliver_within_quota, self.store, self.writer, [
+                (account, [return_path, trace.delivered_to_header(rcpt), auth_results, received, data])
                 for account, rcpt in per_account.items()
-            ])
+            ], folder, f"postmaster@{self.primary_domain}")
             self.writer.announce(paths)  # IDLEing IMAP clients hear of it now
-        except OSError as exc:
+        except quota.OverQuota as exc:
+            # One reply for all recipients (SMTP has no per-recipient answer after DATA,
+            # RFC 5321 3.3): refuse the whole message with a temporary error, so nothing
+            # is stored twice and nobody's copy is lost; the sender retries them all.
+            log.info("%s outcome=deferred reason=over-quota resource=%s", base, exc.resource)
+            self.metrics.inc("messages_total", direction="in", result="deferred")
+            return SMTPReply(452, "4.2.2", "Mailbox full: the message does not fit a recipient's"
+                             " quota, try again later")
+        except (OSError, sqlite3.Error) as exc:
             # Disk full, I/O error...: nothing was promised, the sender retries.
             log.error("%s outcome=deferred reason=local-delivery %s", base, describe_error(exc))
             self.metrics.inc("messages_total", direction="in", result="deferred")

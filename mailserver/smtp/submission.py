@@ -32,8 +32,10 @@ from ..message import FromHeaderError, field_values, parse_mailbox_list, transpo
 from ..metrics import Metrics
 from ..pipeline import trace
 from ..smtpreply import SMTPReply
+from ..storage import quota
 from ..storage.maildir import MaildirWriter
 from . import protocol as p
+from . import quotacheck
 from .recipients import RecipientTable
 from .server import Answer, AuthOK, Clock, Session, ThreadRunner
 
@@ -227,6 +229,14 @@ class SubmissionHandler:
                 return storage_failure_reply(exc, "Recipient lookup")
             if not accounts:
                 return SMTPReply(550, "5.1.1", f"<{rcpt}>: Recipient address rejected: no such user")
+            try:
+                full = await self.run_in_thread(quotacheck.full_account, self.store, accounts)
+            except (OSError, sqlite3.Error) as exc:
+                log.error("quota check failed session=%s rcpt=%s %s", session.id, rcpt,
+                          describe_error(exc))
+                return storage_failure_reply(exc, "Quota check")
+            if full is not None:
+                return SMTPReply(452, "4.2.2", f"<{rcpt}>: {quotacheck.REPLY_TEXT}")  # RFC 3463
             tx.local[rcpt] = accounts
             return SMTPReply(250, "2.1.5", "Recipient OK")
         if self.enqueue is None:
@@ -290,12 +300,20 @@ class SubmissionHandler:
                     per_account.setdefault(account, rcpt)
             return_path = trace.return_path_header(Address(*tx.mail_from.rsplit("@", 1)))
             try:
-                paths = await self.run_in_thread(self.writer.deliver_batch, [
-                    (self.store.maildir_path(account), None,
-                     [return_path, trace.delivered_to_header(rcpt), data])
-                    for account, rcpt in per_account.items()
-                ])
+                paths = await self.run_in_thread(
+                    quotacheck.deliver_within_quota, self.store, self.writer, [
+                        (account, [return_path, trace.delivered_to_header(rcpt), data])
+                        for account, rcpt in per_account.items()
+                    ], None, f"postmaster@{self.primary_domain}")
                 self.writer.announce(paths)  # IDLEing IMAP clients hear of it now
+            except quota.OverQuota as exc:
+                # A local copy does not fit: the whole message is refused (one reply after
+                # DATA), the queued remote copy taken back, and the client may retry.
+                if queue_id and self.unqueue is not None:
+                    await self.unqueue(queue_id)
+                log.info("%s outcome=deferred reason=over-quota resource=%s", base, exc.resource)
+                return SMTPReply(452, "4.2.2", "Mailbox full: the message does not fit a local"
+                                 " recipient's quota, try again later")
             except OSError as exc:
                 # All or nothing: take the queued copy back so the client's retry
                 # does not send the remote part twice.

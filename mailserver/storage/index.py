@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from mailserver.fsutil import fsync_dir, with_path
+from mailserver.storage import quota
 from mailserver.storage.flagstore import FlagStore
 from mailserver.storage.indexstore import INDEX_FILE, IndexStore, Meta
 from mailserver.storage.indextypes import (
@@ -390,10 +391,13 @@ class MailboxIndex(FlagStore, MaildirSync):
             disk: dict[str, tuple[str, str]] | None = None
             gone: list[Message] = []
             dirs: set[str] = set()
+            freed = removed_files = 0  # what we unlinked (not what others did): quota
             for m in targets:
                 try:
                     os.unlink(self._sub[m.sub] + m.name)
                     dirs.add(m.sub)
+                    freed += _file_size(m)
+                    removed_files += 1
                 except FileNotFoundError:
                     if disk is None:
                         disk = scan_folder(self.dir)
@@ -401,12 +405,17 @@ class MailboxIndex(FlagStore, MaildirSync):
                     if where is not None:
                         if "T" not in letters_of(where[1]):
                             continue  # another program undeleted it: the next sync tells
-                        with contextlib.suppress(FileNotFoundError):
+                        try:
                             os.unlink(self.dir / where[0] / (m.base + where[1]))
+                            freed += _file_size(m)
+                            removed_files += 1
+                        except FileNotFoundError:
+                            pass
                         dirs.add(where[0])
                 gone.append(m)
             for sub in sorted(dirs):
                 fsync_dir(self.dir / sub)
+            quota.record_change(quota.maildir_root(self.dir), -freed, -removed_files)
             meta = self._meta_copy()
             expunges = [(meta.highestmodseq + i + 1, m.uid) for i, m in enumerate(gone)]
             meta.highestmodseq += len(expunges)
@@ -490,6 +499,7 @@ class MailboxIndex(FlagStore, MaildirSync):
                     self._store.upsert([m])
                 placed = None
                 self._add(m)
+            quota.record_change(quota.maildir_root(self.dir), len(data), 1)
         except BaseException:
             # The client hears NO: the message must not turn up at the next sync either.
             for leftover in (tmp, placed):
@@ -555,6 +565,8 @@ class MailboxIndex(FlagStore, MaildirSync):
                 placed.clear()
                 for row in rows:
                     other._add(row)
+            quota.record_change(quota.maildir_root(other.dir),
+                                sum(_file_size(m) for m, _n, _b, _t in staged), len(staged))
             return pairs
         except BaseException:
             # The client hears NO: no copy may turn up at the next sync either.
@@ -697,3 +709,9 @@ if TYPE_CHECKING:
     from mailserver.storage.api import MailboxView
 
     _conforms: type[MailboxView] = MailboxIndex
+
+
+def _file_size(m: Message) -> int:
+    """The file's size as Maildir++ quota counts it: ``S=`` from the name, else the row's."""
+    size = name_field(m.base, "S")
+    return m.size if size is None else size

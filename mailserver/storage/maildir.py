@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mailserver.fsutil import fsync_dir, with_path
+from mailserver.storage import quota
 from mailserver.storage.groupsync import DirectorySync
 from mailserver.storage.maildirpp import (
     FILE_MODE,
@@ -162,6 +163,9 @@ class MaildirWriter:
                 with contextlib.suppress(OSError):
                     os.unlink(final)
             raise
+        # Keep Maildir++ usage (maildirsize) current: one line per copy delivered.
+        for (root, _d, _chunks), (_tmp, final) in zip(planned, staged, strict=True):
+            quota.record_change(root, size_from_name(final.name) or 0, 1)
         return [final for _tmp, final in staged]
 
     async def deliver_async(

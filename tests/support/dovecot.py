@@ -70,12 +70,14 @@ class DovecotServer:
     """One Dovecot master process (``dovecot -F``) and its children, all under ``workdir``."""
 
     def __init__(self, workdir: Path, cert: Path, key: Path, *, max_connections: int = 5000,
-                 auth_cache: str | None = None, auth_failure_delay: str | None = None) -> None:
+                 auth_cache: str | None = None, auth_failure_delay: str | None = None,
+                 extra_config: str = "") -> None:
         self.dir = workdir
         self.cert, self.key = cert, key
         self.max_connections = max_connections
         self.auth_cache = auth_cache  # auth_cache_size, e.g. "10M"; None: Dovecot's default (off)
         self.auth_failure_delay = auth_failure_delay  # e.g. "0"; None: Dovecot's default (2 s)
+        self.extra_config = extra_config  # appended to dovecot.conf (e.g. the quota plugin)
         self.imaps_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.users: dict[str, tuple[str, Path]] = {}
@@ -186,7 +188,7 @@ service auth-worker {{
 service stats {{
   chroot =
 }}
-""")
+{self.extra_config}""")
 
     def start(self, timeout: float = 20.0) -> None:
         self.write_config()

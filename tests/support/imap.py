@@ -20,7 +20,8 @@ _counter = itertools.count(1)
 
 
 def imap_daemon(directory: Path, ca: TestCA, *, imap: dict[str, Any] | None = None,
-                submission: dict[str, Any] | None = None, start: bool = True) -> PymaildProcess:
+                submission: dict[str, Any] | None = None, quota: dict[str, Any] | None = None,
+                start: bool = True) -> PymaildProcess:
     """A pymaild with MX, submission, IMAP (STARTTLS) and IMAPS on free loopback ports."""
     cert, key = ca.issue("mx.example.test", "localhost", stem=f"imapd{next(_counter)}")
     ports = {k: free_port() for k in ("smtp", "submission", "imap", "imaps")}
@@ -34,6 +35,7 @@ def imap_daemon(directory: Path, ca: TestCA, *, imap: dict[str, Any] | None = No
         "checks": {"spf": False, "dkim": False, "dmarc": False},
         "dns": {"nameservers": ["127.0.0.1:9"], "timeout": "3s"},
         "imap": imap or {},
+        "quota": quota or {},
         "submission": submission or {"max_auth_failures_per_ip": 1000, "max_auth_failures_per_account": 1000},
     }
     d = PymaildProcess(directory, config)
