@@ -131,13 +131,22 @@ def key_value(criterion: str, stored: bytes) -> KeyValue:
     return stored
 
 
-def thread_input_of(number: int, stored: bytes) -> ThreadInput:
-    """The ``ThreadInput`` of a stored THREAD key. ValueError when it is not ours."""
+#: A message's THREAD input without its number: (date, subject, message ID, references).
+ThreadFields = tuple[int, BaseSubject, str | None, tuple[str, ...]]
+
+
+def thread_fields_of(stored: bytes) -> ThreadFields:
+    """The ``ThreadFields`` of a stored THREAD key. ValueError when it is not ours."""
     date, reply, text, msgid, refs = json.loads(stored)
     if not (isinstance(date, int) and isinstance(text, str) and isinstance(refs, list)
             and (msgid is None or isinstance(msgid, str))):
         raise ValueError("not a stored THREAD key")
-    return ThreadInput(number, date, BaseSubject(text, bool(reply)), msgid, tuple(map(str, refs)))
+    return date, BaseSubject(text, bool(reply)), msgid, tuple(map(str, refs))
+
+
+def thread_input_of(number: int, stored: bytes) -> ThreadInput:
+    """The ``ThreadInput`` of a stored THREAD key. ValueError when it is not ours."""
+    return ThreadInput(number, *thread_fields_of(stored))
 
 
 def order(count: int, columns: Sequence[tuple[Sequence[KeyValue], bool]]) -> list[int]:
@@ -231,5 +240,6 @@ def sort_response(numbers: list[int]) -> bytes:
     return b"* SORT" + b"".join(b" %d" % n for n in numbers) + b"\r\n"
 
 
-__all__ = ["ALL_CRITERIA", "STORED", "KeyValue", "MessageFields", "cache_key", "encode_key", "esort_response",
-           "key_value", "order", "sort", "sort_response", "thread_input_of"]
+__all__ = ["ALL_CRITERIA", "STORED", "KeyValue", "MessageFields", "ThreadFields", "cache_key", "encode_key",
+           "esort_response", "key_value", "order", "sort", "sort_response", "thread_fields_of",
+           "thread_input_of"]
