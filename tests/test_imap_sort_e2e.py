@@ -170,6 +170,9 @@ def test_keys_are_kept_and_damage_is_repaired(imapd_no_memory, ca):
     with sqlite3.connect(caches[0]) as db:
         rows = db.execute("SELECT base, data FROM fields WHERE key = 'SORT2:DATE'").fetchall()
         assert len(rows) == 4
+        # SUBJECT's keys come from the same read of each header block (sorting.COMPANIONS)
+        assert db.execute("SELECT count(*) FROM fields WHERE key = 'SORT2:SUBJECT'").fetchone() == (4,)
+        assert db.execute("SELECT count(*) FROM fields WHERE key = 'SORT2:FROM'").fetchone() == (0,)
         db.execute("UPDATE fields SET data = x'00ff' WHERE key = 'SORT2:DATE' AND base = ?", (rows[0][0],))
     assert _data(m.sort("(REVERSE DATE)", "UTF-8", "ALL")) == first
     with sqlite3.connect(caches[0]) as db:

@@ -26,12 +26,12 @@ from .session_core import Action, Refused, State
 from .session_updates import SessionUpdates
 from .sortcache import KEYS
 from .sorting import (
+    COMPANIONS,
     STORED,
     KeyValue,
-    MessageFields,
     ThreadFields,
     cache_key,
-    encode_key,
+    encode_keys,
     esort_response,
     key_value,
     order,
@@ -169,11 +169,13 @@ class SelectedCommands(SessionUpdates):
         if not stored:
             return keys
         folder = index.identity
-        cols = {crit: KEYS.column(folder, crit) for crit in stored}
+        # Keys computed with these from the same header blocks, kept for a later command.
+        extra = sorted({e for crit in stored for e in COMPANIONS.get(crit, ())} - set(stored))
+        cols = {crit: KEYS.column(folder, crit) for crit in stored + extra}
 
         def from_columns() -> tuple[dict[str, list[object]], list[int]]:
             uids = [c.uid for c in found]
-            got = {crit: list(map(col.get, uids)) for crit, col in cols.items()}
+            got = {crit: list(map(cols[crit].get, uids)) for crit in stored}
             missing: set[int] = set()
             for values in got.values():
                 if None in values:
@@ -188,8 +190,9 @@ class SelectedCommands(SessionUpdates):
             base_of = {m.uid: m.base for _seq, m in index.view_rows([c.uid for c in part])}
             bases = [base_of.get(c.uid, "") for c in part]  # "": not in the view (kept nowhere)
             have = {crit: cache.get_fields(bases, cache_key(crit)) if cache else {} for crit in stored}
-            fresh: dict[str, dict[str, bytes]] = {crit: {} for crit in stored}
-            learned: dict[str, dict[int, object]] = {crit: {} for crit in stored}
+            computed = stored + extra
+            fresh: dict[str, dict[str, bytes]] = {crit: {} for crit in computed}
+            learned: dict[str, dict[int, object]] = {crit: {} for crit in computed}
             for i, c, base in zip(idx, part, bases, strict=True):
                 values = [v for crit in stored if (v := have[crit].get(base)) is not None]
                 if len(values) == len(stored):
@@ -202,11 +205,12 @@ class SelectedCommands(SessionUpdates):
                             got[crit][i] = learned[crit][c.uid] = d
                         continue
                 header, whole = load(c, "header")
-                m = MessageFields.parse(c.seq, c.uid, c.size, c.internal_date, header or b"", criteria)
                 keep = whole is None and base  # (b"", b""): the file went away as we looked
-                for crit in stored:
-                    value = encode_key(crit, m)
-                    got[crit][i] = d = decode(crit, value)
+                for crit, value in zip(computed, encode_keys(header or b"", c.internal_date, computed),
+                                       strict=True):
+                    d = decode(crit, value)
+                    if crit in got:
+                        got[crit][i] = d
                     if keep:
                         fresh[crit][base] = value
                         learned[crit][c.uid] = d

@@ -115,6 +115,31 @@ def encode_key(criterion: str, m: MessageFields) -> bytes:
     return _utf8(str(_KEY[criterion](m)))
 
 
+#: Criteria whose keys are computed together from one read of a header block: a DATE
+#: sort also keeps SUBJECT's key and the other way round (webmail offers both; a key costs
+#: ~2 us more on top of reading and scanning the block, against ~25 us alone later).
+COMPANIONS: dict[str, frozenset[str]] = {"DATE": frozenset({"SUBJECT"}), "SUBJECT": frozenset({"DATE"})}
+_DATE_SUBJECT = frozenset({"DATE", "SUBJECT"})
+
+
+def encode_keys(header: bytes, internal_date: float, criteria: Sequence[str]) -> list[bytes]:
+    """``encode_key`` of each of ``criteria`` (of STORED) from a header block; DATE and
+    SUBJECT straight from their fields, without building a ``MessageFields``."""
+    if _DATE_SUBJECT.issuperset(criteria):
+        names = tuple(_NEEDS[c][0] for c in criteria)
+        f = first_values(header, names)
+        out = []
+        for c in criteria:
+            if c == "DATE":
+                out.append(b"%d" % sent_date(_text(f.get(b"date")), internal_date))
+            else:
+                subject = base_subject(_text(f.get(b"subject")))
+                out.append((b"R" if subject.reply_or_forward else b"-") + _utf8(subject.text))
+        return out
+    m = MessageFields.parse(0, 0, 0, internal_date, header, frozenset(criteria))
+    return [encode_key(c, m) for c in criteria]
+
+
 def _utf8(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")  # never fails, whatever a decoder left
 
@@ -240,6 +265,6 @@ def sort_response(numbers: list[int]) -> bytes:
     return b"* SORT" + b"".join(b" %d" % n for n in numbers) + b"\r\n"
 
 
-__all__ = ["ALL_CRITERIA", "STORED", "KeyValue", "MessageFields", "ThreadFields", "cache_key", "encode_key",
-           "esort_response", "key_value", "order", "sort", "sort_response", "thread_fields_of",
-           "thread_input_of"]
+__all__ = ["ALL_CRITERIA", "COMPANIONS", "STORED", "KeyValue", "MessageFields", "ThreadFields", "cache_key",
+           "encode_key", "encode_keys", "esort_response", "key_value", "order", "sort", "sort_response",
+           "thread_fields_of", "thread_input_of"]
