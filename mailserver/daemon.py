@@ -254,7 +254,7 @@ def build_imap(cfg: Config, store: AccountStore, passwords: PasswordChecker, thr
     MailboxIndex.max_keywords_per_message = c.max_keywords_per_message
     MailboxIndex.max_keywords_per_folder = c.max_keywords_per_folder
     MailboxTree.max_folders = c.max_folders
-    KEYS.max_entries = c.sort_cache_messages
+    KEYS.max_bytes = c.sort_cache_size
     backend = IMAPBackend(hostname=cfg.hostname, store=store, passwords=passwords, throttle=throttle,
                           limits=limits, hub=MailboxHub(c.poll_interval), metrics=metrics,
                           login_cache=login_cache, login_policy=login_policy)

@@ -146,7 +146,7 @@ def test_no_expunge_during_sort_by_number(imapd, ca, mailbox):
 @pytest.fixture(scope="module")
 def imapd_no_memory(ca, tmp_path_factory):
     """Keys and answers are not kept in memory: every SORT reads the FETCH cache."""
-    d = imap_daemon(tmp_path_factory.mktemp("sortd0"), ca, imap={"sort_cache_messages": 0})
+    d = imap_daemon(tmp_path_factory.mktemp("sortd0"), ca, imap={"sort_cache_size": 0})
     yield d
     d.stop()
 

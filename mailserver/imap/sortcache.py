@@ -12,10 +12,12 @@ when a session's view is the same list of UIDs, the answer is the same (the keys
 messages', and ``ALL`` matches the view), as Dovecot's sort index gives it back without
 sorting again.
 
-Bounded: :data:`KeyCache.max_entries` (``imap.sort_cache_messages``) counts every kept
-message key and every number of a kept view and answer, over all folders of the process;
-past it the least recently used columns and answers are dropped whole. Nothing is kept
-per connection. Entries of expunged messages stay until their column is pruned (when it
+Bounded: :data:`KeyCache.max_bytes` (``imap.sort_cache_size``) bounds what the columns
+and answers of all folders of the process cost, estimated from measured sizes
+(:data:`ENTRY_BYTES`: a date key ~100 bytes with its dict slot, a subject ~130, a THREAD
+input ~600 with two references; a kept view or answer ~40 bytes a message); past it the
+least recently used answers, then columns, are dropped whole. Nothing is kept per
+connection. Entries of expunged messages stay until their column is pruned (when it
 holds more than twice the folder's messages) or dropped.
 """
 
@@ -28,6 +30,12 @@ from typing import Generic, TypeVar
 
 #: (directory, UIDVALIDITY, index file nonce)
 Folder = tuple[str, int, int]
+
+#: Estimated bytes of one kept message key, by criterion (tracemalloc, 10k entries; a
+#: THREAD input with two references); one number of a kept view or answer.
+ENTRY_BYTES = {"THREAD": 600, "DATE": 100}
+KEY_BYTES = 150  # a casemapped subject or address
+NUMBER_BYTES = 40
 _R = TypeVar("_R")
 
 
@@ -44,8 +52,8 @@ class KeyCache:
     """The process's columns of keys ``(folder, criterion) -> {uid: value}`` and its last
     answers ``(folder, shape) -> (view, result)``, least recently used first."""
 
-    #: Messages' keys plus kept views' and answers' numbers, over the process; 0: keep none.
-    max_entries = 200_000
+    #: Estimated bytes of every column and answer of the process; 0: keep none.
+    max_bytes = 64 * 1024 * 1024
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -73,7 +81,7 @@ class KeyCache:
             for uid in [u for u in col if u not in keep]:
                 col.pop(uid, None)
         with self._lock:
-            if self.max_entries <= 0 or len(col) > self.max_entries:
+            if self._cost(criterion, col) > self.max_bytes:
                 self._columns.pop((folder, criterion), None)
                 return
             self._columns[(folder, criterion)] = col
@@ -94,35 +102,45 @@ class KeyCache:
     def keep_answer(self, folder: Folder, shape: object, view: Sequence[int], result: object,
                     size: int) -> None:
         """Keep ``result`` (``size`` numbers) as ``shape``'s answer on ``view``."""
-        cost = len(view) + size
+        cost = (len(view) + size) * NUMBER_BYTES
         with self._lock:
-            if self.max_entries <= 0 or cost > self.max_entries // 2:
+            if cost > self.max_bytes // 2:
                 self._answers.pop((folder, shape), None)
                 return
             self._answers[(folder, shape)] = _Answer(list(view), result, cost)
             self._answers.move_to_end((folder, shape))
-            self._trim(keep_column=None)
+            self._trim(keep_answer=(folder, shape))
 
     # ------------------------------------------------------------------ bound
 
-    def entries(self) -> int:
+    def size(self) -> int:
+        """The estimated bytes kept."""
         with self._lock:
             return self._total()
 
-    def _total(self) -> int:
-        return sum(map(len, self._columns.values())) + sum(a.size for a in self._answers.values())
+    @staticmethod
+    def _cost(criterion: str, col: dict[int, object]) -> int:
+        return len(col) * ENTRY_BYTES.get(criterion, KEY_BYTES)
 
-    def _trim(self, keep_column: tuple[Folder, str] | None) -> None:
-        """Drop the least recently used answers, then columns, until within the bound."""
+    def _total(self) -> int:
+        return (sum(self._cost(crit, col) for (_folder, crit), col in self._columns.items())
+                + sum(a.size for a in self._answers.values()))
+
+    def _trim(self, keep_column: tuple[Folder, str] | None = None,
+              keep_answer: tuple[Folder, object] | None = None) -> None:
+        """Drop the least recently used answers, then columns, until within the bound;
+        what was just kept goes last."""
         total = self._total()
-        while total > self.max_entries and self._answers:
-            _key, a = self._answers.popitem(last=False)
-            total -= a.size
-        for key in list(self._columns):
-            if total <= self.max_entries:
-                break
-            if key != keep_column:
-                total -= len(self._columns.pop(key))
+        for key in [k for k in self._answers if k != keep_answer]:
+            if total <= self.max_bytes:
+                return
+            total -= self._answers.pop(key).size
+        for ckey in [k for k in self._columns if k != keep_column]:
+            if total <= self.max_bytes:
+                return
+            total -= self._cost(ckey[1], self._columns.pop(ckey))
+        if total > self.max_bytes and keep_answer is not None:
+            self._answers.pop(keep_answer, None)
 
     def clear(self) -> None:
         with self._lock:
