@@ -327,3 +327,27 @@ def test_fast_sent_date_is_email_utils() -> None:
         assert sent_date(raw, 7) == _sent_date(raw, 7), raw
         fast += _COMMON_DATE.fullmatch(raw) is not None
     assert fast > 10000
+
+
+@pytest.mark.parametrize("criteria", [("DATE",), ("SUBJECT",), ("THREAD",), ("DATE", "SUBJECT"),
+                                      ("DATE", "SUBJECT", "THREAD"), ("FROM", "THREAD"), ("CC", "DATE")])
+def test_encode_keys_is_encode_key(criteria: tuple[str, ...]) -> None:
+    """The direct computation of stored keys (encode_keys) gives what MessageFields and
+    encode_key give, and decodes to what the stored form decodes to."""
+    from mailserver.imap.sorting import MessageFields, encode_key, encode_keys, key_value, thread_fields_of
+
+    headers = [
+        b"Subject: Re: [list] Hello\r\nDate: Mon, 1 Jan 2024 10:00:00 +0100\r\nFrom: A <a@x.test>\r\n"
+        b"Message-ID: <1@x>\r\nReferences: <0@x>\r\n <00@x>\r\nCc: c@x.test\r\n\r\n",
+        b"Subject: =?utf-8?q?caf=C3=A9?= (fwd)\r\nDate: 1 Feb 2024 10:00:00 -0000\r\n"
+        b"In-Reply-To: <9@x>\r\n\r\n",
+        b"Subject: plain\r\nDate: not a date\r\n\r\n",
+        b"X-Other: y\r\n\r\n",
+        b"",
+    ]
+    for header in headers:
+        m = MessageFields.parse(0, 0, 0, 1234.5, header, frozenset(criteria))
+        got = encode_keys(header, 1234.5, criteria)
+        for crit, (stored, decoded) in zip(criteria, got, strict=True):
+            assert stored == encode_key(crit, m), (crit, header)
+            assert decoded == (thread_fields_of(stored) if crit == "THREAD" else key_value(crit, stored))

@@ -206,9 +206,8 @@ class SelectedCommands(SessionUpdates):
                         continue
                 header, whole = load(c, "header")
                 keep = whole is None and base  # (b"", b""): the file went away as we looked
-                for crit, value in zip(computed, encode_keys(header or b"", c.internal_date, computed),
-                                       strict=True):
-                    d = decode(crit, value)
+                for crit, (value, d) in zip(computed, encode_keys(header or b"", c.internal_date, computed),
+                                            strict=True):
                     if crit in got:
                         got[crit][i] = d
                     if keep:

@@ -119,25 +119,42 @@ def encode_key(criterion: str, m: MessageFields) -> bytes:
 #: sort also keeps SUBJECT's key and the other way round (webmail offers both; a key costs
 #: ~2 us more on top of reading and scanning the block, against ~25 us alone later).
 COMPANIONS: dict[str, frozenset[str]] = {"DATE": frozenset({"SUBJECT"}), "SUBJECT": frozenset({"DATE"})}
-_DATE_SUBJECT = frozenset({"DATE", "SUBJECT"})
 
 
-def encode_keys(header: bytes, internal_date: float, criteria: Sequence[str]) -> list[bytes]:
-    """``encode_key`` of each of ``criteria`` (of STORED) from a header block; DATE and
-    SUBJECT straight from their fields, without building a ``MessageFields``."""
-    if _DATE_SUBJECT.issuperset(criteria):
-        names = tuple(_NEEDS[c][0] for c in criteria)
-        f = first_values(header, names)
-        out = []
+def encode_keys(header: bytes, internal_date: float, criteria: Sequence[str]) -> list[tuple[bytes, object]]:
+    """For each of ``criteria`` (of STORED), from a header block: ``encode_key``'s stored
+    form and what it decodes to (``key_value``, or ``thread_fields_of`` for THREAD). DATE,
+    SUBJECT and THREAD straight from their fields, without a ``MessageFields``."""
+    if not _DIRECT.issuperset(criteria):
+        m = MessageFields.parse(0, 0, 0, internal_date, header, frozenset(criteria))
+        out: list[tuple[bytes, object]] = []
         for c in criteria:
-            if c == "DATE":
-                out.append(b"%d" % sent_date(_text(f.get(b"date")), internal_date))
-            else:
-                subject = base_subject(_text(f.get(b"subject")))
-                out.append((b"R" if subject.reply_or_forward else b"-") + _utf8(subject.text))
+            stored = encode_key(c, m)
+            out.append((stored, thread_fields_of(stored) if c == "THREAD" else key_value(c, stored)))
         return out
-    m = MessageFields.parse(0, 0, 0, internal_date, header, frozenset(criteria))
-    return [encode_key(c, m) for c in criteria]
+    threading = "THREAD" in criteria
+    names = _NEEDS["THREAD"] if threading else tuple(_NEEDS[c][0] for c in criteria)
+    f = first_values(header, names)
+    date = sent_date(_text(f.get(b"date")), internal_date) if threading or "DATE" in criteria else 0
+    subject = (base_subject(_text(f.get(b"subject"))) if threading or "SUBJECT" in criteria
+               else _NO_SUBJECT)
+    out = []
+    for c in criteria:
+        if c == "DATE":
+            out.append((b"%d" % date, date))
+        elif c == "SUBJECT":
+            text = _utf8(subject.text)
+            out.append(((b"R" if subject.reply_or_forward else b"-") + text, text))
+        else:
+            t = thread_input(0, date, subject, _text(f.get(b"message-id")), _text(f.get(b"references")),
+                             _text(f.get(b"in-reply-to")))
+            stored = json.dumps([t.date, t.subject.reply_or_forward, t.subject.text, t.message_id,
+                                 list(t.references)], ensure_ascii=False).encode("utf-8", "surrogatepass")
+            out.append((stored, (t.date, t.subject, t.message_id, t.references)))
+    return out
+
+
+_DIRECT = frozenset({"DATE", "SUBJECT", "THREAD"})
 
 
 def _utf8(text: str) -> bytes:
