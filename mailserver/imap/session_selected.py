@@ -226,8 +226,13 @@ class SelectedCommands(SessionUpdates):
         finally:
             await self.run_in_thread(load.flush)
         if missing:
-            for crit, col in cols.items():
-                KEYS.grew(folder, crit, col, index.uids)
+            view = list(index.uids)
+
+            def grow() -> None:  # may prune a column of 100k: off the event loop
+                for crit, col in cols.items():
+                    KEYS.grew(folder, crit, col, view)
+
+            await self.run_in_thread(grow)
         keys.values = {crit: cast("list[KeyValue]", got[crit]) for crit in stored if crit != "THREAD"}
         if "THREAD" in got:
             fields = cast("list[ThreadFields]", got["THREAD"])

@@ -78,7 +78,7 @@ class KeyCache:
         when it holds more than twice as many, and drop others past the bound."""
         if len(col) > 2 * len(view) + 1000:
             keep = set(view)
-            for uid in [u for u in col if u not in keep]:
+            for uid in [u for u in list(col) if u not in keep]:  # list(): one step under the GIL
                 col.pop(uid, None)
         with self._lock:
             if self._cost(criterion, col) > self.max_bytes:
