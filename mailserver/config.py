@@ -300,6 +300,7 @@ class IMAPConfig:
     max_folders: int = field(default=1000, metadata=_parser(_positive_int))
     max_command_size: int = field(default=1024**2, metadata=_parser(parse_size))  # not APPEND
     max_literals_per_command: int = field(default=1000, metadata=_parser(_positive_int))
+    sort_cache_size: int = field(default=64 * 1024**2, metadata=_parser(parse_size))  # 0 = off
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from .imap.backend import IMAPBackend, IMAPLimits
 from .imap.hub import MailboxHub
 from .imap.mailboxes import MailboxTree
 from .imap.server import IMAPEndpoint
+from .imap.sortcache import KEYS
 from .metrics import Metrics, MetricsServer
 from .pipeline import trace
 from .smtp import protocol as p
@@ -255,6 +256,7 @@ def build_imap(cfg: Config, store: AccountStore, passwords: PasswordChecker, thr
     MailboxIndex.max_keywords_per_message = c.max_keywords_per_message
     MailboxIndex.max_keywords_per_folder = c.max_keywords_per_folder
     MailboxTree.max_folders = c.max_folders
+    KEYS.max_bytes = c.sort_cache_size
     backend = IMAPBackend(hostname=cfg.hostname, store=store, passwords=passwords, throttle=throttle,
                           limits=limits, hub=MailboxHub(c.poll_interval), metrics=metrics,
                           login_cache=login_cache, login_policy=login_policy)

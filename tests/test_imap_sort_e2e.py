@@ -143,13 +143,26 @@ def test_no_expunge_during_sort_by_number(imapd, ca, mailbox):
     raw.close()
 
 
-def test_keys_are_kept_and_damage_is_repaired(imapd, mailbox):
+@pytest.fixture(scope="module")
+def imapd_no_memory(ca, tmp_path_factory):
+    """Keys and answers are not kept in memory: every SORT reads the FETCH cache."""
+    d = imap_daemon(tmp_path_factory.mktemp("sortd0"), ca, imap={"sort_cache_size": 0})
+    yield d
+    d.stop()
+
+
+def test_keys_are_kept_and_damage_is_repaired(imapd_no_memory, ca):
     """A SORT keeps each message's key in the folder's FETCH cache; the next reads it. A
     stored value that is not ours is computed again, and the answer stays right."""
     import sqlite3
     from pathlib import Path
 
-    user, m = mailbox
+    imapd = imapd_no_memory
+    user = new_account(imapd)
+    m = login(imapd, ca, user)
+    for day in (2, 1, 3, 4):
+        _append(m, "s", f"{day} Jan 2024 10:00:00 +0000", "a@x.test")
+    m.select("INBOX")
     local = user.split("@")[0]
     first = _data(m.sort("(REVERSE DATE)", "UTF-8", "ALL"))
     caches = [p for p in Path(imapd.directory).rglob("pymaild-cache.sqlite") if local in str(p)]
@@ -157,8 +170,54 @@ def test_keys_are_kept_and_damage_is_repaired(imapd, mailbox):
     with sqlite3.connect(caches[0]) as db:
         rows = db.execute("SELECT base, data FROM fields WHERE key = 'SORT2:DATE'").fetchall()
         assert len(rows) == 4
+        # SUBJECT's keys come from the same read of each header block (sorting.COMPANIONS)
+        assert db.execute("SELECT count(*) FROM fields WHERE key = 'SORT2:SUBJECT'").fetchone() == (4,)
+        assert db.execute("SELECT count(*) FROM fields WHERE key = 'SORT2:FROM'").fetchone() == (0,)
         db.execute("UPDATE fields SET data = x'00ff' WHERE key = 'SORT2:DATE' AND base = ?", (rows[0][0],))
     assert _data(m.sort("(REVERSE DATE)", "UTF-8", "ALL")) == first
     with sqlite3.connect(caches[0]) as db:
         assert db.execute("SELECT data FROM fields WHERE key = 'SORT2:DATE' AND base = ?",
                           (rows[0][0],)).fetchone()[0] == rows[0][1]
+
+
+def test_kept_answers_follow_the_view(imapd, ca, mailbox):
+    """The answers kept in memory (sortcache) are given back only for the same view: a
+    new message, an expunge and sequence numbers against UIDs each get a new answer."""
+    user, m = mailbox
+    other = login(imapd, ca, user)
+    assert _data(m.sort("(REVERSE DATE)", "UTF-8", "ALL")) == "3 4 1 2"
+    assert _data(m.thread("REFERENCES", "UTF-8", "ALL")) == "(2 1)(4)(3)"
+    _append(other, "Re: apple", "Thu, 4 Jan 2024 10:00:00 +0000", "eve@x.test", msgid="e@x", refs="<c@x>")
+    m.noop()
+    assert _data(m.sort("(REVERSE DATE)", "UTF-8", "ALL")) == "5 3 4 1 2"
+    assert _data(m.thread("REFERENCES", "UTF-8", "ALL")) == "(2 1)(4)(3 5)"
+    _typ, data = m.uid("SEARCH", None, "ALL")
+    uids = data[0].decode().split()
+    by_uid = _data(m.uid("SORT", "(REVERSE DATE)", "UTF-8", "ALL")).split()
+    assert by_uid == [uids[i] for i in (4, 2, 3, 0, 1)]
+    other.select("INBOX")
+    other.store("3", "+FLAGS", r"(\Deleted)")
+    other.expunge()
+    other.logout()
+    m.noop()
+    assert _data(m.sort("(REVERSE DATE)", "UTF-8", "ALL")) == "4 3 1 2"
+    assert _data(m.thread("REFERENCES", "UTF-8", "ALL")) == "(2 1)(3)(4)"  # 5 (now 4) lost its parent
+
+
+def test_a_folder_made_again_is_sorted_again(imapd, ca):
+    """A folder deleted and created again under the same name has new messages under the
+    same UIDs: nothing kept for the old one may answer for the new one."""
+    m = login(imapd, ca, new_account(imapd))
+    for rounds, dates in enumerate(((1, 2, 3), (3, 2, 1))):
+        assert m.create("Box")[0] == "OK"
+        for day in dates:
+            text = f"Subject: d{day}\r\nDate: {day} Jan 2024 10:00:00 +0000\r\n\r\nx\r\n"
+            assert m.append("Box", None, None, text.encode())[0] == "OK"
+        m.select("Box")
+        expected = "3 2 1" if rounds == 0 else "1 2 3"
+        assert _data(m.sort("(REVERSE DATE)", "UTF-8", "ALL")) == expected
+        assert _data(m.uid("SORT", "(REVERSE DATE)", "UTF-8", "ALL")) == expected
+        assert _data(m.sort("(SUBJECT)", "UTF-8", "ALL")) == ("1 2 3" if rounds == 0 else "3 2 1")
+        m.close()
+        assert m.delete("Box")[0] == "OK"
+    m.logout()

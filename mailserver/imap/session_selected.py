@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import cast
 
 from mailserver.storage import quota
 from mailserver.storage.api import ChangeSet, ReadOnlyMailbox, StoreMode
@@ -21,21 +22,23 @@ from .commands import Command, Copy, Fetch, Search, Sort, Store, Thread, UidExpu
 from .fetchitems import Attribute, BodySection
 from .fetchrender import FetchPlan, Renderer, SearchLoader
 from .mailthreads import ThreadInput, thread
-from .searchkeys import SearchKey, uses_modseq
+from .searchkeys import AllKey, SearchKey, uses_modseq
 from .seqset import SequenceSet
 from .session_core import Action, Refused, State
 from .session_updates import SessionUpdates
+from .sortcache import KEYS
 from .sorting import (
+    COMPANIONS,
     STORED,
     KeyValue,
-    MessageFields,
+    ThreadFields,
     cache_key,
-    encode_key,
+    encode_keys,
     esort_response,
     key_value,
     order,
     sort_response,
-    thread_input_of,
+    thread_fields_of,
 )
 
 _FETCH_CHUNK = 500
@@ -100,6 +103,8 @@ class SelectedCommands(SessionUpdates):
         load = SearchLoader(index, sel.cache)
         # Content searches run in slices, each its own worker-thread call: the evaluator
         # holds the GIL, and other sessions get the interpreter between slices.
+        if isinstance(criteria, AllKey):  # webmail's usual SORT and THREAD program
+            return cands, load
         step = len(cands) or 1
         if searcheval.content_needed(criteria) != "none":
             step = _SEARCH_SLICE
@@ -155,79 +160,133 @@ class SelectedCommands(SessionUpdates):
                            criteria: frozenset[str], use_uid: bool = False) -> _Keys:
         """For each criterion of STORED in ``criteria``, the key of every message of
         ``found``, in order: comparable values (``sorting.key_value``), or for THREAD the
-        messages' ``ThreadInput`` numbered by UID or sequence number. Keys are kept in the
-        folder's FETCH cache once computed (``sorting.cache_key``); what is not there yet
-        (or is not a value we write) comes from the header block, the cache's or else the
-        file's, and is stored. In slices off the event loop, like SEARCH."""
+        messages' ``ThreadInput`` numbered by UID or sequence number. Keys come from the
+        process's columns (:mod:`.sortcache`) when kept there; the others from the
+        folder's FETCH cache (``sorting.cache_key``), or else the header block, the cache's
+        or the file's, and are stored in both. In slices off the event loop, like SEARCH."""
         sel = self._sel()
         index, cache = sel.index, sel.cache
         stored = sorted(criteria & STORED)
-        keys = _Keys({crit: [] for crit in stored if crit != "THREAD"}, [])
+        keys = _Keys({}, [])
         if not stored:
             return keys
+        folder = index.identity
+        # Keys computed with these from the same header blocks, kept for a later command.
+        extra = sorted({e for crit in stored for e in COMPANIONS.get(crit, ())} - set(stored))
+        cols = {crit: KEYS.column(folder, crit) for crit in stored + extra}
 
-        def decode(crit: str, value: bytes, c: searcheval.Candidate) -> None:
-            if crit == "THREAD":
-                keys.threads.append(thread_input_of(c.uid if use_uid else c.seq, value))
-            else:
-                keys.values[crit].append(key_value(crit, value))
+        def from_columns() -> tuple[dict[str, list[object]], list[int]]:
+            uids = [c.uid for c in found]
+            got = {crit: list(map(cols[crit].get, uids)) for crit in stored}
+            missing: set[int] = set()
+            for values in got.values():
+                if None in values:
+                    missing.update(i for i, v in enumerate(values) if v is None)
+            return got, sorted(missing)
 
-        def slice_keys(part: list[searcheval.Candidate]) -> None:
+        def decode(crit: str, value: bytes) -> object:
+            return thread_fields_of(value) if crit == "THREAD" else key_value(crit, value)
+
+        def slice_keys(got: dict[str, list[object]], idx: list[int]) -> None:
+            part = [found[i] for i in idx]
             base_of = {m.uid: m.base for _seq, m in index.view_rows([c.uid for c in part])}
             bases = [base_of.get(c.uid, "") for c in part]  # "": not in the view (kept nowhere)
             have = {crit: cache.get_fields(bases, cache_key(crit)) if cache else {} for crit in stored}
-            fresh: dict[str, dict[str, bytes]] = {crit: {} for crit in stored}
-            for c, base in zip(part, bases, strict=True):
+            computed = stored + extra
+            fresh: dict[str, dict[str, bytes]] = {crit: {} for crit in computed}
+            learned: dict[str, dict[int, object]] = {crit: {} for crit in computed}
+            for i, c, base in zip(idx, part, bases, strict=True):
                 values = [v for crit in stored if (v := have[crit].get(base)) is not None]
                 if len(values) == len(stored):
-                    mark = (len(keys.threads), {crit: len(v) for crit, v in keys.values.items()})
                     try:
-                        for crit, value in zip(stored, values, strict=True):
-                            decode(crit, value, c)
-                        continue
+                        decoded = [decode(crit, value) for crit, value in zip(stored, values, strict=True)]
                     except (ValueError, TypeError, UnicodeDecodeError):
-                        # Not a value we write (a damaged or foreign row): undo what this
-                        # message added, compute its keys again below, and replace them.
-                        del keys.threads[mark[0]:]
-                        for crit, n in mark[1].items():
-                            del keys.values[crit][n:]
+                        pass  # not a value we write (a damaged or foreign row): compute it again
+                    else:
+                        for crit, d in zip(stored, decoded, strict=True):
+                            got[crit][i] = learned[crit][c.uid] = d
+                        continue
                 header, whole = load(c, "header")
-                m = MessageFields.parse(c.seq, c.uid, c.size, c.internal_date, header or b"", criteria)
                 keep = whole is None and base  # (b"", b""): the file went away as we looked
-                for crit in stored:
-                    value = encode_key(crit, m)
-                    decode(crit, value, c)
+                for crit, (value, d) in zip(computed, encode_keys(header or b"", c.internal_date, computed),
+                                            strict=True):
+                    if crit in got:
+                        got[crit][i] = d
                     if keep:
                         fresh[crit][base] = value
+                        learned[crit][c.uid] = d
             if cache is not None:
                 for crit, entries in fresh.items():
                     cache.put_fields(cache_key(crit), entries)
+            for crit, kept in learned.items():
+                cols[crit].update(kept)
 
         try:
-            for start in range(0, len(found), _SEARCH_SLICE):
-                await self.run_in_thread(slice_keys, found[start:start + _SEARCH_SLICE])
+            got, missing = await self.run_in_thread(from_columns)
+            for start in range(0, len(missing), _SEARCH_SLICE):
+                await self.run_in_thread(slice_keys, got, missing[start:start + _SEARCH_SLICE])
         finally:
             await self.run_in_thread(load.flush)
+        if missing:
+            view = list(index.uids)
+
+            def grow() -> None:  # may prune a column of 100k: off the event loop
+                for crit, col in cols.items():
+                    KEYS.grew(folder, crit, col, view)
+
+            await self.run_in_thread(grow)
+        keys.values = {crit: cast("list[KeyValue]", got[crit]) for crit in stored if crit != "THREAD"}
+        if "THREAD" in got:
+            fields = cast("list[ThreadFields]", got["THREAD"])
+
+            def inputs() -> list[ThreadInput]:
+                return [ThreadInput(c.uid if use_uid else c.seq, *t)
+                        for c, t in zip(found, fields, strict=True)]
+
+            keys.threads = await self.run_in_thread(inputs)
         return keys
+
+    def _answer(self, shape: object, criteria: SearchKey) -> tuple[object | None, list[int] | None]:
+        """The kept answer of ``shape`` (:mod:`.sortcache`) for this view, and the view
+        to keep a new one under (None when ``criteria`` is not ALL: only ALL's answer is
+        a function of the view alone)."""
+        if not isinstance(criteria, AllKey):
+            return None, None
+        index = self._sel().index
+        view = list(index.uids)
+        return KEYS.answer(index.identity, shape, view), view
+
+    def _keep_answer(self, shape: object, view: list[int] | None, result: object, size: int) -> None:
+        index = self._sel().index
+        if view is not None and index.uids == view:  # the view did not move while we worked
+            KEYS.keep_answer(index.identity, shape, view, result, size)
 
     async def _sort(self, cmd: Command) -> Action:
         """SORT (RFC 5256 3), and ESORT's RETURN options (RFC 5267 3.2, RFC 9394)."""
         assert isinstance(cmd, Sort)
-        found, load = await self._matching(cmd.criteria)
-        keys = (await self._stored_keys(found, load, frozenset(name for name, _reverse in cmd.keys))).values
+        shape = ("SORT", cmd.keys, cmd.uid)
+        kept, view = self._answer(shape, cmd.criteria)
+        found: list[searcheval.Candidate] = []
+        if isinstance(kept, list):
+            numbers: list[int] = kept
+        else:
+            found, load = await self._matching(cmd.criteria)
+            wanted = frozenset(name for name, _reverse in cmd.keys)
+            keys = (await self._stored_keys(found, load, wanted)).values
 
-        def ordered() -> list[int]:
-            columns: list[tuple[list[KeyValue], bool]] = []
-            for name, reverse in cmd.keys:
-                if name == "ARRIVAL":
-                    columns.append(([int(c.internal_date) for c in found], reverse))
-                elif name == "SIZE":
-                    columns.append(([c.size for c in found], reverse))
-                else:
-                    columns.append((keys[name], reverse))
-            return [found[i].uid if cmd.uid else found[i].seq for i in order(len(found), columns)]
+            def ordered() -> list[int]:
+                columns: list[tuple[list[KeyValue], bool]] = []
+                for name, reverse in cmd.keys:
+                    if name == "ARRIVAL":
+                        columns.append(([int(c.internal_date) for c in found], reverse))
+                    elif name == "SIZE":
+                        columns.append(([c.size for c in found], reverse))
+                    else:
+                        columns.append((keys[name], reverse))
+                return [found[i].uid if cmd.uid else found[i].seq for i in order(len(found), columns)]
 
-        numbers = await self.run_in_thread(ordered)
+            numbers = await self.run_in_thread(ordered)
+            self._keep_answer(shape, view, numbers, len(numbers))
         modseq = None
         if uses_modseq(cmd.criteria) and found:
             modseq = max(c.modseq for c in found)  # RFC 7162 3.1.5, as for SEARCH
@@ -246,9 +305,15 @@ class SelectedCommands(SessionUpdates):
     async def _thread(self, cmd: Command) -> Action:
         """THREAD (RFC 5256 3-4): ORDEREDSUBJECT, REFERENCES, REFS."""
         assert isinstance(cmd, Thread)
-        found, load = await self._matching(cmd.criteria)
-        inputs = (await self._stored_keys(found, load, frozenset({"THREAD"}), cmd.uid)).threads
-        data = await self.run_in_thread(thread, inputs, cmd.algorithm)
+        shape = ("THREAD", cmd.algorithm, cmd.uid)
+        kept, view = self._answer(shape, cmd.criteria)
+        if isinstance(kept, str):
+            data = kept
+        else:
+            found, load = await self._matching(cmd.criteria)
+            inputs = (await self._stored_keys(found, load, frozenset({"THREAD"}), cmd.uid)).threads
+            data = await self.run_in_thread(thread, inputs, cmd.algorithm)
+            self._keep_answer(shape, view, data, len(found))
         self._untagged(b"* THREAD " + data.encode("ascii") + b"\r\n" if data else b"* THREAD\r\n")
         self._ok(cmd.tag, "THREAD completed")
         return Action.NONE

@@ -118,6 +118,12 @@ class MailboxView(Protocol):
         ...
 
     @property
+    def identity(self) -> tuple[str, int, int]:
+        """What names this folder's messages by UID while it lives: (directory,
+        UIDVALIDITY, a number that differs for a folder deleted and made again)."""
+        ...
+
+    @property
     def uidnext(self) -> int:
         """UIDNEXT as of the last sync: consistent with the view (RFC 3501 2.3.1.1)."""
         ...

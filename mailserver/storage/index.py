@@ -136,6 +136,13 @@ class MailboxIndex(FlagStore, MaildirSync):
         return self._meta.uidvalidity if self._meta else 0
 
     @property
+    def identity(self) -> tuple[str, int, int]:
+        """(directory, UIDVALIDITY, the index file's nonce): what names this folder's
+        messages by UID for as long as the file lives (a recreated folder differs)."""
+        meta = self._meta
+        return (self._key, meta.uidvalidity, meta.nonce) if meta else (self._key, 0, 0)
+
+    @property
     def uidnext(self) -> int:
         """UIDNEXT as of the last sync (consistent with the view)."""
         return self._announced_uidnext
