@@ -6,7 +6,11 @@ handshake, LOGIN, LOGOUT):
 
 1. cold: every account logs in for the first time (one argon2 verification each);
 2. warm: the same again (the cache of good logins answers, no hash);
-3. wrong: N wrong passwords from N addresses (always a full check, never cached).
+3. wrong: N wrong passwords from N addresses (always a full check, never cached);
+4. webmail: what Roundcube does on every click (issue #16 point 5), N clients at once,
+   each making REQUESTS requests in a row, each request its own connection: TLS,
+   LOGIN, SELECT INBOX, UID SORT (REVERSE DATE), LOGOUT. Requests per second and the
+   median request time.
 
 With ``--dovecot`` (Debian package dovecot-imapd) the same runs against a Dovecot on
 loopback with its own config in a temporary directory (tests/support/dovecot.py, as
@@ -70,6 +74,40 @@ async def one_login(host: str, port: int, ctx: ssl.SSLContext, user: str, passwo
         writer.close()
 
 
+async def one_request(host: str, port: int, ctx: ssl.SSLContext, user: str,
+                      password: str) -> tuple[bool, float]:
+    """A webmail click: a connection of its own, login, select, list order, logout."""
+    started = time.perf_counter()
+    reader, writer = await asyncio.open_connection(host, port, ssl=ctx, server_hostname="mx.example.test")
+    ok = True
+    try:
+        await reader.readline()  # greeting
+        for tag, command in ((b"a", f"LOGIN {user} {password}".encode()), (b"b", b"SELECT INBOX"),
+                             (b"c", b"UID SORT (REVERSE DATE) UTF-8 ALL"), (b"d", b"LOGOUT")):
+            writer.write(tag + b" " + command + b"\r\n")
+            while line := await reader.readline():
+                if line.startswith(tag + b" "):
+                    ok = ok and line.startswith(tag + b" OK")
+                    break
+        return ok, time.perf_counter() - started
+    finally:
+        writer.close()
+
+
+REQUESTS = 10  # in a row per webmail client
+
+
+async def webmail(host: str, port: int, ctx: ssl.SSLContext, users: list[str],
+                  password: str) -> tuple[int, float, list[float]]:
+    async def client(user: str) -> list[tuple[bool, float]]:
+        return [await one_request(host, port, ctx, user, password) for _ in range(REQUESTS)]
+
+    started = time.perf_counter()
+    results = [r for rs in await asyncio.gather(*(client(u) for u in users)) for r in rs]
+    wall = time.perf_counter() - started
+    return sum(ok for ok, _ in results), wall, sorted(t for _, t in results)
+
+
 async def burst(host: str, port: int, ctx: ssl.SSLContext, users: list[str], password: str,
                 sources: list[str] | None = None) -> tuple[int, float, list[float]]:
     started = time.perf_counter()
@@ -80,10 +118,10 @@ async def burst(host: str, port: int, ctx: ssl.SSLContext, users: list[str], pas
     return sum(ok for ok, _ in results), wall, sorted(t for _, t in results)
 
 
-def report(name: str, n: int, ok: int, wall: float, times: list[float]) -> float:
+def report(name: str, n: int, ok: int, wall: float, times: list[float], what: str = "logins") -> float:
     rate = n / wall
     p50 = times[len(times) // 2] * 1000
-    print(f"  {name:<6} {n:4d} logins ({ok:4d} OK) in {wall:6.2f} s: {rate:7.1f} logins/s,"
+    print(f"  {name:<8} {n:4d} {what} ({ok:4d} OK) in {wall:6.2f} s: {rate:7.1f} {what}/s,"
           f" median {p50:7.1f} ms, slowest {times[-1] * 1000:7.1f} ms")
     return rate
 
@@ -99,6 +137,8 @@ async def measure(label: str, host: str, port: int, ctx: ssl.SSLContext, users: 
     sources = [f"127.0.{100 + i // 250}.{i % 250 + 1}" for i in range(n)]
     ok, wall, times = await burst(host, port, ctx, users, "wrong-password", sources)
     rates["wrong"] = report("wrong", n, ok, wall, times)
+    ok, wall, times = await webmail(host, port, ctx, users, password)
+    rates["webmail"] = report("webmail", n * REQUESTS, ok, wall, times, "requests")
     return rates
 
 
