@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -223,3 +225,42 @@ def test_warning_due_once_per_crossing_and_only_if_it_fits(root: Path) -> None:
     (root / "maildirsize").unlink()
     assert quota.warning_due(root, limits, lambda u: notice) is None  # 9950: no room for it
     assert not (root / quota.WARN_FILE).exists()
+
+
+async def test_rcpt_check_remembers_limits_not_usage(tmp_path: Path) -> None:
+    """An account without limits costs a RCPT no thread hand-off once its limits are
+    known; a limited one is checked (usage read) at every RCPT; a limit set meanwhile
+    is seen once the memory expires (CACHE_SECONDS)."""
+    from mailserver.smtp.quotacheck import RcptQuota
+    from mailserver.smtp.recipients import CACHE_SECONDS
+
+    store = AccountStore.in_state_dir(tmp_path, hasher=make_hasher(time_cost=1, memory_cost_kib=8,
+                                                                    parallelism=1))
+    for name in ("free", "tight"):
+        store.create_account(f"{name}@example.test", "password-123456")
+        create_maildirpp(store.maildir_path(f"{name}@example.test"))
+    store.set_quota("tight@example.test", Limits(1, 0))
+    hops = 0
+
+    async def counting(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        nonlocal hops
+        hops += 1
+        return func(*args, **kwargs)
+
+    now = [100.0]
+    check = RcptQuota(store, counting, lambda: now[0])
+    try:
+        assert await check.full_account(["free@example.test"]) is None
+        assert await check.full_account(["free@example.test"]) is None
+        assert hops == 1  # the second RCPT used the remembered "no limits"
+        MaildirWriter().deliver(store.maildir_path("tight@example.test"), None, [b"Subject: x\r\n\r\nhi\r\n"])
+        assert await check.full_account(["tight@example.test"]) == "tight@example.test"
+        assert await check.full_account(["tight@example.test"]) == "tight@example.test"
+        assert hops == 3  # limited: usage read every time
+        store.set_quota("free@example.test", Limits(1, 0))
+        MaildirWriter().deliver(store.maildir_path("free@example.test"), None, [b"Subject: x\r\n\r\nhi\r\n"])
+        assert await check.full_account(["free@example.test"]) is None  # still remembered
+        now[0] += CACHE_SECONDS + 1
+        assert await check.full_account(["free@example.test"]) == "free@example.test"
+    finally:
+        store.close()

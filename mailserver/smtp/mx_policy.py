@@ -84,6 +84,7 @@ class MXHandler:
         # call (recipient lookup, Maildir write and fsyncs) off the event loop.
         self.clock = clock
         self.run_in_thread = run_in_thread
+        self.rcpt_quota = quotacheck.RcptQuota(store, run_in_thread, clock)
         self.recipients = recipients or RecipientTable(
             store, local_domains=local_domains, primary_domain=primary_domain,
             plus_separator=plus_separator, postmaster=postmaster, run_in_thread=run_in_thread)
@@ -124,7 +125,7 @@ class MXHandler:
                      event.raw)
             return SMTPReply(550, "5.1.1", f"<{address}>: Recipient address rejected: no such user")
         try:
-            full = await self.run_in_thread(quotacheck.full_account, self.store, accounts)
+            full = await self.rcpt_quota.full_account(accounts)
         except (OSError, sqlite3.Error) as exc:
             log.error("quota check failed session=%s rcpt=%s %s", session.id, event.raw,
                       describe_error(exc))

@@ -1,6 +1,9 @@
 """Quota at the SMTP doors (MX and submission's local copies): RFC 3463 4.2.2.
 
-Both blocking; the handlers call them through their ``run_in_thread``.
+``full_account`` and ``deliver_within_quota`` block; the handlers call them through their
+``run_in_thread``. ``RcptQuota`` is the RCPT check both handlers use: it remembers each
+account's limits for a few seconds, so an account without limits (the default) costs a
+RCPT no thread hand-off and no query.
 """
 
 from __future__ import annotations
@@ -17,16 +20,56 @@ from ..auth.store import AccountStore
 from ..fsutil import describe_error
 from ..storage import quota
 from ..storage.maildir import Chunk, MaildirWriter
+from .recipients import CACHE_SECONDS
+from .server import Clock, ThreadRunner
 
 log = logging.getLogger("pymaild.quota")
 
 
-def full_account(store: AccountStore, accounts: Sequence[str]) -> str | None:
-    """The first of ``accounts`` with no room for any more mail: RCPT answers 452 4.2.2."""
+def full_account(store: AccountStore, accounts: Sequence[str],
+                 seen: dict[str, quota.Limits] | None = None) -> str | None:
+    """The first of ``accounts`` with no room for any more mail: RCPT answers 452 4.2.2.
+    ``seen`` (when given) receives each account's limits as read."""
     for account in accounts:
-        if quota.full(store.maildir_path(account), store.quota_limits(account)):
+        limits = store.quota_limits(account)
+        if seen is not None:
+            seen[account] = limits
+        if quota.full(store.maildir_path(account), limits):
             return account
     return None
+
+
+_LIMITS_MAX = 10_000  # accounts remembered at once (cleared when reached, as recipients)
+
+
+class RcptQuota:
+    """The RCPT quota check with a short memory of each account's limits.
+
+    Limits are remembered for ``CACHE_SECONDS`` (the recipient table's time): a limit set
+    with ``pymaild creds quota`` is refused at RCPT within that time, and at end of DATA
+    at once (``deliver_within_quota`` always reads the store). Usage is never remembered:
+    an account with limits is checked in a thread every time.
+    """
+
+    def __init__(self, store: AccountStore, run_in_thread: ThreadRunner, clock: Clock) -> None:
+        self.store = store
+        self.run_in_thread = run_in_thread
+        self.clock = clock
+        self._limits: dict[str, tuple[float, quota.Limits]] = {}
+
+    async def full_account(self, accounts: Sequence[str]) -> str | None:
+        now = self.clock()
+        known = [self._limits.get(a) for a in accounts]
+        if all(k is not None and k[0] > now and k[1].unlimited for k in known):
+            return None
+        seen: dict[str, quota.Limits] = {}
+        full = await self.run_in_thread(full_account, self.store, accounts, seen)
+        if len(self._limits) + len(seen) > _LIMITS_MAX:
+            self._limits.clear()
+        expires = self.clock() + CACHE_SECONDS
+        for account, limits in seen.items():
+            self._limits[account] = (expires, limits)
+        return full
 
 
 def deliver_within_quota(

@@ -117,6 +117,7 @@ class SubmissionHandler:
         # (The login check runs its own: LoginChecker is shared with IMAP.)
         self.clock = clock
         self.run_in_thread = run_in_thread
+        self.rcpt_quota = quotacheck.RcptQuota(store, run_in_thread, clock)
         self.recipients = recipients or RecipientTable(
             store, local_domains=local_domains, primary_domain=primary_domain,
             plus_separator=plus_separator, postmaster=postmaster, run_in_thread=run_in_thread)
@@ -230,7 +231,7 @@ class SubmissionHandler:
             if not accounts:
                 return SMTPReply(550, "5.1.1", f"<{rcpt}>: Recipient address rejected: no such user")
             try:
-                full = await self.run_in_thread(quotacheck.full_account, self.store, accounts)
+                full = await self.rcpt_quota.full_account(accounts)
             except (OSError, sqlite3.Error) as exc:
                 log.error("quota check failed session=%s rcpt=%s %s", session.id, rcpt,
                           describe_error(exc))
